@@ -1,0 +1,127 @@
+// Cookies: session state a busy server hands to the client instead of keeping it.
+//
+//   cookie = "pqccookE" || u64be(timestamp) || nonce (12) || ct (100) || tag (16)
+//   ct, tag = box(cookie_key(timestamp), nonce, tid || u32be(epoch) || send_root || recv_root,
+//                 ad = u64be(timestamp))
+//
+// Cookie keys: state = kdf(1, session_key, seed); each 30 s slot: state = kdf(1, state, fresh
+// randomness) and the slot's key is that state; keys older than 120 s are erased. Only the
+// server that made a cookie ever opens it, so its timestamps are its own clock's slots.
+
+import { concat, equalBytes, readU32be, u64be, wipe } from "./bytes.ts";
+import { open, seal } from "./crypto.ts";
+import { kdf } from "./kdf.ts";
+import {
+  COOKIE_BYTES,
+  COOKIE_PREFIX,
+  EPOCH_LIFETIME_SECONDS,
+  EPOCH_SECONDS,
+  KEY_BYTES,
+  NONCE_BYTES,
+  TAG_BYTES,
+  TID_BYTES,
+} from "./constants.ts";
+
+export interface CookieContents {
+  tid: Uint8Array;
+  epoch: number;
+  sendRoot: Uint8Array;
+  recvRoot: Uint8Array;
+}
+
+export function isCookie(bytes: Uint8Array): boolean {
+  return bytes.length >= COOKIE_PREFIX.length &&
+    equalBytes(bytes.subarray(0, COOKIE_PREFIX.length), COOKIE_PREFIX);
+}
+
+export function buildCookie(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  timestamp: number,
+  c: CookieContents,
+): Uint8Array {
+  const epoch = new Uint8Array(4);
+  new DataView(epoch.buffer).setUint32(0, c.epoch);
+  const plain = concat(c.tid, epoch, c.sendRoot, c.recvRoot);
+  const ts = u64be(BigInt(timestamp));
+  const boxed = seal(key, nonce, plain, ts);
+  wipe(plain);
+  return concat(COOKIE_PREFIX, ts, nonce, boxed.ciphertext, boxed.tag);
+}
+
+/** Splits a cookie's clear parts; null unless it has the exact cookie shape. */
+export function cookieTimestamp(cookie: Uint8Array): number | null {
+  if (cookie.length !== COOKIE_BYTES || !isCookie(cookie)) return null;
+  const ts = new DataView(cookie.buffer, cookie.byteOffset + 8, 8).getBigUint64(0);
+  return ts > BigInt(Number.MAX_SAFE_INTEGER) ? null : Number(ts);
+}
+
+export function openCookie(key: Uint8Array, cookie: Uint8Array): CookieContents | null {
+  if (cookieTimestamp(cookie) === null) return null;
+  const ts = cookie.subarray(8, 16);
+  const nonce = cookie.subarray(16, 16 + NONCE_BYTES);
+  const ct = cookie.subarray(16 + NONCE_BYTES, COOKIE_BYTES - TAG_BYTES);
+  const tag = cookie.subarray(COOKIE_BYTES - TAG_BYTES);
+  const plain = open(key, nonce, ct, tag, ts);
+  if (!plain) return null;
+  const out = {
+    tid: plain.slice(0, TID_BYTES),
+    epoch: readU32be(plain, TID_BYTES),
+    sendRoot: plain.slice(TID_BYTES + 4, TID_BYTES + 4 + KEY_BYTES),
+    recvRoot: plain.slice(TID_BYTES + 4 + KEY_BYTES),
+  };
+  wipe(plain);
+  return out;
+}
+
+/** The server's rotating cookie keys. */
+export class CookieKeyring {
+  private state: Uint8Array;
+  private readonly slots = new Map<number, { key: Uint8Array; counter: bigint }>();
+
+  constructor(sessionKey: Uint8Array, seed: Uint8Array) {
+    this.state = kdf(1, sessionKey, seed)[0];
+  }
+
+  static slotOf(time: number): number {
+    return Math.floor(time / EPOCH_SECONDS) * EPOCH_SECONDS;
+  }
+
+  /** Makes the key of the slot holding `time` (once) and erases keys older than 120 s. */
+  update(time: number, randomness: Uint8Array): void {
+    const slot = CookieKeyring.slotOf(time);
+    if (!this.slots.has(slot)) {
+      const next = kdf(1, this.state, randomness)[0];
+      wipe(this.state);
+      this.state = next;
+      this.slots.set(slot, { key: next.slice(), counter: 0n });
+    }
+    for (const [ts, entry] of this.slots) {
+      if (ts < slot - EPOCH_LIFETIME_SECONDS) {
+        wipe(entry.key);
+        this.slots.delete(ts);
+      }
+    }
+  }
+
+  keyFor(timestamp: number): Uint8Array | null {
+    return this.slots.get(timestamp)?.key ?? null;
+  }
+
+  /** Key and a never-repeated nonce (a big-endian counter) of the slot holding `time`. */
+  issue(time: number): { key: Uint8Array; nonce: Uint8Array; timestamp: number } | null {
+    const timestamp = CookieKeyring.slotOf(time);
+    const entry = this.slots.get(timestamp);
+    if (!entry) return null;
+    const nonce = new Uint8Array(NONCE_BYTES);
+    let c = entry.counter++;
+    for (let i = NONCE_BYTES - 1; i >= 0 && c > 0n; i--, c >>= 8n) nonce[i] = Number(c & 0xffn);
+    return { key: entry.key, nonce, timestamp };
+  }
+
+  clear(): void {
+    wipe(this.state);
+    for (const e of this.slots.values()) wipe(e.key);
+    this.slots.clear();
+  }
+}

@@ -1,0 +1,424 @@
+// A tunnel session: per-direction key ratchets and the tunnel packet format.
+//
+//   packet = 02 00 || tid (32) || u16be(epoch) || u32be(ctr) || ct || tag
+//
+// Each direction starts at epoch 0 from a root key r: (next epoch root, chain) = kdf(2, r);
+// each chain step (chain', 18 packet keys) = kdf(19, chain). Every packet key is used once and
+// erased. Time is an argument (seconds, monotonic) so 30 s / 120 s behaviour is testable.
+//
+// Unlike the reference, a packet that fails authentication changes nothing: keys derived
+// ahead to try it are only kept (and epochs only advanced) once its tag verifies.
+
+import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
+import { kdf } from "./kdf.ts";
+import { open, seal } from "./crypto.ts";
+import {
+  EPOCH_LIFETIME_SECONDS,
+  EPOCH_SECONDS,
+  KEYS_PER_CHAIN_STEP,
+  MAX_CHAIN_KEYS,
+  MAX_EPOCH_NUMBER,
+  MAX_EPOCHS,
+  MSG_TUNNEL,
+  NONCE_BYTES,
+  TAG_BYTES,
+  TID_BYTES,
+  TUNNEL_HEADER_BYTES,
+} from "./constants.ts";
+
+const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
+
+/** The keys of one epoch in one direction. */
+class EpochChain {
+  readonly nextEpochRoot: Uint8Array;
+  private chainKey: Uint8Array;
+  /** Unused packet keys by counter. */
+  readonly keys = new Map<number, Uint8Array>();
+  /** Counter of the next key a chain step will produce. */
+  private nextCtr = 0;
+
+  /**
+   * Takes ownership of `root` and erases it. `start` drives the sender's 30 s epoch clock;
+   * `created` the receiver's 120 s erasure.
+   */
+  constructor(
+    root: Uint8Array,
+    readonly epoch: number,
+    readonly start: number,
+    readonly created: number,
+  ) {
+    const [next, chain] = kdf(2, root);
+    wipe(root);
+    this.nextEpochRoot = next;
+    this.chainKey = chain;
+    this.step();
+  }
+
+  /** Time after which a sender moves on to the next epoch. */
+  get expiry(): number {
+    return this.start + EPOCH_SECONDS;
+  }
+
+  step(): void {
+    const [chain, ...packetKeys] = kdf(KEYS_PER_CHAIN_STEP + 1, this.chainKey);
+    wipe(this.chainKey);
+    this.chainKey = chain;
+    for (const k of packetKeys) this.keys.set(this.nextCtr++, k);
+  }
+
+  get highestCtr(): number {
+    return this.nextCtr - 1;
+  }
+
+  /** Copy of the ratchet position, for deriving ahead without committing. */
+  fork(): EpochChain {
+    const f = Object.create(EpochChain.prototype) as EpochChain;
+    Object.assign(f, {
+      epoch: this.epoch,
+      start: this.start,
+      created: this.created,
+      nextEpochRoot: this.nextEpochRoot.slice(),
+      chainKey: this.chainKey.slice(),
+      keys: new Map<number, Uint8Array>(),
+      nextCtr: this.nextCtr,
+    });
+    return f;
+  }
+
+  /** Adopts keys derived ahead in a fork; the fork's chain key becomes ours. */
+  absorb(f: EpochChain): void {
+    wipe(this.chainKey, f.nextEpochRoot);
+    this.chainKey = f.chainKey;
+    this.nextCtr = f.nextCtr;
+    for (const [ctr, k] of f.keys) this.keys.set(ctr, k);
+  }
+
+  clear(): void {
+    wipe(this.nextEpochRoot, this.chainKey);
+    for (const k of this.keys.values()) wipe(k);
+    this.keys.clear();
+  }
+}
+
+export interface PacketKey {
+  epoch: number;
+  ctr: number;
+  key: Uint8Array;
+}
+
+/** Sending side: always the lowest unused counter of the current epoch. */
+export class SendChain {
+  private chain: EpochChain;
+
+  constructor(root: Uint8Array, epoch: number, now: number) {
+    this.chain = new EpochChain(root, epoch, now, now);
+  }
+
+  get epoch(): number {
+    return this.chain.epoch;
+  }
+
+  get nextEpochRoot(): Uint8Array {
+    return this.chain.nextEpochRoot;
+  }
+
+  /** Moves to the next epoch; the new one starts no later than the old one expired. */
+  advance(now: number): void {
+    const old = this.chain;
+    if (old.epoch >= MAX_EPOCH_NUMBER) throw new Error("epoch counter exhausted");
+    this.chain = makeChain(old, now);
+    old.clear();
+  }
+
+  /** Takes the next packet key out of the chain (the caller erases it after use). */
+  next(now: number): PacketKey {
+    while (now > this.chain.expiry) this.advance(now);
+    if (this.chain.keys.size === 0) this.chain.step();
+    const keys = this.chain.keys;
+    // Keys are consumed in order, so the first entry is the lowest unused counter.
+    const [ctr, key] = keys.entries().next().value!;
+    keys.delete(ctr);
+    return { epoch: this.chain.epoch, ctr, key };
+  }
+
+  clear(): void {
+    this.chain.clear();
+  }
+}
+
+/** A key found for an incoming packet, to be committed only once the packet verifies. */
+interface Candidate {
+  key: Uint8Array;
+  commit: () => void;
+  discard: () => void;
+}
+
+/** Receiving side: several live epochs, keys derived on demand within bounds. */
+export class ReceiveChain {
+  private readonly chains = new Map<number, EpochChain>();
+  private latest: number;
+
+  constructor(root: Uint8Array, epoch: number, now: number) {
+    this.chains.set(epoch, new EpochChain(root, epoch, now, now));
+    this.latest = epoch;
+  }
+
+  get latestEpoch(): number {
+    return this.latest;
+  }
+
+  get liveEpochs(): number {
+    return this.chains.size;
+  }
+
+  nextEpochRoot(epoch: number): Uint8Array | null {
+    return this.chains.get(epoch)?.nextEpochRoot ?? null;
+  }
+
+  /** Erases every epoch created more than 120 s ago. */
+  expire(now: number): void {
+    for (const [epoch, chain] of this.chains) {
+      if (now - chain.created >= EPOCH_LIFETIME_SECONDS) {
+        chain.clear();
+        this.chains.delete(epoch);
+      }
+    }
+  }
+
+  /** Adds the epoch after the latest (a cookie tells the client to). */
+  advance(now: number): boolean {
+    const last = this.chains.get(this.latest);
+    if (!last || this.latest >= MAX_EPOCH_NUMBER) return false;
+    const next = makeChain(last, now);
+    this.chains.set(next.epoch, next);
+    this.latest = next.epoch;
+    return true;
+  }
+
+  /** Finds the key for (epoch, ctr) without changing any state until commit(). */
+  find(epoch: number, ctr: number, now: number): Candidate | null {
+    const existing = this.chains.get(epoch);
+    if (existing) return findInChain(existing, ctr, null);
+    // A newer epoch: derive the epochs up to it, as long as at most MAX_EPOCHS are live.
+    if (epoch <= this.latest) return null; // erased or never existed
+    let last = this.chains.get(this.latest);
+    if (!last) return null;
+    const created: EpochChain[] = [];
+    while (last.epoch < epoch && this.chains.size + created.length < MAX_EPOCHS) {
+      last = makeChain(last, now);
+      created.push(last);
+    }
+    const discardAll = () => created.forEach((c) => c.clear());
+    if (last.epoch !== epoch) {
+      discardAll();
+      return null;
+    }
+    const found = findInChain(last, ctr, () => {
+      for (const c of created) this.chains.set(c.epoch, c);
+      this.latest = epoch;
+    });
+    if (!found) discardAll();
+    return found && {
+      ...found,
+      discard: () => {
+        found.discard();
+        discardAll();
+      },
+    };
+  }
+
+  clear(): void {
+    for (const c of this.chains.values()) c.clear();
+    this.chains.clear();
+  }
+}
+
+function makeChain(previous: EpochChain, now: number): EpochChain {
+  const start = Math.min(now, previous.expiry);
+  return new EpochChain(previous.nextEpochRoot.slice(), previous.epoch + 1, start, now);
+}
+
+/** Looks `ctr` up in `chain`, deriving ahead on a fork within the MAX_CHAIN_KEYS bound. */
+function findInChain(
+  chain: EpochChain,
+  ctr: number,
+  onCommit: (() => void) | null,
+): Candidate | null {
+  const direct = chain.keys.get(ctr);
+  if (direct) {
+    return {
+      key: direct,
+      commit: () => {
+        chain.keys.delete(ctr);
+        wipe(direct);
+        onCommit?.();
+      },
+      discard: () => {},
+    };
+  }
+  if (ctr <= chain.highestCtr) return null; // derived already, so used: keys are one-time
+  const fork = chain.fork();
+  let held = chain.keys.size;
+  if (held === 0) {
+    fork.step(); // as the reference: an exhausted chain always steps once
+    held += KEYS_PER_CHAIN_STEP;
+  }
+  while (ctr > fork.highestCtr && held < MAX_CHAIN_KEYS) {
+    fork.step();
+    held += KEYS_PER_CHAIN_STEP;
+  }
+  const key = fork.keys.get(ctr);
+  if (!key) {
+    fork.clear();
+    return null;
+  }
+  return {
+    key,
+    commit: () => {
+      fork.keys.delete(ctr);
+      wipe(key);
+      chain.absorb(fork);
+      onCommit?.();
+    },
+    discard: () => fork.clear(),
+  };
+}
+
+export type OpenResult =
+  | { ok: true; plaintext: Uint8Array; epoch: number; ctr: number }
+  | { ok: false; reason: "short" | "type" | "tid" | "no-key" | "auth" | "expired" };
+
+/** One tunnel's cryptographic state. `initiator` picks which root sends. */
+export class TunnelSession {
+  private readonly send: SendChain;
+  private readonly recv: ReceiveChain;
+  private readonly header = new Uint8Array(TUNNEL_HEADER_BYTES);
+  private closed = false;
+
+  private constructor(readonly tid: Uint8Array, send: SendChain, recv: ReceiveChain) {
+    if (tid.length !== TID_BYTES) throw new Error("tid must be 32 bytes");
+    this.send = send;
+    this.recv = recv;
+    writeU16be(this.header, 0, MSG_TUNNEL);
+    this.header.set(tid, 2);
+  }
+
+  /** A fresh session at epoch 0. Takes ownership of both roots (they are erased). */
+  static create(
+    tid: Uint8Array,
+    sendRoot: Uint8Array,
+    recvRoot: Uint8Array,
+    now: number,
+  ): TunnelSession {
+    return new TunnelSession(
+      tid.slice(),
+      new SendChain(sendRoot, 0, now),
+      new ReceiveChain(recvRoot, 0, now),
+    );
+  }
+
+  /** Rebuilds a session from a cookie: both chains resume at epoch + 1 from the saved roots. */
+  static fromCookie(
+    tid: Uint8Array,
+    epoch: number,
+    sendRoot: Uint8Array,
+    recvRoot: Uint8Array,
+    now: number,
+  ): TunnelSession {
+    return new TunnelSession(
+      tid.slice(),
+      new SendChain(sendRoot, epoch + 1, now),
+      new ReceiveChain(recvRoot, epoch + 1, now),
+    );
+  }
+
+  get sendEpoch(): number {
+    return this.send.epoch;
+  }
+
+  get receiveEpoch(): number {
+    return this.recv.latestEpoch;
+  }
+
+  /** True while some receive keys are unexpired; a dead session can never decrypt again. */
+  alive(now: number): boolean {
+    if (this.closed) return false;
+    this.recv.expire(now);
+    return this.recv.liveEpochs > 0;
+  }
+
+  /** Encrypts one payload into a tunnel packet. */
+  seal(payload: Uint8Array, now: number): Uint8Array {
+    if (this.closed) throw new Error("session closed");
+    const pk = this.send.next(now);
+    const out = new Uint8Array(TUNNEL_HEADER_BYTES + payload.length + TAG_BYTES);
+    out.set(this.header);
+    writeU16be(out, 34, pk.epoch);
+    writeU32be(out, 36, pk.ctr);
+    const header = out.subarray(0, TUNNEL_HEADER_BYTES);
+    const boxed = seal(pk.key, ZERO_NONCE, payload, header);
+    wipe(pk.key);
+    out.set(boxed.ciphertext, TUNNEL_HEADER_BYTES);
+    out.set(boxed.tag, TUNNEL_HEADER_BYTES + payload.length);
+    return out;
+  }
+
+  /**
+   * Decrypts a tunnel packet. Nothing changes unless it authenticates; then its key is erased,
+   * newer epochs are adopted, and the sending side follows the peer to its epoch.
+   */
+  open(packet: Uint8Array, now: number): OpenResult {
+    if (packet.length < TUNNEL_HEADER_BYTES + TAG_BYTES) return { ok: false, reason: "short" };
+    if (readU16be(packet, 0) !== MSG_TUNNEL) return { ok: false, reason: "type" };
+    for (let i = 0; i < TID_BYTES; i++) {
+      if (packet[2 + i] !== this.tid[i]) return { ok: false, reason: "tid" };
+    }
+    if (!this.alive(now)) return { ok: false, reason: "expired" };
+    const epoch = readU16be(packet, 34);
+    const ctr = readU32be(packet, 36);
+    const candidate = this.recv.find(epoch, ctr, now);
+    if (!candidate) return { ok: false, reason: "no-key" };
+    const tagAt = packet.length - TAG_BYTES;
+    const plaintext = open(
+      candidate.key,
+      ZERO_NONCE,
+      packet.subarray(TUNNEL_HEADER_BYTES, tagAt),
+      packet.subarray(tagAt),
+      packet.subarray(0, TUNNEL_HEADER_BYTES),
+    );
+    if (!plaintext) {
+      candidate.discard();
+      return { ok: false, reason: "auth" };
+    }
+    candidate.commit();
+    this.followPeer(now);
+    return { ok: true, plaintext, epoch, ctr };
+  }
+
+  /** A cookie from the server moves the receive side one epoch on (the sender follows). */
+  adoptCookieEpoch(now: number): void {
+    if (this.recv.advance(now)) this.followPeer(now);
+  }
+
+  private followPeer(now: number): void {
+    while (this.recv.latestEpoch > this.send.epoch && this.recv.liveEpochs <= MAX_EPOCHS) {
+      this.send.advance(now);
+    }
+  }
+
+  /** What a cookie must carry to rebuild this session at the next epoch. */
+  cookieState(): { epoch: number; sendRoot: Uint8Array; recvRoot: Uint8Array } | null {
+    const epoch = this.send.epoch;
+    const recvRoot = this.recv.nextEpochRoot(epoch);
+    if (!recvRoot) return null;
+    return { epoch, sendRoot: this.send.nextEpochRoot.slice(), recvRoot: recvRoot.slice() };
+  }
+
+  /** Erases every key. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.send.clear();
+    this.recv.clear();
+  }
+}
