@@ -1,0 +1,62 @@
+// Shared pieces of the command-line interface: option parsing with clear errors.
+
+import { parseArgs, type ParseArgsConfig } from "node:util";
+
+/** Bad command-line input: printed with the command's usage, exit status 2. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  usage: string;
+  run(args: string[]): Promise<number>;
+}
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** parseArgs that turns every parse problem into a UsageError. */
+export function parseOptions<T extends Options>(args: string[], options: T) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+export function parsePort(value: string | undefined, fallback: number, what: string): number {
+  if (value === undefined) return fallback;
+  if (!/^\d{1,5}$/.test(value) || Number(value) < 1 || Number(value) > 65535) {
+    throw new UsageError(`${what} must be a port number from 1 to 65535, not "${value}"`);
+  }
+  return Number(value);
+}
+
+export function parseIpv4(value: string | undefined, what: string): string {
+  if (value === undefined) throw new UsageError(`${what} is required`);
+  const parts = value.split(".");
+  const ok = parts.length === 4 &&
+    parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255 && String(Number(p)) === p);
+  if (!ok) throw new UsageError(`${what} must be an IPv4 address like 192.0.2.7, not "${value}"`);
+  return value;
+}
+
+export function parsePrefix(value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!/^\d{1,2}$/.test(value) || Number(value) < 8 || Number(value) > 30) {
+    throw new UsageError(`prefix length must be from 8 to 30, not "${value}"`);
+  }
+  return Number(value);
+}
+
+/** A DNS name as it may appear in a zone file (labels of letters, digits, hyphens). */
+export function parseDnsName(value: string | undefined, what: string): string {
+  if (value === undefined) throw new UsageError(`${what} is required`);
+  const name = value.endsWith(".") ? value.slice(0, -1) : value;
+  const labels = name.split(".");
+  const ok = name.length <= 253 && labels.length >= 2 &&
+    labels.every((l) => /^[A-Za-z0-9_](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l));
+  if (!ok) throw new UsageError(`${what} must be a DNS name like www.example.org, not "${value}"`);
+  return name.toLowerCase();
+}

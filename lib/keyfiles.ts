@@ -1,0 +1,144 @@
+// The server's key directory, in the reference's format: raw bytes, one file per key, secret
+// files 0600, directory 0700. Keeping these files keeps a server's pq1 name.
+
+import { KEY_BYTES, MCELIECE_PK_BYTES, MCELIECE_SK_BYTES, X25519_BYTES } from "./constants.ts";
+import { equalBytes, wipe } from "./bytes.ts";
+import { x25519PublicKey } from "./crypto.ts";
+
+export const KEY_FILES = {
+  mceliece_pk: { bytes: MCELIECE_PK_BYTES, secret: false },
+  mceliece_sk: { bytes: MCELIECE_SK_BYTES, secret: true },
+  x25519_pk: { bytes: X25519_BYTES, secret: false },
+  x25519_sk: { bytes: X25519_BYTES, secret: true },
+  session_key: { bytes: KEY_BYTES, secret: true },
+} as const;
+
+export type KeyFileName = keyof typeof KEY_FILES;
+
+export interface ServerKeys {
+  mceliecePk: Uint8Array;
+  mcelieceSk: Uint8Array;
+  x25519Pk: Uint8Array;
+  x25519Sk: Uint8Array;
+  sessionKey: Uint8Array;
+}
+
+/** A problem with the key directory, worded for the person running the command. */
+export class KeyFileError extends Error {
+  override name = "KeyFileError";
+}
+
+function join(dir: string, name: string): string {
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
+export function readKeyFile(dir: string, name: KeyFileName): Uint8Array {
+  const path = join(dir, name);
+  let data: Uint8Array;
+  try {
+    data = Deno.readFileSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new KeyFileError(`${path} does not exist (run "pqconnect keygen --keydir ${dir}")`);
+    }
+    if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable) {
+      throw new KeyFileError(`${path}: permission denied`);
+    }
+    throw new KeyFileError(`${path}: ${(e as Error).message}`);
+  }
+  const expected = KEY_FILES[name].bytes;
+  if (data.length !== expected) {
+    wipe(data);
+    throw new KeyFileError(
+      `${path} has ${data.length} bytes, expected ${expected}: not a PQConnect ${name} file`,
+    );
+  }
+  return data;
+}
+
+/** The public keys, enough to compute the server's name. */
+export function readPublicKeys(dir: string): { mceliecePk: Uint8Array; x25519Pk: Uint8Array } {
+  return { mceliecePk: readKeyFile(dir, "mceliece_pk"), x25519Pk: readKeyFile(dir, "x25519_pk") };
+}
+
+/** All server keys, checked for size and for the X25519 pair matching. */
+export function readServerKeys(dir: string): ServerKeys {
+  const keys = {
+    mceliecePk: readKeyFile(dir, "mceliece_pk"),
+    mcelieceSk: readKeyFile(dir, "mceliece_sk"),
+    x25519Pk: readKeyFile(dir, "x25519_pk"),
+    x25519Sk: readKeyFile(dir, "x25519_sk"),
+    sessionKey: readKeyFile(dir, "session_key"),
+  };
+  if (!equalBytes(x25519PublicKey(keys.x25519Sk), keys.x25519Pk)) {
+    wipeServerKeys(keys);
+    throw new KeyFileError(`${dir}: x25519_sk does not belong to x25519_pk`);
+  }
+  return keys;
+}
+
+export function wipeServerKeys(keys: ServerKeys): void {
+  wipe(keys.mcelieceSk, keys.x25519Sk, keys.sessionKey);
+}
+
+/**
+ * Writes a new key set. Refuses to replace existing files unless `force`; creates the directory
+ * 0700. Secret files are created 0600 (and chmod-ed, in case they existed with another mode).
+ */
+export function writeServerKeys(dir: string, keys: ServerKeys, force: boolean): void {
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new KeyFileError(`cannot create ${dir}: ${(e as Error).message}`);
+  }
+  const files: Record<KeyFileName, Uint8Array> = {
+    mceliece_pk: keys.mceliecePk,
+    mceliece_sk: keys.mcelieceSk,
+    x25519_pk: keys.x25519Pk,
+    x25519_sk: keys.x25519Sk,
+    session_key: keys.sessionKey,
+  };
+  if (!force) refuseOverwrite(dir);
+  // Secrets first, public keys last: a crash midway never leaves a public key without its
+  // matching secret.
+  const order: KeyFileName[] = [
+    "mceliece_sk",
+    "x25519_sk",
+    "session_key",
+    "mceliece_pk",
+    "x25519_pk",
+  ];
+  for (const name of order) {
+    const path = join(dir, name);
+    const mode = KEY_FILES[name].secret ? 0o600 : 0o644;
+    try {
+      Deno.writeFileSync(path, files[name], { mode });
+      Deno.chmodSync(path, mode);
+    } catch (e) {
+      throw new KeyFileError(`cannot write ${path}: ${(e as Error).message}`);
+    }
+  }
+  try {
+    Deno.chmodSync(dir, 0o700);
+  } catch { /* a directory we do not own: leave its mode alone */ }
+}
+
+/** Throws unless `dir` is free of key files (checked before the slow key generation too). */
+export function refuseOverwrite(dir: string): void {
+  const existing = Object.keys(KEY_FILES).filter((name) => exists(join(dir, name)));
+  if (existing.length > 0) {
+    throw new KeyFileError(
+      `${dir} already holds ${existing.join(", ")}; refusing to overwrite ` +
+        `(a new key changes the server's pq1 name: use --force if that is intended)`,
+    );
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

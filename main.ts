@@ -1,0 +1,53 @@
+// pqconnect: post-quantum tunnels for every application (PQConnect, pq1 protocol).
+
+import { type Command, UsageError } from "./lib/cli/common.ts";
+import { keygenCommand } from "./lib/cli/keygen.ts";
+import { announceCommand } from "./lib/cli/announce.ts";
+import { KeyFileError } from "./lib/keyfiles.ts";
+
+const COMMANDS: Command[] = [keygenCommand, announceCommand];
+
+function mainUsage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  return [
+    "Usage: pqconnect COMMAND [OPTIONS]",
+    "",
+    "Automatic end-to-end post-quantum tunnels (PQConnect, protocol pq1).",
+    "",
+    "Commands:",
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    "",
+    'Run "pqconnect COMMAND --help" for the options of a command.',
+  ].join("\n");
+}
+
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "-h" || name === "--help" || name === "help") {
+    console.log(mainUsage());
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS.find((c) => c.name === name);
+  if (!command) {
+    console.error(`pqconnect: unknown command "${name}"\n\n${mainUsage()}`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`pqconnect ${name}: ${e.message}\n\n${command.usage}`);
+      return 2;
+    }
+    if (e instanceof KeyFileError) {
+      console.error(`pqconnect ${name}: ${e.message}`);
+      return 1;
+    }
+    console.error(`pqconnect ${name}: ${(e as Error).message ?? e}`);
+    return 1;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,156 @@
+// The keygen and announce commands, run as a user would run them.
+
+import assert from "node:assert/strict";
+import { fixtureDir } from "./fixtures.ts";
+import { readServerKeys } from "../lib/keyfiles.ts";
+import { KeyTree } from "../lib/keytree.ts";
+import { formatPq1Label } from "../lib/names.ts";
+import { loadMcEliece6960119 } from "../wasm/kem.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const REFERENCE_ROOT = Deno.env.get("PQREF_ROOT") ?? "/srv/pqref";
+
+async function pqconnect(...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", "--allow-write", MAIN, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("announce prints the reference's pq1 name for the reference's key files", async () => {
+  const r = await pqconnect(
+    "announce",
+    "--name",
+    "www.lab.test",
+    "--ip",
+    "198.18.0.1",
+    "-d",
+    fixtureDir,
+  );
+  assert.equal(r.code, 0, r.stderr);
+  const label = "pq1bw6fy9r2vsf6jj97m0wy14pmg6sybl7vpd8d06g0kmpj5pgmp921" + "55g1" + "5fg1";
+  assert.equal(
+    r.stdout,
+    `www.lab.test.\tIN\tCNAME\t${label}.lab.test.\n${label}.lab.test.\tIN\tA\t198.18.0.1\n`,
+  );
+});
+
+Deno.test("announce rejects bad input with a message and a non-zero exit", async () => {
+  const cases: [string[], number, RegExp][] = [
+    [["--name", "www.lab.test", "--ip", "300.1.1.1", "-d", fixtureDir], 2, /--ip must be an IPv4/],
+    [["--name", "www lab", "--ip", "1.2.3.4", "-d", fixtureDir], 2, /--name must be a DNS name/],
+    [["--ip", "1.2.3.4", "-d", fixtureDir], 2, /--name is required/],
+    [["--name", "www.lab.test", "--ip", "1.2.3.4", "-p", "70000", "-d", fixtureDir], 2, /port/],
+    [["--name", "www.lab.test", "--ip", "1.2.3.4", "--bogus"], 2, /Unknown option/],
+    [["--name", "www.lab.test", "--ip", "1.2.3.4", "-d", "/nonexistent"], 1, /does not exist/],
+  ];
+  for (const [args, code, message] of cases) {
+    const r = await pqconnect("announce", ...args);
+    assert.equal(r.code, code, args.join(" "));
+    assert.match(r.stderr, message);
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeFile(`${dir}/mceliece_pk`, new Uint8Array(1000));
+    await Deno.writeFile(`${dir}/x25519_pk`, new Uint8Array(32));
+    const r = await pqconnect("announce", "--name", "www.lab.test", "--ip", "1.2.3.4", "-d", dir);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /has 1000 bytes, expected 1047319/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("every command answers --help", async () => {
+  for (const cmd of ["keygen", "announce"]) {
+    const r = await pqconnect(cmd, "--help");
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^Usage: pqconnect /);
+  }
+  const r = await pqconnect("frobnicate");
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /unknown command/);
+});
+
+Deno.test({
+  name: "keygen writes working keys in the reference format, 0600 secrets, and never overwrites",
+  // McEliece key generation in WebAssembly takes ~20 s
+  sanitizeResources: false,
+  async fn() {
+    const parent = await Deno.makeTempDir();
+    const dir = `${parent}/keys`;
+    try {
+      const r = await pqconnect("keygen", "--keydir", dir);
+      assert.equal(r.code, 0, r.stderr);
+      const st = Deno.statSync(dir);
+      assert.equal(st.mode! & 0o777, 0o700);
+      for (
+        const [name, mode] of [
+          ["mceliece_sk", 0o600],
+          ["x25519_sk", 0o600],
+          ["session_key", 0o600],
+          ["mceliece_pk", 0o644],
+          ["x25519_pk", 0o644],
+        ] as const
+      ) {
+        assert.equal(Deno.statSync(`${dir}/${name}`).mode! & 0o777, mode, name);
+      }
+      const keys = readServerKeys(dir);
+      const label = formatPq1Label(KeyTree.build(keys.mceliecePk, keys.x25519Pk).root);
+      assert.match(r.stdout, new RegExp(label));
+      const kem = await loadMcEliece6960119();
+      const enc = kem.encapsulate(keys.mceliecePk);
+      assert.deepEqual(kem.decapsulate(enc.ciphertext, keys.mcelieceSk), enc.sharedSecret);
+
+      const before = Deno.readFileSync(`${dir}/x25519_sk`);
+      const again = await pqconnect("keygen", "--keydir", dir);
+      assert.equal(again.code, 1);
+      assert.match(again.stderr, /refusing to overwrite/);
+      assert.deepEqual(Deno.readFileSync(`${dir}/x25519_sk`), before);
+
+      // The reference derives the same name from these files.
+      if (Deno.uid() === 0 && exists(`${REFERENCE_ROOT}/usr/lib/python3/dist-packages/pqconnect`)) {
+        const ref = await referenceName(dir);
+        assert.equal("pq1" + ref, label);
+      } else {
+        console.log(`skipped the reference cross-check: no reference root at ${REFERENCE_ROOT}`);
+      }
+    } finally {
+      await Deno.remove(parent, { recursive: true });
+    }
+  },
+});
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs the reference's own key-tree code on our files, inside its Debian 13 root. */
+async function referenceName(dir: string): Promise<string> {
+  const work = `${REFERENCE_ROOT}/tmp/pqts-keygen-check`;
+  await Deno.mkdir(work, { recursive: true });
+  try {
+    await Deno.copyFile(`${dir}/mceliece_pk`, `${work}/mceliece_pk`);
+    await Deno.copyFile(`${dir}/x25519_pk`, `${work}/x25519_pk`);
+    const script = "import sys\nfrom pqconnect.keys import PKTree\n" +
+      "t = PKTree.from_file(sys.argv[1] + '/mceliece_pk', sys.argv[1] + '/x25519_pk')\n" +
+      "print(t.get_base32_encoded_pubkey_hash())\n";
+    const out = await new Deno.Command("chroot", {
+      args: [REFERENCE_ROOT, "python3", "-c", script, "/tmp/pqts-keygen-check"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    return new TextDecoder().decode(out.stdout).trim();
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+}
