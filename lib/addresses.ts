@@ -1,0 +1,42 @@
+// Internal tunnel addresses: one per peer, from the TUN subnet, reused once freed.
+
+export class AddressPool {
+  readonly network: number;
+  readonly broadcast: number;
+  private readonly free: number[] = [];
+  private next: number;
+  private readonly inUse = new Set<number>();
+
+  /** `own` is the TUN device's address, never handed out. */
+  constructor(readonly own: number, readonly prefix: number) {
+    if (prefix < 8 || prefix > 30) throw new Error("prefix length must be from 8 to 30");
+    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+    this.network = (own & mask) >>> 0;
+    this.broadcast = (this.network | (~mask >>> 0)) >>> 0;
+    this.next = this.network + 1;
+  }
+
+  contains(addr: number): boolean {
+    return addr > this.network && addr < this.broadcast;
+  }
+
+  /** A free address, or null when the subnet is exhausted. */
+  allocate(): number | null {
+    let addr = this.free.pop();
+    while (addr === undefined && this.next < this.broadcast) {
+      const candidate = this.next++;
+      if (candidate !== this.own) addr = candidate;
+    }
+    if (addr === undefined) return null;
+    this.inUse.add(addr);
+    return addr;
+  }
+
+  release(addr: number): void {
+    if (this.inUse.delete(addr)) this.free.push(addr);
+  }
+
+  get used(): number {
+    return this.inUse.size;
+  }
+}
