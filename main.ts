@@ -3,9 +3,10 @@
 import { type Command, UsageError } from "./lib/cli/common.ts";
 import { keygenCommand } from "./lib/cli/keygen.ts";
 import { announceCommand } from "./lib/cli/announce.ts";
+import { serverCommand } from "./lib/cli/server.ts";
 import { KeyFileError } from "./lib/keyfiles.ts";
 
-const COMMANDS: Command[] = [keygenCommand, announceCommand];
+const COMMANDS: Command[] = [serverCommand, keygenCommand, announceCommand];
 
 function mainUsage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -1,0 +1,100 @@
+// `pqconnect server`: accept PQConnect tunnels from clients (options as the reference's).
+
+import {
+  type Command,
+  parseIpv4,
+  parseOptions,
+  parsePort,
+  parsePrefix,
+  UsageError,
+} from "./common.ts";
+import {
+  CRYPTO_PORT,
+  DEFAULT_KEY_DIR,
+  KEY_PORT,
+  PRIVSEP_USER,
+  SERVER_TUN_ADDRESS,
+  TUN_PREFIX,
+} from "../constants.ts";
+import { runServer } from "../server/daemon.ts";
+
+export const serverCommand: Command = {
+  name: "server",
+  summary: "run a PQConnect server (tunnel and key ports)",
+  usage: `Usage: pqconnect server [OPTIONS]
+
+Accepts PQConnect tunnels: serves the long-term and ephemeral public keys on
+the key port, completes 0-RTT handshakes on the crypto port, and carries each
+client's packets between the tunnel and a TUN device. Needs root to set up;
+then runs as an unprivileged user.
+
+Options:
+  -d, --keydir DIR        key directory (default ${DEFAULT_KEY_DIR})
+  -p, --port P            crypto (tunnel) UDP port (default ${CRYPTO_PORT})
+  -k, --keyport K         key server UDP port (default ${KEY_PORT})
+  -a, --addr A.B.C.D      TUN device address (default ${SERVER_TUN_ADDRESS})
+  -m, --mask N            TUN prefix length, 8..24 (default ${TUN_PREFIX})
+  -i, --interface NAME    TUN device name (default pqcserv0)
+  -H, --host-ip A.B.C.D   address decrypted traffic is delivered to
+                          (default: the TUN address)
+      --user NAME         unprivileged user to run as (default ${PRIVSEP_USER})
+      --mtu N             TUN MTU (default 1400)
+      --max-peers N       tunnels kept before the idlest gets a cookie (default 65536)
+  -v, --verbose           log every tunnel event
+  -h, --help              show this help`,
+  async run(args) {
+    const { values } = parseOptions(args, {
+      keydir: { type: "string", short: "d", default: DEFAULT_KEY_DIR },
+      port: { type: "string", short: "p" },
+      keyport: { type: "string", short: "k" },
+      addr: { type: "string", short: "a", default: SERVER_TUN_ADDRESS },
+      mask: { type: "string", short: "m" },
+      interface: { type: "string", short: "i", default: "pqcserv0" },
+      "host-ip": { type: "string", short: "H" },
+      user: { type: "string", default: PRIVSEP_USER },
+      mtu: { type: "string", default: "1400" },
+      "max-peers": { type: "string", default: "65536" },
+      verbose: { type: "boolean", short: "v", default: false },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    const prefix = parsePrefix(values.mask, TUN_PREFIX);
+    if (prefix > 24) throw new UsageError(`--mask must be from 8 to 24, not ${prefix}`);
+    const port = parsePort(values.port, CRYPTO_PORT, "--port");
+    const keyPort = parsePort(values.keyport, KEY_PORT, "--keyport");
+    if (port === keyPort) throw new UsageError("--port and --keyport must differ");
+    const mtu = Number(values.mtu);
+    if (!/^\d+$/.test(values.mtu!) || mtu < 576 || mtu > 65000) {
+      throw new UsageError(`--mtu must be from 576 to 65000, not "${values.mtu}"`);
+    }
+    const maxPeers = Number(values["max-peers"]);
+    if (!/^\d+$/.test(values["max-peers"]!) || maxPeers < 1) {
+      throw new UsageError(`--max-peers must be a positive number`);
+    }
+    const name = values.interface!;
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) {
+      throw new UsageError(`--interface must be 1 to 15 letters, digits, '_', '.' or '-'`);
+    }
+    if (Deno.uid() !== 0) {
+      throw new Error("must be started as root (it creates a TUN device, then drops privileges)");
+    }
+    return await runServer({
+      keyDir: values.keydir!,
+      port,
+      keyPort,
+      tunAddress: parseIpv4(values.addr, "--addr"),
+      prefix,
+      interfaceName: name,
+      hostAddress: values["host-ip"] === undefined
+        ? undefined
+        : parseIpv4(values["host-ip"], "--host-ip"),
+      user: values.user!,
+      mtu,
+      maxPeers,
+      verbose: values.verbose!,
+    });
+  },
+};

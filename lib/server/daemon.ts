@@ -1,0 +1,224 @@
+// The server daemon: the IO shell around ServerDevice. As root it reads the keys, creates and
+// configures the TUN device, binds both UDP ports and starts the crypto worker; then it drops
+// to an unprivileged user before it reads a single datagram.
+
+import { KeyTree } from "../keytree.ts";
+import { readServerKeys, wipeServerKeys } from "../keyfiles.ts";
+import { EphemeralKeyStore } from "../ephemeral.ts";
+import { CookieKeyring } from "../cookie.ts";
+import { x25519PublicKey } from "../crypto.ts";
+import { answerKeyRequest } from "../keyserver.ts";
+import { formatPq1Label } from "../names.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../ip.ts";
+import { Logger } from "../log.ts";
+import { ServerDevice } from "./device.ts";
+import { TunDevice } from "../../ffi/tun.ts";
+import { configureInterface } from "../../ffi/rtnetlink.ts";
+import { UdpSocket } from "../../ffi/udp.ts";
+import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
+import { CryptoPool } from "../crypto_pool.ts";
+
+export interface ServerOptions {
+  keyDir: string;
+  port: number;
+  keyPort: number;
+  tunAddress: string;
+  prefix: number;
+  interfaceName: string;
+  hostAddress?: string;
+  user: string;
+  mtu: number;
+  maxPeers: number;
+  verbose: boolean;
+}
+
+const TUN_BATCH = 64;
+
+export async function runServer(opts: ServerOptions): Promise<number> {
+  const log = new Logger("pqconnect-server", opts.verbose ? "debug" : "info");
+  // Everything that can fail on bad configuration fails here, before anything is created.
+  const keys = readServerKeys(opts.keyDir);
+  const tree = KeyTree.build(keys.mceliecePk, keys.x25519Pk);
+  const user = lookupUser(opts.user);
+  if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
+  const tunAddress = ipv4ToNumber(opts.tunAddress);
+  const hostAddress = ipv4ToNumber(opts.hostAddress ?? opts.tunAddress);
+
+  const closers: (() => void)[] = [];
+  const closeAll = () => {
+    for (const close of closers.reverse()) {
+      try {
+        close();
+      } catch { /* closing what is left matters more than one failure */ }
+    }
+  };
+  try {
+    const tun = TunDevice.open(opts.interfaceName);
+    closers.push(() => tun.close());
+    await configureInterface(tun.name, {
+      address: opts.tunAddress,
+      prefix: opts.prefix,
+      mtu: opts.mtu,
+    });
+    const cryptoSock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram: 4096 });
+    closers.push(() => cryptoSock.close());
+    const keySock = UdpSocket.bind("0.0.0.0", opts.keyPort, { maxDatagram: 2048, batch: 16 });
+    closers.push(() => keySock.close());
+    const pool = await CryptoPool.start({ mcelieceSecretKey: keys.mcelieceSk });
+    closers.push(() => pool.close());
+    const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
+    const x25519Sk = keys.x25519Sk.slice();
+    wipeServerKeys(keys);
+
+    dropPrivileges(user.uid, user.gid);
+    log.info(
+      `serving ${formatPq1Label(tree.root)} on UDP ${opts.port} (tunnel) and ${opts.keyPort} ` +
+        `(keys); ${tun.name} ${opts.tunAddress}/${opts.prefix} mtu ${opts.mtu}; ` +
+        `decrypted traffic to ${numberToIpv4(hostAddress)}; running as ${opts.user} ` +
+        `(uid ${user.uid})`,
+    );
+
+    const t0 = performance.now();
+    const clock = {
+      mono: () => (performance.now() - t0) / 1000,
+      wall: () => Date.now() / 1000,
+    };
+    const ephemeral = new EphemeralKeyStore();
+    const device = new ServerDevice(
+      {
+        x25519Sk,
+        tunAddress,
+        prefix: opts.prefix,
+        hostAddress,
+        maxPeers: opts.maxPeers,
+        maxPendingHandshakes: 32,
+      },
+      {
+        sendUdp: (data, host, port) => {
+          cryptoSock.sendTo(data, host, port);
+        },
+        writeTun: (packet) => {
+          tun.write(packet);
+        },
+      },
+      {
+        mcelieceDecap: (c0) => pool.mcelieceDecap(c0),
+        sntrupDecap: (ct, sk) => pool.sntrupDecap(ct, sk),
+      },
+      ephemeral,
+      cookies,
+      log,
+      clock,
+    );
+    closers.push(() => device.close());
+
+    const makeEphemeralKeys = async () => {
+      for (const slot of ephemeral.due(clock.wall())) {
+        const kp = await pool.sntrupKeypair();
+        const x25519Sk = crypto.getRandomValues(new Uint8Array(32));
+        ephemeral.add({
+          slot,
+          sntrupPk: kp.publicKey,
+          sntrupSk: kp.secretKey,
+          x25519Pk: x25519PublicKey(x25519Sk),
+          x25519Sk,
+        });
+        log.debug(
+          `ephemeral keys ready for the slot starting ${new Date(slot * 1000).toISOString()}`,
+        );
+      }
+    };
+    await makeEphemeralKeys();
+    device.tick(crypto.getRandomValues(new Uint8Array(32)));
+
+    let running = true;
+    const stop = (signal: string) => {
+      if (!running) return;
+      log.info(`${signal}: shutting down`);
+      running = false;
+    };
+    const onTerm = () => stop("SIGTERM");
+    const onInt = () => stop("SIGINT");
+    Deno.addSignalListener("SIGTERM", onTerm);
+    Deno.addSignalListener("SIGINT", onInt);
+    closers.push(() => {
+      Deno.removeSignalListener("SIGTERM", onTerm);
+      Deno.removeSignalListener("SIGINT", onInt);
+    });
+
+    const keyDrops = device.drops;
+    const pumps = [
+      pump(() => running, (ms) => cryptoSock.waitReadable(ms), () => {
+        for (const d of cryptoSock.recvBatch()) device.onDatagram(d.data, d.addr, d.port);
+      }),
+      pump(() => running, (ms) => keySock.waitReadable(ms), () => {
+        const now = clock.wall();
+        for (const d of keySock.recvBatch()) {
+          const answer = answerKeyRequest(d.data, tree, ephemeral, now);
+          if (answer.ok) keySock.sendTo(answer.response, d.addr, d.port);
+          else keyDrops.count(`key-${answer.reason}`);
+        }
+      }),
+      pumpTun(() => running, tun, (p) => device.onTunPacket(p)),
+      (async () => {
+        let seconds = 0;
+        while (running) {
+          await sleep(1000);
+          if (!running) break;
+          try {
+            await makeEphemeralKeys();
+            device.tick(crypto.getRandomValues(new Uint8Array(32)));
+          } catch (e) {
+            log.error(`periodic maintenance failed: ${e}`);
+          }
+          if (++seconds % 30 === 0) device.drops.report(log);
+        }
+      })(),
+    ];
+    await Promise.all(pumps);
+    device.drops.report(log);
+    log.info(`stopped after ${device.handshakes} handshakes; ${tun.name} removed`);
+    return 0;
+  } finally {
+    closeAll();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Waits for readiness off the JS thread, then drains synchronously; never throws. */
+async function pump(
+  running: () => boolean,
+  wait: (ms: number) => Promise<boolean>,
+  drain: () => void,
+): Promise<void> {
+  while (running()) {
+    const ready = await wait(250);
+    if (!running()) return;
+    if (!ready) continue;
+    try {
+      drain();
+    } catch (e) {
+      // A bug, not bad input (parsers never throw): keep serving, but say so.
+      console.error(`pqconnect-server: packet loop error: ${(e as Error).stack ?? e}`);
+    }
+  }
+}
+
+async function pumpTun(
+  running: () => boolean,
+  tun: TunDevice,
+  handle: (packet: Uint8Array) => void,
+): Promise<void> {
+  const bufs = Array.from({ length: TUN_BATCH }, () => new Uint8Array(65536));
+  const lens = new Array<number>(TUN_BATCH).fill(0);
+  await pump(running, (ms) => tun.waitReadable(ms), () => {
+    let n: number;
+    do {
+      n = tun.readBatch(bufs, lens);
+      for (let i = 0; i < n; i++) handle(bufs[i].subarray(0, lens[i]));
+    } while (n === TUN_BATCH);
+  });
+}
