@@ -6,13 +6,13 @@
 import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../constants.ts";
 import { parseInitiation, respondFinish, respondOpen } from "../handshake.ts";
 import { TunnelSession } from "../session.ts";
-import { buildCookie, CookieKeyring, cookieTimestamp, isCookie, openCookie } from "../cookie.ts";
+import { buildCookie, type CookieKeyring, cookieTimestamp, isCookie, openCookie } from "../cookie.ts";
 import { ReplayCache } from "../replay.ts";
-import { EphemeralKeyStore } from "../ephemeral.ts";
+import type { EphemeralKeyStore } from "../ephemeral.ts";
 import { AddressPool } from "../addresses.ts";
 import { ipv4Dst, ipv4HeaderLength, numberToIpv4 } from "../ip.ts";
 import { translate } from "../nat.ts";
-import { DropCounters, Logger } from "../log.ts";
+import { DropCounters, type Logger } from "../log.ts";
 import { hex, wipe } from "../bytes.ts";
 import { type Peer, PeerTable, tidKeyAt } from "./peers.ts";
 
