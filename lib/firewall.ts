@@ -1,0 +1,256 @@
+// The firewall rule that sends DNS answers (UDP from port 53) to our NFQUEUE.
+//
+// Where: the input hook. Answers to this machine's own lookups are locally delivered packets,
+// so they traverse input; forwarded traffic (if the host routes for others) does not, and
+// input runs after IP reassembly, so a fragmented answer reaches the queue whole. A local
+// caching resolver (systemd-resolved, dnsmasq on 127.0.0.x) is covered too: both its
+// upstream answer and its reply to the application arrive through input (the latter on lo),
+// and the second one already carries the internal address and passes unchanged.
+//
+// Priority: mangle (-150), before the host's filter rules. A packet we accept is reinjected
+// and continues through the later input chains, so the host firewall still judges every
+// answer. With iptables the rule therefore goes into the mangle table rather than filter:
+// NFQUEUE ends a chain's traversal, and at the top of filter/INPUT it would let DNS answers
+// skip the administrator's rules.
+//
+// Both variants use queue bypass: with no process bound to the queue the kernel accepts the
+// packets, so DNS keeps working when we die. Leftovers of a crashed run are found by name
+// (nftables table) or by comment (iptables) and removed with `removeStaleRules`.
+
+export const RULE_TAG = "pqconnect-ts";
+const NFT_TABLE = RULE_TAG;
+const NFT_CHAIN = "dns-answers";
+const IPTABLES_TABLES = ["mangle", "filter"] as const;
+
+export type RuleHandle =
+  | { backend: "nft"; nft: string; table: string; queueNum: number }
+  | {
+    backend: "iptables";
+    iptables: string;
+    table: (typeof IPTABLES_TABLES)[number];
+    rule: string[];
+    queueNum: number;
+  };
+
+/** A firewall tool failed; carries what it printed. */
+export class FirewallError extends Error {
+  constructor(
+    readonly tool: string,
+    readonly args: string[],
+    readonly code: number,
+    readonly stderr: string,
+  ) {
+    super(`${tool} ${args.join(" ")} failed (exit ${code}): ${stderr.trim() || "(no output)"}`);
+    this.name = "FirewallError";
+  }
+}
+
+const SBIN = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/** Absolute path of a tool in the system directories, or null. */
+export function findTool(name: string): string | null {
+  for (const dir of SBIN) {
+    const path = `${dir}/${name}`;
+    try {
+      if (Deno.statSync(path).isFile) return path;
+    } catch {
+      // not there
+    }
+  }
+  return null;
+}
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function run(tool: string, args: string[], stdin?: string): Promise<RunResult> {
+  const child = new Deno.Command(tool, {
+    args,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    // A stable, unlocalized environment: we parse the output.
+    clearEnv: true,
+    env: { PATH: SBIN.join(":"), LC_ALL: "C" },
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+async function runOk(tool: string, args: string[], stdin?: string): Promise<string> {
+  const r = await run(tool, args, stdin);
+  if (r.code !== 0) throw new FirewallError(tool, args, r.code, r.stderr);
+  return r.stdout;
+}
+
+function checkQueueNum(queueNum: number): void {
+  if (!Number.isInteger(queueNum) || queueNum < 0 || queueNum > 0xffff) {
+    throw new RangeError(`bad queue number ${queueNum}`);
+  }
+}
+
+function nftScript(queueNum: number): string {
+  // Creating then deleting the table first makes the load replace any stale copy; the file
+  // is applied as one transaction, so a failure leaves nothing behind.
+  return [
+    `table ip ${NFT_TABLE} {}`,
+    `delete table ip ${NFT_TABLE}`,
+    `table ip ${NFT_TABLE} {`,
+    `  chain ${NFT_CHAIN} {`,
+    `    type filter hook input priority mangle; policy accept;`,
+    `    udp sport 53 queue num ${queueNum} bypass`,
+    `  }`,
+    `}`,
+    "",
+  ].join("\n");
+}
+
+function iptablesRule(queueNum: number): string[] {
+  return [
+    "INPUT",
+    "-p",
+    "udp",
+    "--sport",
+    "53",
+    "-m",
+    "comment",
+    "--comment",
+    RULE_TAG,
+    "-j",
+    "NFQUEUE",
+    "--queue-num",
+    String(queueNum),
+    "--queue-bypass",
+  ];
+}
+
+export interface InstallOptions {
+  /** Skip nftables (for testing the fallback, or when it is known to lack `queue`). */
+  skipNft?: boolean;
+}
+
+/**
+ * Installs the rule queueing incoming DNS answers to `queueNum`: nftables in its own table if
+ * the kernel has the queue expression, otherwise iptables. Throws FirewallError (with every
+ * attempt's stderr) when neither works.
+ */
+export async function installDnsQueueRule(
+  queueNum: number,
+  opts: InstallOptions = {},
+): Promise<RuleHandle> {
+  checkQueueNum(queueNum);
+  const failures: string[] = [];
+  const nft = findTool("nft");
+  if (nft && !opts.skipNft) {
+    try {
+      await runOk(nft, ["-f", "-"], nftScript(queueNum));
+      return { backend: "nft", nft, table: NFT_TABLE, queueNum };
+    } catch (e) {
+      // Typically "Could not process rule: No such file or directory": no nft_queue in the
+      // kernel. iptables' NFQUEUE target is a different kernel module and may still work.
+      failures.push((e as Error).message);
+    }
+  } else if (!nft) {
+    failures.push("nft: not installed");
+  }
+  const iptables = findTool("iptables");
+  if (!iptables) {
+    failures.push("iptables: not installed");
+  } else {
+    for (const table of IPTABLES_TABLES) {
+      const rule = iptablesRule(queueNum);
+      try {
+        await runOk(iptables, ["-w", "-t", table, "-I", ...rule]);
+        return { backend: "iptables", iptables, table, rule, queueNum };
+      } catch (e) {
+        failures.push((e as Error).message);
+      }
+    }
+  }
+  throw new Error(`cannot install the DNS queue rule:\n  ${failures.join("\n  ")}`);
+}
+
+/** Removes the rule `installDnsQueueRule` returned. Throws FirewallError on failure. */
+export async function removeDnsQueueRule(handle: RuleHandle): Promise<void> {
+  if (handle.backend === "nft") {
+    await runOk(handle.nft, ["delete", "table", "ip", handle.table]);
+  } else {
+    await runOk(handle.iptables, ["-w", "-t", handle.table, "-D", ...handle.rule]);
+  }
+}
+
+/** Splits one line of `iptables -S` output into arguments (it double-quotes some). */
+export function splitIptablesLine(line: string): string[] {
+  const out: string[] = [];
+  let cur = "";
+  let inToken = false;
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const ch = line[i];
+    if (quoted) {
+      if (ch === "\\" && i + 1 < line.length) cur += line[++i];
+      else if (ch === '"') quoted = false;
+      else cur += ch;
+    } else if (ch === '"') {
+      quoted = true;
+      inToken = true;
+    } else if (ch === " " || ch === "\t") {
+      if (inToken) out.push(cur);
+      cur = "";
+      inToken = false;
+    } else {
+      cur += ch;
+      inToken = true;
+    }
+  }
+  if (inToken) out.push(cur);
+  return out;
+}
+
+/** True when `-S` arguments carry our comment. */
+function isOurs(args: string[]): boolean {
+  for (let i = 0; i + 1 < args.length; i++) {
+    if (args[i] === "--comment" && args[i + 1] === RULE_TAG) return true;
+  }
+  return false;
+}
+
+/**
+ * Removes whatever an earlier run may have left: our nftables table and every iptables rule
+ * (mangle or filter INPUT) carrying our comment. Returns how many it removed. Missing tools
+ * or tables are not errors.
+ */
+export async function removeStaleRules(): Promise<number> {
+  let removed = 0;
+  const nft = findTool("nft");
+  if (nft) {
+    const r = await run(nft, ["list", "tables", "ip"]);
+    if (r.code === 0 && r.stdout.split("\n").some((l) => l.trim() === `table ip ${NFT_TABLE}`)) {
+      await runOk(nft, ["delete", "table", "ip", NFT_TABLE]);
+      removed++;
+    }
+  }
+  const iptables = findTool("iptables");
+  if (iptables) {
+    for (const table of IPTABLES_TABLES) {
+      const r = await run(iptables, ["-w", "-t", table, "-S", "INPUT"]);
+      if (r.code !== 0) continue; // table absent in this kernel/namespace
+      for (const line of r.stdout.split("\n")) {
+        const args = splitIptablesLine(line);
+        if (args[0] !== "-A" || !isOurs(args)) continue;
+        await runOk(iptables, ["-w", "-t", table, "-D", ...args.slice(1)]);
+        removed++;
+      }
+    }
+  }
+  return removed;
+}
