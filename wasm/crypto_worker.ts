@@ -1,0 +1,191 @@
+/**
+ * Module worker that runs KEM operations off the packet path (spawned by lib/crypto_pool.ts).
+ *
+ * Holds the server's McEliece secret key resident in WASM memory (given once in the init
+ * message, zeroed on shutdown) and any McEliece public keys registered for precomputing
+ * ciphertexts. Requests are handled one at a time in arrival order; every reply carries the
+ * request id. Result buffers are transferred, not copied, and secret inputs that arrived in
+ * this worker are zeroed once used.
+ *
+ * Loading it needs --allow-read for this file and wasm/kem.ts (Deno checks worker modules'
+ * local imports against the parent's permissions); the liboqs package itself needs nothing.
+ */
+import {
+  type Decapsulator,
+  type Encapsulator,
+  type Kem,
+  KemRejectedError,
+  loadMcEliece6960119,
+  loadSntrup761,
+} from "./kem.ts";
+
+/** First message from the pool. The key's buffer is transferred here and wiped after loading. */
+export interface InitMessage {
+  op: "init";
+  mcelieceSecretKey: Uint8Array | null;
+}
+
+export type WorkerRequest =
+  | { id: number; op: "mcelieceDecap"; ct: Uint8Array }
+  | { id: number; op: "mcelieceEncap"; pkId: number }
+  | { id: number; op: "registerMcEliecePk"; pkId: number; pk: Uint8Array }
+  | { id: number; op: "unregisterMcEliecePk"; pkId: number }
+  | { id: number; op: "sntrupKeypair" }
+  | { id: number; op: "sntrupDecap"; ct: Uint8Array; sk: Uint8Array }
+  | { id: number; op: "sntrupEncap"; pk: Uint8Array }
+  | { id: number; op: "shutdown" };
+
+export type WorkerOp = WorkerRequest["op"];
+
+/** A request before the pool stamps its id on it. */
+export type RequestBody = WorkerRequest extends infer R ? R extends unknown ? Omit<R, "id"> : never
+  : never;
+
+export interface SharedSecretResult {
+  sharedSecret: Uint8Array;
+}
+export interface EncapResult {
+  ciphertext: Uint8Array;
+  sharedSecret: Uint8Array;
+}
+export interface KeypairResult {
+  publicKey: Uint8Array;
+  secretKey: Uint8Array;
+}
+// deno-lint-ignore ban-types
+export type EmptyResult = {};
+
+/** What each op resolves to, so the pool's call sites are typed end to end. */
+export interface ResultOf {
+  mcelieceDecap: SharedSecretResult;
+  mcelieceEncap: EncapResult;
+  registerMcEliecePk: EmptyResult;
+  unregisterMcEliecePk: EmptyResult;
+  sntrupKeypair: KeypairResult;
+  sntrupDecap: SharedSecretResult;
+  sntrupEncap: EncapResult;
+  shutdown: EmptyResult;
+}
+
+export type WorkerReply =
+  | { op: "ready" }
+  | { op: "initFailed"; error: string }
+  | { op: "reply"; id: number; ok: true; result: ResultOf[WorkerOp] }
+  | { op: "reply"; id: number; ok: false; error: string; rejected: boolean };
+
+// Typed view of the worker global: avoids pulling the deno.worker lib into a program that also
+// type-checks window-side code.
+interface WorkerScope {
+  onmessage: ((ev: MessageEvent<InitMessage | WorkerRequest>) => void) | null;
+  postMessage(message: WorkerReply, options?: { transfer?: Transferable[] }): void;
+  close(): void;
+}
+
+const scope = globalThis as unknown as WorkerScope;
+
+let mceliece: Kem | undefined;
+let sntrup: Kem | undefined;
+let serverKey: Decapsulator | undefined;
+const encapsulators = new Map<number, Encapsulator>();
+let started = false;
+let stopped = false;
+
+function buffersOf(...arrays: Uint8Array[]): ArrayBuffer[] {
+  return arrays.map((a) => a.buffer as ArrayBuffer);
+}
+
+function wipeAll(): void {
+  serverKey?.dispose();
+  serverKey = undefined;
+  for (const enc of encapsulators.values()) enc.dispose();
+  encapsulators.clear();
+}
+
+async function init(msg: InitMessage): Promise<void> {
+  try {
+    [mceliece, sntrup] = await Promise.all([loadMcEliece6960119(), loadSntrup761()]);
+    if (msg.mcelieceSecretKey) serverKey = mceliece.decapsulator(msg.mcelieceSecretKey);
+    scope.postMessage({ op: "ready" });
+  } catch (e) {
+    scope.postMessage({ op: "initFailed", error: e instanceof Error ? e.message : String(e) });
+  } finally {
+    msg.mcelieceSecretKey?.fill(0);
+  }
+}
+
+function need<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(what);
+  return value;
+}
+
+/** Runs one request; returns the result and the buffers to transfer with it. */
+function run(req: WorkerRequest): [ResultOf[WorkerOp], ArrayBuffer[]] {
+  const mc = need(mceliece, "worker not initialised");
+  const sn = need(sntrup, "worker not initialised");
+  switch (req.op) {
+    case "mcelieceDecap": {
+      const dec = need(serverKey, "no McEliece secret key was given to the pool");
+      const sharedSecret = dec.decapsulate(req.ct);
+      return [{ sharedSecret }, buffersOf(sharedSecret)];
+    }
+    case "mcelieceEncap": {
+      const enc = need(encapsulators.get(req.pkId), `unknown McEliece public key id ${req.pkId}`);
+      const r = enc.encapsulate();
+      return [r, buffersOf(r.ciphertext, r.sharedSecret)];
+    }
+    case "registerMcEliecePk": {
+      if (encapsulators.has(req.pkId)) throw new Error(`public key id ${req.pkId} in use`);
+      encapsulators.set(req.pkId, mc.encapsulator(req.pk));
+      return [{}, []];
+    }
+    case "unregisterMcEliecePk": {
+      encapsulators.get(req.pkId)?.dispose();
+      encapsulators.delete(req.pkId);
+      return [{}, []];
+    }
+    case "sntrupKeypair": {
+      const r = sn.keypair();
+      return [r, buffersOf(r.publicKey, r.secretKey)];
+    }
+    case "sntrupDecap": {
+      const sharedSecret = sn.decapsulate(req.ct, req.sk);
+      return [{ sharedSecret }, buffersOf(sharedSecret)];
+    }
+    case "sntrupEncap": {
+      const r = sn.encapsulate(req.pk);
+      return [r, buffersOf(r.ciphertext, r.sharedSecret)];
+    }
+    case "shutdown": {
+      wipeAll();
+      stopped = true;
+      return [{}, []];
+    }
+  }
+}
+
+scope.onmessage = (ev) => {
+  const msg = ev.data;
+  if (msg.op === "init") {
+    if (started) return;
+    started = true;
+    void init(msg);
+    return;
+  }
+  if (stopped) return;
+  try {
+    const [result, transfer] = run(msg);
+    scope.postMessage({ op: "reply", id: msg.id, ok: true, result }, { transfer });
+  } catch (e) {
+    scope.postMessage({
+      op: "reply",
+      id: msg.id,
+      ok: false,
+      error: e instanceof Error ? e.message : String(e),
+      rejected: e instanceof KemRejectedError,
+    });
+  } finally {
+    // This worker's copy of an ephemeral secret key is ours to erase.
+    if (msg.op === "sntrupDecap") msg.sk.fill(0);
+  }
+  if (stopped) scope.close();
+};
