@@ -70,6 +70,33 @@ const SYMBOLS = {
   posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
   posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   posix_spawn_file_actions_addclose: { parameters: ["buffer", "i32"], result: "i32" },
+  // Additions for ffi/{tun,rtnetlink,privdrop,spawn,udp}.ts.
+  // memcpy(dst, dst, 0) returns dst: typed as an integer this yields a JS buffer's native
+  // address without Deno.UnsafePointer (which needs an unscoped --allow-ffi). See addressOf.
+  addressOf: { name: "memcpy", parameters: ["buffer", "buffer", "usize"], result: "usize" },
+  // Native memory handled as plain integers, for the same reason.
+  malloc: { parameters: ["usize"], result: "usize" },
+  free: { parameters: ["usize"], result: "void" },
+  copyToNative: { name: "memcpy", parameters: ["usize", "buffer", "usize"], result: "usize" },
+  copyFromNative: { name: "memcpy", parameters: ["buffer", "usize", "usize"], result: "usize" },
+  recvmmsgAt: {
+    name: "recvmmsg",
+    parameters: ["i32", "usize", "u32", "i32", "pointer"],
+    result: "i32",
+  },
+  sendmmsgAt: { name: "sendmmsg", parameters: ["i32", "usize", "u32", "i32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  getresuid: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  getresgid: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  getgroups: { parameters: ["i32", "buffer"], result: "i32" },
+  posix_spawnattr_init: { parameters: ["buffer"], result: "i32" },
+  posix_spawnattr_destroy: { parameters: ["buffer"], result: "i32" },
+  posix_spawnattr_setflags: { parameters: ["buffer", "i16"], result: "i32" },
+  posix_spawnattr_setsigdefault: { parameters: ["buffer", "buffer"], result: "i32" },
+  posix_spawnattr_setsigmask: { parameters: ["buffer", "buffer"], result: "i32" },
+  // syscall(nr, a, b, ptr) for calls glibc has no wrapper for (seccomp). glibc's syscall() is
+  // plain assembly that shuffles registers, so declaring fixed parameters is sound.
+  syscallPtr: { name: "syscall", parameters: ["i64", "i64", "i64", "buffer"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -185,3 +212,36 @@ export async function waitReadable(fd: number, timeoutMs: number): Promise<boole
   if (n < 0) return false; // EINTR and friends: caller loops
   return n > 0;
 }
+
+/**
+ * Waits (off the JS thread) until `fd` is writable or `timeoutMs` passes; true when writable
+ * (or in error/hang-up, which the next write reports).
+ */
+export async function waitWritable(fd: number, timeoutMs: number): Promise<boolean> {
+  const pfd = new Uint8Array(8);
+  const view = new DataView(pfd.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, POLLOUT, true);
+  const n = await libc().pollAsync(pfd, 1n, timeoutMs);
+  if (n < 0) return false;
+  return n > 0;
+}
+
+/**
+ * Native address of a buffer's first byte (its byteOffset included).
+ *
+ * Only meaningful for memory that cannot move: allocate with `new ArrayBuffer(n)` (V8 keeps every
+ * ArrayBuffer's backing store off the garbage-collected heap, at a fixed address), keep a
+ * reference for as long as the kernel may use the address, and never transfer or resize it.
+ * Small typed arrays made with `new Uint8Array(n)` may live on the moving heap: don't use those.
+ */
+export function addressOf(view: ArrayBufferView): bigint {
+  const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+  return BigInt(libc().addressOf(bytes, bytes, 0n));
+}
+
+export const EINVAL = 22;
+export const EACCES = 13;
+export const ENODEV = 19;
+export const ETIMEDOUT = 110;
+export const EMSGSIZE = 90;

@@ -1,0 +1,463 @@
+// UDP/IPv4 for the tunnel data path, in batches: recvmmsg/sendmmsg move up to `batch` datagrams
+// per system call.
+//
+// The message headers, iovecs, addresses and packet slots live in one ArrayBuffer per direction,
+// laid out as the kernel's struct mmsghdr arrays and built once. Its native address comes from
+// addressOf (libc.ts), since Deno.UnsafePointer is off limits with a narrowed --allow-ffi; the
+// kernel then reads and writes JS memory directly, with no copy through a native allocation
+// (bench/udp_bench.ts measures both). Received packets are views into the receive slots, valid
+// until the next recvBatch call.
+//
+// Per-packet methods never throw: failures are counted in `stats` and reported as return values.
+
+import {
+  addressOf,
+  check,
+  EAGAIN,
+  EINTR,
+  EINVAL,
+  errno,
+  libc,
+  SysError,
+  waitReadable,
+  waitWritable,
+} from "./libc.ts";
+
+const AF_INET = 2;
+const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
+const SO_SNDBUFFORCE = 32;
+const SO_RCVBUFFORCE = 33;
+const MSG_TRUNC = 0x20;
+const MSG_DONTWAIT = 0x40;
+
+/** struct mmsghdr on LP64 Linux: a 56-byte msghdr followed by msg_len. */
+const MMSGHDR = 64;
+const H_NAME = 0;
+const H_NAMELEN = 8;
+const H_IOV = 16;
+const H_IOVLEN = 24;
+const H_FLAGS = 48;
+const H_LEN = 56;
+const IOVEC = 16;
+const SOCKADDR_IN = 16;
+
+/** The largest UDP payload IPv4 can carry. */
+export const MAX_UDP_PAYLOAD = 65507;
+
+export interface UdpOptions {
+  /** Datagrams per recvmmsg/sendmmsg call (default 64). */
+  batch?: number;
+  /** Slot size: larger datagrams are dropped on receive and sent singly (default 65507). */
+  maxDatagram?: number;
+  /** Requested SO_RCVBUF and SO_SNDBUF (default 4 MiB); the kernel may grant less. */
+  bufferBytes?: number;
+  /** "mmsg" (default) or "plain" recvfrom/sendto, one call per datagram. */
+  mode?: "mmsg" | "plain";
+}
+
+export interface Datagram {
+  data: Uint8Array;
+  /** IPv4 address as a 32-bit number (a.b.c.d = a<<24 | b<<16 | c<<8 | d). */
+  addr: number;
+  port: number;
+}
+
+export interface UdpStats {
+  received: number;
+  sent: number;
+  /** Datagrams larger than maxDatagram, dropped. */
+  truncated: number;
+  recvErrors: number;
+  /** Datagrams not sent: socket buffer full or an error. */
+  sendFailures: number;
+  /** errno of the latest failure, 0 if none. */
+  lastErrno: number;
+}
+
+export function parseIPv4(text: string): number {
+  const parts = text.split(".");
+  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {
+    throw new RangeError(`"${text}" is not an IPv4 address`);
+  }
+  return parts.reduce((acc, p) => acc * 256 + Number(p), 0);
+}
+
+export function formatIPv4(addr: number): string {
+  return `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`;
+}
+
+function sockaddrIn(addr: number, port: number): Uint8Array {
+  const sa = new Uint8Array(SOCKADDR_IN);
+  const dv = new DataView(sa.buffer);
+  dv.setUint16(0, AF_INET, true);
+  dv.setUint16(2, port, false);
+  dv.setUint32(4, addr, false);
+  return sa;
+}
+
+function validPort(port: number): boolean {
+  return Number.isInteger(port) && port >= 0 && port <= 65535;
+}
+
+function toAddr(host: string | number): number {
+  return typeof host === "number" ? host >>> 0 : parseIPv4(host);
+}
+
+/**
+ * `count` mmsghdr entries, each with one iovec over its own `slot`-byte buffer and its own
+ * sockaddr_in, all inside one ArrayBuffer whose address is fixed for its lifetime.
+ */
+class MessageArea {
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  readonly u32: Uint32Array;
+  readonly dataAt: number;
+  readonly nameAt: number;
+  /** Per slot: a view of the full packet buffer and of its sockaddr_in. */
+  readonly slots: Uint8Array[] = [];
+  readonly names: Uint8Array[] = [];
+
+  constructor(readonly count: number, readonly slot: number) {
+    const iovAt = count * MMSGHDR;
+    this.nameAt = iovAt + count * IOVEC;
+    this.dataAt = Math.ceil((this.nameAt + count * SOCKADDR_IN) / 64) * 64;
+    const stride = Math.ceil(slot / 64) * 64;
+    const buffer = new ArrayBuffer(this.dataAt + count * stride);
+    this.bytes = new Uint8Array(buffer);
+    this.view = new DataView(buffer);
+    this.u32 = new Uint32Array(buffer, 0, this.dataAt / 4);
+    const base = addressOf(this.bytes);
+    for (let i = 0; i < count; i++) {
+      const h = i * MMSGHDR;
+      const iov = iovAt + i * IOVEC;
+      const name = this.nameAt + i * SOCKADDR_IN;
+      const data = this.dataAt + i * stride;
+      this.view.setBigUint64(h + H_NAME, base + BigInt(name), true);
+      this.view.setUint32(h + H_NAMELEN, SOCKADDR_IN, true);
+      this.view.setBigUint64(h + H_IOV, base + BigInt(iov), true);
+      this.view.setBigUint64(h + H_IOVLEN, 1n, true);
+      this.view.setBigUint64(iov, base + BigInt(data), true);
+      this.view.setBigUint64(iov + 8, BigInt(slot), true);
+      this.view.setUint16(name, AF_INET, true);
+      this.slots.push(this.bytes.subarray(data, data + slot));
+      this.names.push(this.bytes.subarray(name, name + SOCKADDR_IN));
+    }
+  }
+
+  /** The entries from `first` on, as the msgvec argument. */
+  from(first: number): Uint8Array {
+    return first === 0 ? this.bytes : this.bytes.subarray(first * MMSGHDR);
+  }
+}
+
+export class UdpSocket {
+  readonly stats: UdpStats = {
+    received: 0,
+    sent: 0,
+    truncated: 0,
+    recvErrors: 0,
+    sendFailures: 0,
+    lastErrno: 0,
+  };
+  /** Socket buffer sizes the kernel actually granted (it reports double the request). */
+  readonly bufferSizes: { receive: number; send: number };
+  readonly mode: "mmsg" | "plain";
+  readonly batch: number;
+  readonly maxDatagram: number;
+  #fd: number;
+  #rx: MessageArea;
+  #tx: MessageArea | null;
+  #nameLen = new Uint32Array(1);
+  #nameLenBytes = new Uint8Array(this.#nameLen.buffer);
+
+  private constructor(fd: number, opts: UdpOptions) {
+    this.#fd = fd;
+    this.mode = opts.mode ?? "mmsg";
+    this.batch = opts.batch ?? 64;
+    this.maxDatagram = opts.maxDatagram ?? MAX_UDP_PAYLOAD;
+    if (!Number.isInteger(this.batch) || this.batch < 1 || this.batch > 1024) {
+      throw new RangeError(`batch ${this.batch} not in 1..1024`);
+    }
+    if (
+      !Number.isInteger(this.maxDatagram) || this.maxDatagram < 1 ||
+      this.maxDatagram > MAX_UDP_PAYLOAD
+    ) {
+      throw new RangeError(`maxDatagram ${this.maxDatagram} not in 1..${MAX_UDP_PAYLOAD}`);
+    }
+    this.#rx = new MessageArea(this.batch, this.maxDatagram);
+    this.#tx = this.mode === "mmsg" ? new MessageArea(this.batch, this.maxDatagram) : null;
+    const want = opts.bufferBytes ?? 4 << 20;
+    this.bufferSizes = {
+      receive: this.#setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, want),
+      send: this.#setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, want),
+    };
+  }
+
+  /** Opens a non-blocking, close-on-exec socket bound to host:port (port 0: any free port). */
+  static bind(host: string, port: number, opts: UdpOptions = {}): UdpSocket {
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      throw new RangeError(`port ${port} not in 0..65535`);
+    }
+    const sa = sockaddrIn(parseIPv4(host), port);
+    const fd = check(
+      "socket(AF_INET, SOCK_DGRAM)",
+      libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
+    );
+    try {
+      const one = new Uint8Array(new Uint32Array([1]).buffer);
+      check("setsockopt(SO_REUSEADDR)", libc().setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4));
+      const sock = new UdpSocket(fd, opts);
+      if (libc().bind(fd, sa, SOCKADDR_IN) < 0) {
+        throw new SysError(`bind(${host}:${port})`, errno());
+      }
+      return sock;
+    } catch (e) {
+      libc().close(fd);
+      throw e;
+    }
+  }
+
+  /** Tries the privileged option (ignores rmem_max/wmem_max) first, then the ordinary one. */
+  #setBuffer(force: number, plain: number, bytes: number): number {
+    const v = new Uint8Array(new Int32Array([Math.min(bytes, 0x3fffffff)]).buffer);
+    if (libc().setsockopt(this.#fd, SOL_SOCKET, force, v, 4) < 0) {
+      libc().setsockopt(this.#fd, SOL_SOCKET, plain, v, 4); // capped by the sysctl, never fatal
+    }
+    const out = new Int32Array(1);
+    const len = new Uint32Array([4]);
+    libc().getsockopt(
+      this.#fd,
+      SOL_SOCKET,
+      plain,
+      new Uint8Array(out.buffer),
+      new Uint8Array(len.buffer),
+    );
+    return out[0];
+  }
+
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** The bound address and port (useful after binding port 0). */
+  localAddress(): { host: string; port: number } {
+    const sa = new Uint8Array(SOCKADDR_IN);
+    const len = new Uint32Array([SOCKADDR_IN]);
+    check("getsockname", libc().getsockname(this.#fd, sa, new Uint8Array(len.buffer)));
+    const dv = new DataView(sa.buffer);
+    return { host: formatIPv4(dv.getUint32(4, false)), port: dv.getUint16(2, false) };
+  }
+
+  get localPort(): number {
+    return this.localAddress().port;
+  }
+
+  /**
+   * Takes up to `max` queued datagrams without blocking; an empty array when none is queued.
+   * Each `data` is a view into this socket's receive slots, overwritten by the next call.
+   */
+  recvBatch(max = this.batch): Datagram[] {
+    if (this.#fd < 0) return [];
+    max = Math.min(max, this.batch);
+    return this.mode === "mmsg" ? this.#recvMmsg(max) : this.#recvPlain(max);
+  }
+
+  #recvMmsg(max: number): Datagram[] {
+    const rx = this.#rx;
+    let n: number;
+    for (;;) {
+      n = libc().recvmmsg(this.#fd, rx.bytes, max, MSG_DONTWAIT, null);
+      if (n >= 0) break;
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code !== EAGAIN) this.#recvFailed(code);
+      return [];
+    }
+    const out: Datagram[] = [];
+    const u32 = rx.u32;
+    const view = rx.view;
+    for (let i = 0; i < n; i++) {
+      const h = (i * MMSGHDR) >> 2;
+      u32[h + (H_NAMELEN >> 2)] = SOCKADDR_IN; // the kernel overwrote it; reset for next time
+      if (u32[h + (H_FLAGS >> 2)] & MSG_TRUNC) {
+        this.stats.truncated++;
+        continue;
+      }
+      const name = rx.nameAt + i * SOCKADDR_IN;
+      out.push({
+        data: rx.slots[i].subarray(0, u32[h + (H_LEN >> 2)]),
+        addr: view.getUint32(name + 4, false),
+        port: view.getUint16(name + 2, false),
+      });
+    }
+    this.stats.received += out.length;
+    return out;
+  }
+
+  #recvPlain(max: number): Datagram[] {
+    const rx = this.#rx;
+    const out: Datagram[] = [];
+    const size = BigInt(this.maxDatagram);
+    for (let i = 0; i < max;) {
+      this.#nameLen[0] = SOCKADDR_IN;
+      const n = Number(
+        libc().recvfrom(
+          this.#fd,
+          rx.slots[i],
+          size,
+          MSG_DONTWAIT | MSG_TRUNC,
+          rx.names[i],
+          this.#nameLenBytes,
+        ),
+      );
+      if (n < 0) {
+        const code = errno();
+        if (code === EINTR) continue;
+        if (code !== EAGAIN) this.#recvFailed(code);
+        break;
+      }
+      if (n > this.maxDatagram) { // MSG_TRUNC makes recvfrom report the full length
+        this.stats.truncated++;
+        continue;
+      }
+      const name = rx.nameAt + i * SOCKADDR_IN;
+      out.push({
+        data: rx.slots[i].subarray(0, n),
+        addr: rx.view.getUint32(name + 4, false),
+        port: rx.view.getUint16(name + 2, false),
+      });
+      i++;
+    }
+    this.stats.received += out.length;
+    return out;
+  }
+
+  #recvFailed(code: number): void {
+    this.stats.recvErrors++;
+    this.stats.lastErrno = code;
+  }
+
+  #sendFailed(code: number, count: number): void {
+    this.stats.sendFailures += count;
+    this.stats.lastErrno = code;
+  }
+
+  /** Sends one datagram; false (and counted) if it could not be queued. */
+  sendTo(data: Uint8Array, host: string | number, port: number): boolean {
+    if (this.#fd < 0) return false;
+    let addr: number;
+    try {
+      addr = toAddr(host);
+    } catch {
+      addr = -1;
+    }
+    if (addr < 0 || !validPort(port)) {
+      this.#sendFailed(EINVAL, 1);
+      return false;
+    }
+    const sa = sockaddrIn(addr, port);
+    for (;;) {
+      const n = Number(
+        libc().sendto(this.#fd, data, BigInt(data.length), MSG_DONTWAIT, sa, SOCKADDR_IN),
+      );
+      if (n >= 0) {
+        this.stats.sent++;
+        return true;
+      }
+      const code = errno();
+      if (code === EINTR) continue;
+      this.#sendFailed(code, 1);
+      return false;
+    }
+  }
+
+  /**
+   * Sends datagrams in order, up to `batch` per system call, and returns how many went out.
+   * One the kernel refuses is skipped; once the send buffer is full the rest are dropped, as a
+   * router would (UDP is lossy anyway). Both are counted in stats.sendFailures.
+   */
+  sendBatch(datagrams: readonly Datagram[]): number {
+    if (this.#fd < 0) return 0;
+    const tx = this.#tx;
+    let sent = 0;
+    let i = 0;
+    while (i < datagrams.length) {
+      const n = tx === null ? 0 : this.#fill(tx, datagrams, i);
+      if (n === 0) {
+        // Plain mode, or a datagram larger than a slot: one sendto.
+        const d = datagrams[i++];
+        if (this.sendTo(d.data, d.addr, d.port)) sent++;
+        else if (this.stats.lastErrno === EAGAIN) return this.#dropRest(datagrams.length - i, sent);
+        continue;
+      }
+      let k = 0;
+      while (k < n) {
+        const r = libc().sendmmsg(this.#fd, tx!.from(k), n - k, MSG_DONTWAIT);
+        if (r > 0) {
+          k += r;
+          sent += r;
+          this.stats.sent += r;
+          continue;
+        }
+        const code = errno();
+        if (code === EINTR) continue;
+        if (code === EAGAIN) {
+          this.stats.lastErrno = code;
+          return this.#dropRest(datagrams.length - (i + k), sent);
+        }
+        this.#sendFailed(code, 1); // this one datagram is refused: skip it
+        k++;
+      }
+      i += n;
+    }
+    return sent;
+  }
+
+  /** Copies datagrams from `first` into the send slots; stops before one that doesn't fit. */
+  #fill(tx: MessageArea, datagrams: readonly Datagram[], first: number): number {
+    const u32 = tx.u32;
+    const view = tx.view;
+    const iovLenAt = (tx.count * MMSGHDR + 8) >> 2;
+    let n = 0;
+    while (n < tx.count && first + n < datagrams.length) {
+      const d = datagrams[first + n];
+      if (d.data.length > tx.slot || !validPort(d.port)) break; // sendTo deals with these
+      tx.slots[n].set(d.data);
+      u32[iovLenAt + n * (IOVEC >> 2)] = d.data.length; // low half of iov_len; high stays 0
+      const name = tx.nameAt + n * SOCKADDR_IN;
+      view.setUint16(name + 2, d.port, false);
+      view.setUint32(name + 4, d.addr >>> 0, false);
+      n++;
+    }
+    return n;
+  }
+
+  #dropRest(count: number, sent: number): number {
+    this.stats.sendFailures += count;
+    return sent;
+  }
+
+  /** Resolves true once a datagram is waiting, false on timeout (or after close). */
+  waitReadable(timeoutMs: number): Promise<boolean> {
+    if (this.#fd < 0) return Promise.resolve(false);
+    return waitReadable(this.#fd, timeoutMs);
+  }
+
+  /** Resolves true once the send buffer has room, false on timeout. */
+  waitWritable(timeoutMs: number): Promise<boolean> {
+    if (this.#fd < 0) return Promise.resolve(false);
+    return waitWritable(this.#fd, timeoutMs);
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    libc().close(this.#fd);
+    this.#fd = -1;
+  }
+}
