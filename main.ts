@@ -4,9 +4,18 @@ import { type Command, UsageError } from "./lib/cli/common.ts";
 import { keygenCommand } from "./lib/cli/keygen.ts";
 import { announceCommand } from "./lib/cli/announce.ts";
 import { serverCommand } from "./lib/cli/server.ts";
+import { clientCommand, clientWorkerCommand, statusCommand } from "./lib/cli/client.ts";
 import { KeyFileError } from "./lib/keyfiles.ts";
 
-const COMMANDS: Command[] = [serverCommand, keygenCommand, announceCommand];
+const COMMANDS: Command[] = [
+  clientCommand,
+  serverCommand,
+  keygenCommand,
+  announceCommand,
+  statusCommand,
+];
+/** Not listed in the help: started by another command. */
+const INTERNAL: Command[] = [clientWorkerCommand];
 
 function mainUsage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -28,7 +37,7 @@ export async function main(args: string[]): Promise<number> {
     console.log(mainUsage());
     return name === undefined ? 2 : 0;
   }
-  const command = COMMANDS.find((c) => c.name === name);
+  const command = [...COMMANDS, ...INTERNAL].find((c) => c.name === name);
   if (!command) {
     console.error(`pqconnect: unknown command "${name}"\n\n${mainUsage()}`);
     return 2;

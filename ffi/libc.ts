@@ -101,7 +101,7 @@ const SYMBOLS = {
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
-let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; errnoPtr: Deno.PointerObject } | null =
+let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; errnoPtr: Deno.PointerObject; path: string } | null =
   null;
 
 function load() {
@@ -114,13 +114,18 @@ function load() {
       // location read here is the one those calls set.
       const errnoPtr = lib.symbols.__errno_location();
       if (errnoPtr === null) throw new Error("__errno_location returned NULL");
-      loaded = { lib, errnoPtr };
+      loaded = { lib, errnoPtr, path };
       return loaded;
     } catch (e) {
       failures.push(`${path}: ${(e as Error).message}`);
     }
   }
   throw new Error(`cannot load the C library:\n  ${failures.join("\n  ")}`);
+}
+
+/** Path of the C library in use: what `--allow-ffi` must name for a child process. */
+export function libcPath(): string {
+  return load().path;
 }
 
 /** The C library's functions (loaded on first use). */

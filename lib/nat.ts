@@ -28,12 +28,12 @@ export function translate(p: Uint8Array, src: number, dst: number): boolean {
   if (hl === 0) return false;
   if (ipv4IsFragment(p)) return rewriteAddresses(p, src, dst);
   const total = (p[2] << 8) | p[3];
-  writeU32(p, 12, src >>> 0);
-  writeU32(p, 16, dst >>> 0);
   const protocol = p[9];
   const at = protocol === PROTO_TCP ? hl + 16 : protocol === PROTO_UDP ? hl + 6 : -1;
+  if (at >= 0 && at + 2 > total) return false; // checked before anything is written
+  writeU32(p, 12, src >>> 0);
+  writeU32(p, 16, dst >>> 0);
   if (at >= 0) {
-    if (at + 2 > total) return false;
     p[at] = 0;
     p[at + 1] = 0;
     let c = internetChecksum(

@@ -17,6 +17,7 @@ import { configureInterface } from "../../ffi/rtnetlink.ts";
 import { UdpSocket } from "../../ffi/udp.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../crypto_pool.ts";
+import { pump } from "../pump.ts";
 
 export interface ServerOptions {
   keyDir: string;
@@ -148,10 +149,10 @@ export async function runServer(opts: ServerOptions): Promise<number> {
 
     const keyDrops = device.drops;
     const pumps = [
-      pump(() => running, (ms) => cryptoSock.waitReadable(ms), () => {
+      pump("pqconnect-server", () => running, (ms) => cryptoSock.waitReadable(ms), () => {
         for (const d of cryptoSock.recvBatch()) device.onDatagram(d.data, d.addr, d.port);
       }),
-      pump(() => running, (ms) => keySock.waitReadable(ms), () => {
+      pump("pqconnect-server", () => running, (ms) => keySock.waitReadable(ms), () => {
         const now = clock.wall();
         for (const d of keySock.recvBatch()) {
           const answer = answerKeyRequest(d.data, tree, ephemeral, now);
@@ -188,25 +189,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Waits for readiness off the JS thread, then drains synchronously; never throws. */
-async function pump(
-  running: () => boolean,
-  wait: (ms: number) => Promise<boolean>,
-  drain: () => void,
-): Promise<void> {
-  while (running()) {
-    const ready = await wait(250);
-    if (!running()) return;
-    if (!ready) continue;
-    try {
-      drain();
-    } catch (e) {
-      // A bug, not bad input (parsers never throw): keep serving, but say so.
-      console.error(`pqconnect-server: packet loop error: ${(e as Error).stack ?? e}`);
-    }
-  }
-}
-
 async function pumpTun(
   running: () => boolean,
   tun: TunDevice,
@@ -214,7 +196,7 @@ async function pumpTun(
 ): Promise<void> {
   const bufs = Array.from({ length: TUN_BATCH }, () => new Uint8Array(65536));
   const lens = new Array<number>(TUN_BATCH).fill(0);
-  await pump(running, (ms) => tun.waitReadable(ms), () => {
+  await pump("pqconnect-server", running, (ms) => tun.waitReadable(ms), () => {
     let n: number;
     do {
       n = tun.readBatch(bufs, lens);

@@ -6,7 +6,13 @@
 import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../constants.ts";
 import { parseInitiation, respondFinish, respondOpen } from "../handshake.ts";
 import { TunnelSession } from "../session.ts";
-import { buildCookie, type CookieKeyring, cookieTimestamp, isCookie, openCookie } from "../cookie.ts";
+import {
+  buildCookie,
+  type CookieKeyring,
+  cookieTimestamp,
+  isCookie,
+  openCookie,
+} from "../cookie.ts";
 import { ReplayCache } from "../replay.ts";
 import type { EphemeralKeyStore } from "../ephemeral.ts";
 import { AddressPool } from "../addresses.ts";
@@ -72,8 +78,9 @@ export class ServerDevice {
     if (type === MSG_TUNNEL) return this.onTunnelPacket(data, host, port);
     if (type === MSG_INITIATION) {
       this.onInitiation(data, host, port).catch((e) => {
-        this.drops.count("handshake-error");
-        this.log.warn(`handshake from ${numberToIpv4(host)}:${port} failed: ${e}`);
+        // e.g. a McEliece ciphertext with padding bits set: the KEM refuses it
+        this.drops.count("handshake-rejected");
+        this.log.debug(`handshake from ${numberToIpv4(host)}:${port} rejected: ${e}`);
       });
       return;
     }

@@ -1,0 +1,229 @@
+// `pqconnect client` and its worker, and `pqconnect status`.
+
+import {
+  type Command,
+  parseIpv4,
+  parseOptions,
+  parsePort,
+  parsePrefix,
+  UsageError,
+} from "./common.ts";
+import { CLIENT_PORT, CLIENT_TUN_ADDRESS, PRIVSEP_USER, TUN_PREFIX } from "../constants.ts";
+import { CONTROL_SOCKET, runClient } from "../client/supervisor.ts";
+import { runClientWorker } from "../client/worker.ts";
+import { queryControl } from "../client/control.ts";
+
+export const DEFAULT_RUNTIME_DIR = "/run/pqconnect-ts";
+
+function parseNumber(
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+  what: string,
+) {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new UsageError(`${what} must be from ${min} to ${max}, not "${value}"`);
+  }
+  return Number(value);
+}
+
+export const clientCommand: Command = {
+  name: "client",
+  summary: "tunnel every connection to servers that announce PQConnect",
+  usage: `Usage: pqconnect client [OPTIONS]
+
+Watches the DNS answers this machine receives. A name that announces PQConnect
+gets an internal address; traffic to it goes through a post-quantum tunnel made
+at once (0-RTT), and packets sent before the tunnel is up are held, not lost.
+Other names are left alone. Needs root to set up; then runs as an unprivileged
+user. Stop with SIGINT or SIGTERM: the interface and firewall rule go with it.
+
+Options:
+  -p, --port P            client UDP port (default ${CLIENT_PORT})
+  -a, --addr A.B.C.D      TUN device address (default ${CLIENT_TUN_ADDRESS})
+  -m, --mask N            TUN prefix length, 8..24 (default ${TUN_PREFIX})
+  -i, --interface NAME    TUN device name (default pqccli0)
+      --user NAME         unprivileged user to run as (default ${PRIVSEP_USER})
+      --mtu N             TUN MTU (default 1400)
+      --queue N           netfilter queue number for DNS answers (default 4242)
+      --runtime-dir DIR   where the control socket lives (default ${DEFAULT_RUNTIME_DIR})
+      --precompute N      McEliece ciphertexts kept ready per server (default 8)
+  -v, --verbose           log every tunnel event
+  -h, --help              show this help`,
+  async run(args) {
+    const { values } = parseOptions(args, {
+      port: { type: "string", short: "p" },
+      addr: { type: "string", short: "a", default: CLIENT_TUN_ADDRESS },
+      mask: { type: "string", short: "m" },
+      interface: { type: "string", short: "i", default: "pqccli0" },
+      user: { type: "string", default: PRIVSEP_USER },
+      mtu: { type: "string" },
+      queue: { type: "string" },
+      "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
+      precompute: { type: "string" },
+      verbose: { type: "boolean", short: "v", default: false },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    const prefix = parsePrefix(values.mask, TUN_PREFIX);
+    if (prefix > 24) throw new UsageError(`--mask must be from 8 to 24, not ${prefix}`);
+    const name = values.interface!;
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) {
+      throw new UsageError(`--interface must be 1 to 15 letters, digits, '_', '.' or '-'`);
+    }
+    const options = {
+      port: parsePort(values.port, CLIENT_PORT, "--port"),
+      tunAddress: parseIpv4(values.addr, "--addr"),
+      prefix,
+      interfaceName: name,
+      user: values.user!,
+      mtu: parseNumber(values.mtu, 1400, 576, 65000, "--mtu"),
+      queueNum: parseNumber(values.queue, 4242, 0, 65535, "--queue"),
+      runtimeDir: values["runtime-dir"]!,
+      precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
+      verbose: values.verbose!,
+    };
+    if (Deno.uid() !== 0) {
+      throw new Error("must be started as root (it creates a TUN device and a DNS queue rule)");
+    }
+    return await runClient(options);
+  },
+};
+
+/** Started by the client's supervisor only, with descriptors 3 (TUN) and 4 (channel). */
+export const clientWorkerCommand: Command = {
+  name: "client-worker",
+  summary: "(internal) the client's unprivileged worker",
+  usage: "Usage: pqconnect client-worker (started by `pqconnect client`, not by hand)",
+  async run(args) {
+    const { values } = parseOptions(args, {
+      "tun-fd": { type: "string" },
+      "dns-fd": { type: "string" },
+      port: { type: "string" },
+      addr: { type: "string" },
+      mask: { type: "string" },
+      user: { type: "string" },
+      control: { type: "string" },
+      precompute: { type: "string" },
+      verbose: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    if (
+      values["tun-fd"] === undefined || values.control === undefined || values.user === undefined
+    ) {
+      throw new UsageError("client-worker is started by `pqconnect client`, not by hand");
+    }
+    return await runClientWorker({
+      tunFd: parseNumber(values["tun-fd"], 3, 0, 1 << 20, "--tun-fd"),
+      dnsFd: parseNumber(values["dns-fd"], 4, 0, 1 << 20, "--dns-fd"),
+      port: parsePort(values.port, CLIENT_PORT, "--port"),
+      tunAddress: parseIpv4(values.addr ?? CLIENT_TUN_ADDRESS, "--addr"),
+      prefix: parsePrefix(values.mask, TUN_PREFIX),
+      user: values.user,
+      controlSocket: values.control,
+      precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
+      verbose: values.verbose!,
+    });
+  },
+};
+
+export const statusCommand: Command = {
+  name: "status",
+  summary: "show the running client's tunnels",
+  usage: `Usage: pqconnect status [--runtime-dir DIR] [--json]
+
+Lists the servers the running client knows: name, external and internal
+address, tunnel id prefix, age, last activity and bytes each way.
+
+Options:
+      --runtime-dir DIR   the client's runtime directory (default ${DEFAULT_RUNTIME_DIR})
+      --json              print the raw status document
+  -h, --help              show this help`,
+  async run(args) {
+    const { values } = parseOptions(args, {
+      "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    const path = `${values["runtime-dir"]}/${CONTROL_SOCKET}`;
+    let status: StatusDocument;
+    try {
+      status = await queryControl(path) as StatusDocument;
+    } catch (e) {
+      throw new Error(`no running client answers at ${path}: ${(e as Error).message}`);
+    }
+    if (values.json) {
+      console.log(JSON.stringify(status, null, 2));
+      return 0;
+    }
+    console.log(formatStatus(status));
+    return 0;
+  },
+};
+
+interface StatusDocument {
+  interface: string;
+  address: string;
+  servers: {
+    name: string;
+    external: string;
+    internal: string;
+    state: string;
+    tunnelId: string;
+    age: number | null;
+    lastActivity: number | null;
+    txBytes: number;
+    rxBytes: number;
+  }[];
+}
+
+function seconds(s: number | null): string {
+  if (s === null) return "-";
+  if (s < 120) return `${s.toFixed(0)}s`;
+  return `${(s / 60).toFixed(0)}m`;
+}
+
+export function formatStatus(st: StatusDocument): string {
+  const header = [
+    "SERVER",
+    "EXTERNAL",
+    "INTERNAL",
+    "STATE",
+    "TUNNEL",
+    "AGE",
+    "IDLE",
+    "SENT",
+    "RECEIVED",
+  ];
+  const rows = st.servers.map((s) => [
+    s.name,
+    s.external,
+    s.internal,
+    s.state,
+    s.tunnelId || "-",
+    seconds(s.age),
+    seconds(s.lastActivity),
+    String(s.txBytes),
+    String(s.rxBytes),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  return [
+    `${st.interface} ${st.address}: ${st.servers.length} server(s)`,
+    line(header),
+    ...rows.map(line),
+  ].join("\n");
+}

@@ -1,0 +1,255 @@
+// The client's privileged supervisor. It creates what needs root — the TUN device, the DNS
+// netfilter queue and its firewall rule, the runtime directory — starts the unprivileged worker
+// with the TUN device and a channel, moves DNS answers between the queue and the worker without
+// parsing them, and on exit removes every rule and file it made.
+
+import { Logger } from "../log.ts";
+import {
+  installDnsQueueRule,
+  removeDnsQueueRule,
+  removeStaleRules,
+  type RuleHandle,
+} from "../firewall.ts";
+import { decodeMessage, encodeDns } from "./messages.ts";
+import { TunDevice } from "../../ffi/tun.ts";
+import { configureInterface } from "../../ffi/rtnetlink.ts";
+import { NfQueue, type QueuedPacket } from "../../ffi/nfqueue.ts";
+import {
+  closeFd,
+  killChild,
+  SeqPacketChannel,
+  socketPair,
+  spawnWithFds,
+  tryWaitChild,
+} from "../../ffi/spawn.ts";
+import { lookupUser } from "../../ffi/privdrop.ts";
+import { libcPath, waitReadable } from "../../ffi/libc.ts";
+
+export interface ClientOptions {
+  port: number;
+  tunAddress: string;
+  prefix: number;
+  interfaceName: string;
+  user: string;
+  mtu: number;
+  queueNum: number;
+  runtimeDir: string;
+  precomputed: number;
+  verbose: boolean;
+}
+
+/** An answer the worker has not judged within this time passes unchanged (fail open). */
+const VERDICT_TIMEOUT_MS = 2000;
+const READY_TIMEOUT_MS = 60_000;
+
+export const CONTROL_SOCKET = "client.sock";
+
+export async function runClient(opts: ClientOptions): Promise<number> {
+  const log = new Logger("pqconnect-client", opts.verbose ? "debug" : "info");
+  const user = lookupUser(opts.user);
+  if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
+
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const cleanup = async () => {
+    for (const step of cleanups.reverse()) {
+      try {
+        await step();
+      } catch (e) {
+        log.error(`cleanup: ${(e as Error).message}`);
+      }
+    }
+  };
+  let childPid = -1;
+  try {
+    const stale = await removeStaleRules();
+    if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
+
+    Deno.mkdirSync(opts.runtimeDir, { recursive: true, mode: 0o750 });
+    Deno.chownSync(opts.runtimeDir, 0, user.gid);
+    Deno.chmodSync(opts.runtimeDir, 0o770);
+    const controlPath = `${opts.runtimeDir}/${CONTROL_SOCKET}`;
+    cleanups.push(() => {
+      try {
+        Deno.removeSync(controlPath);
+      } catch { /* the worker removed it */ }
+    });
+
+    const tun = TunDevice.open(opts.interfaceName);
+    cleanups.push(() => tun.close());
+    await configureInterface(tun.name, {
+      address: opts.tunAddress,
+      prefix: opts.prefix,
+      mtu: opts.mtu,
+    });
+    const queue = await NfQueue.open(opts.queueNum);
+    cleanups.push(() => queue.close());
+    const [mine, theirs] = socketPair();
+    const channel = new SeqPacketChannel(mine);
+    cleanups.push(() => channel.close());
+
+    const argv = workerArgv(opts, controlPath);
+    childPid = spawnWithFds(argv[0], argv, childEnv(), [[tun.fd, 3], [theirs, 4]]);
+    const pid = childPid;
+    cleanups.push(() => stopChild(pid, log));
+    // The worker holds the only other copies now: if it dies, the interface goes with it.
+    closeFd(theirs);
+    tun.close();
+
+    await waitReady(channel, pid);
+    const rule: RuleHandle = await installDnsQueueRule(opts.queueNum);
+    cleanups.push(() => removeDnsQueueRule(rule));
+    log.info(
+      `DNS answers go through queue ${opts.queueNum} (${rule.backend}); worker pid ${pid} ` +
+        `runs as ${opts.user}`,
+    );
+
+    let running = true;
+    let exitCode = 0;
+    const stop = (why: string) => {
+      if (running) log.info(`${why}: shutting down`);
+      running = false;
+    };
+    const onTerm = () => stop("SIGTERM");
+    const onInt = () => stop("SIGINT");
+    Deno.addSignalListener("SIGTERM", onTerm);
+    Deno.addSignalListener("SIGINT", onInt);
+    cleanups.push(() => {
+      Deno.removeSignalListener("SIGTERM", onTerm);
+      Deno.removeSignalListener("SIGINT", onInt);
+    });
+
+    const pending = new Map<number, number>(); // id -> time queued
+    const relayAnswers = () => {
+      for (const p of queue.receive()) forward(p);
+    };
+    const forward = (p: QueuedPacket) => {
+      if (p.truncated || !channel.trySend(encodeDns(p.id, p.payload))) {
+        queue.verdict(p.id, true);
+        return;
+      }
+      pending.set(p.id, Date.now());
+    };
+    const applyVerdicts = () => {
+      for (;;) {
+        const m = channel.tryRecv();
+        if (m === undefined) return;
+        if (m === null) return stop("worker closed its channel");
+        const msg = decodeMessage(m);
+        if (msg?.type !== "verdict" || !pending.delete(msg.id)) continue;
+        queue.verdict(msg.id, true, msg.replacement ?? undefined);
+      }
+    };
+    const loops = [
+      (async () => {
+        while (running) {
+          if (await waitReadable(queue.fd, 250)) relayAnswers();
+        }
+      })(),
+      (async () => {
+        while (running) {
+          if (await waitReadable(channel.fd, 250)) applyVerdicts();
+        }
+      })(),
+      (async () => {
+        while (running) {
+          await new Promise((r) => setTimeout(r, 250));
+          const limit = Date.now() - VERDICT_TIMEOUT_MS;
+          for (const [id, at] of pending) {
+            if (at < limit) {
+              pending.delete(id);
+              queue.verdict(id, true);
+            }
+          }
+          const exit = tryWaitChild(pid);
+          if (exit) {
+            childPid = -1;
+            exitCode = exit.code === 0 ? 0 : 1;
+            stop(
+              `worker exited (${exit.signal ? `signal ${exit.signal}` : `status ${exit.code}`})`,
+            );
+          }
+        }
+      })(),
+    ];
+    await Promise.all(loops);
+    for (const id of pending.keys()) queue.verdict(id, true);
+    return exitCode;
+  } finally {
+    await cleanup();
+    try {
+      Deno.removeSync(opts.runtimeDir);
+    } catch { /* not empty or not ours to remove */ }
+    log.info("stopped; interface, queue rule and control socket removed");
+  }
+}
+
+async function waitReady(channel: SeqPacketChannel, pid: number): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (await waitReadable(channel.fd, 250)) {
+      const m = channel.tryRecv();
+      if (m === null) break;
+      if (m && decodeMessage(m)?.type === "ready") return;
+    }
+    if (tryWaitChild(pid)) break;
+  }
+  throw new Error("the client worker did not start (see its messages above)");
+}
+
+async function stopChild(pid: number, log: Logger): Promise<void> {
+  if (tryWaitChild(pid)) return;
+  try {
+    killChild(pid, 15);
+  } catch { /* already gone */ }
+  for (let i = 0; i < 50; i++) {
+    if (tryWaitChild(pid)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  log.warn(`worker ${pid} did not stop in 5 s; killing it`);
+  try {
+    killChild(pid, 9);
+  } catch { /* gone */ }
+  for (let i = 0; i < 20 && !tryWaitChild(pid); i++) await new Promise((r) => setTimeout(r, 50));
+}
+
+/** The command line that runs the worker: the same program, narrower permissions. */
+function workerArgv(opts: ClientOptions, controlPath: string): string[] {
+  const exe = Deno.execPath();
+  const args = [
+    "client-worker",
+    "--tun-fd=3",
+    "--dns-fd=4",
+    `--port=${opts.port}`,
+    `--addr=${opts.tunAddress}`,
+    `--mask=${opts.prefix}`,
+    `--user=${opts.user}`,
+    `--control=${controlPath}`,
+    `--precompute=${opts.precomputed}`,
+    ...(opts.verbose ? ["--verbose"] : []),
+  ];
+  const main = new URL("../../main.ts", import.meta.url);
+  if (main.protocol !== "file:" || !/\/deno$/.test(exe)) return [exe, ...args]; // compiled
+  const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+  return [
+    exe,
+    "run",
+    "--no-prompt",
+    `--config=${root}/deno.json`,
+    `--allow-ffi=${libcPath()}`,
+    `--allow-read=${root},${opts.runtimeDir}`,
+    `--allow-write=${opts.runtimeDir}`,
+    "--allow-net",
+    main.pathname,
+    ...args,
+  ];
+}
+
+function childEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const k of ["PATH", "HOME", "DENO_DIR", "NO_COLOR", "LANG"]) {
+    const v = Deno.env.get(k);
+    if (v !== undefined) env[k] = v;
+  }
+  env.PATH ??= "/usr/sbin:/usr/bin:/sbin:/bin";
+  return env;
+}

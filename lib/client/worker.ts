@@ -1,0 +1,202 @@
+// The client's unprivileged worker: everything that touches bytes from the network. Started by
+// the supervisor with the TUN device on descriptor 3 and the DNS channel on descriptor 4; it
+// loads its code and the crypto worker, binds the client port, drops to the unprivileged user,
+// says READY, and only then reads anything.
+
+import { ClientDevice, type KeyChannel } from "./device.ts";
+import { decodeMessage, encodeVerdict, MSG_READY } from "./messages.ts";
+import { serveControl } from "./control.ts";
+import { DnsRewriter } from "../dns_rewrite.ts";
+import { parsePq1Name } from "../names.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../ip.ts";
+import { DropCounters, Logger } from "../log.ts";
+import { CryptoPool } from "../crypto_pool.ts";
+import { TunDevice } from "../../ffi/tun.ts";
+import { UdpSocket } from "../../ffi/udp.ts";
+import { SeqPacketChannel } from "../../ffi/spawn.ts";
+import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
+import { waitReadable } from "../../ffi/libc.ts";
+import { pump } from "../pump.ts";
+import { hex } from "../bytes.ts";
+
+export interface WorkerOptions {
+  tunFd: number;
+  dnsFd: number;
+  port: number;
+  tunAddress: string;
+  prefix: number;
+  user: string;
+  controlSocket: string;
+  precomputed: number;
+  verbose: boolean;
+}
+
+const TUN_BATCH = 64;
+
+export async function runClientWorker(opts: WorkerOptions): Promise<number> {
+  const log = new Logger("pqconnect-client", opts.verbose ? "debug" : "info");
+  const user = lookupUser(opts.user);
+  const tun = TunDevice.fromFd(opts.tunFd);
+  const dns = new SeqPacketChannel(opts.dnsFd);
+  const sock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram: 4096 });
+  const pool = await CryptoPool.start({});
+  dropPrivileges(user.uid, user.gid);
+
+  const t0 = performance.now();
+  const now = () => (performance.now() - t0) / 1000;
+  const drops = new DropCounters();
+  const tunAddress = ipv4ToNumber(opts.tunAddress);
+  const keySockets = new Set<UdpSocket>();
+  const device = new ClientDevice(
+    {
+      tunAddress,
+      prefix: opts.prefix,
+      defaultCryptoPort: 42424,
+      defaultKeyPort: 42425,
+      keyFetchSeconds: 20,
+      precomputed: opts.precomputed,
+    },
+    {
+      sendUdp: (data, host, port) => {
+        if (!sock.sendTo(data, host, port)) drops.count("udp-send-failed");
+      },
+      writeTun: (packet) => {
+        if (!tun.write(packet)) drops.count("tun-write-failed");
+      },
+      openKeyChannel: (host, port) => openKeyChannel(host, port, keySockets),
+      resolveTxt: async (name) => {
+        const records = await Deno.resolveDns(name, "TXT");
+        return records.map((parts) => parts.join(""));
+      },
+    },
+    {
+      registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
+      mcelieceEncap: (pkId) => pool.mcelieceEncap(pkId),
+      sntrupEncap: (pk) => pool.sntrupEncap(pk),
+    },
+    log,
+    drops,
+    now,
+  );
+  const rewriter = new DnsRewriter({
+    parseName: parsePq1Name,
+    clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
+    assign: (a, realAddress, owner) => {
+      const internal = device.announce(a, ipv4ToNumber(realAddress), owner.replace(/\.$/, ""));
+      return internal === null ? null : numberToIpv4(internal);
+    },
+  });
+
+  let running = true;
+  const stop = (why: string) => {
+    if (running) log.info(`${why}: shutting down`);
+    running = false;
+  };
+  const onTerm = () => stop("SIGTERM");
+  const onInt = () => stop("SIGINT");
+  Deno.addSignalListener("SIGTERM", onTerm);
+  Deno.addSignalListener("SIGINT", onInt);
+  const control = serveControl(opts.controlSocket, () => ({
+    interface: tun.name,
+    address: opts.tunAddress,
+    now: now(),
+    servers: [...device.servers].map((s) => ({
+      name: s.name,
+      keyHash: s.id,
+      external: numberToIpv4(s.realAddress),
+      internal: numberToIpv4(s.internal),
+      state: s.state,
+      tunnelId: s.session ? hex(s.session.tid).slice(0, 8) : "",
+      age: s.established === undefined ? null : now() - s.established,
+      lastActivity: Math.max(s.lastRx, s.lastTx) === 0
+        ? null
+        : now() - Math.max(s.lastRx, s.lastTx),
+      txBytes: s.txBytes,
+      rxBytes: s.rxBytes,
+      tunnels: s.tunnels,
+    })),
+    dropped: drops.snapshot(),
+    dns: rewriter.stats,
+  }), log);
+
+  if (!dns.trySend(new Uint8Array([MSG_READY]))) throw new Error("supervisor channel is full");
+  log.info(
+    `client ready: ${tun.name} ${opts.tunAddress}/${opts.prefix}, UDP port ${sock.localPort}, ` +
+      `running as ${opts.user} (uid ${user.uid})`,
+  );
+
+  const bufs = Array.from({ length: TUN_BATCH }, () => new Uint8Array(65536));
+  const lens = new Array<number>(TUN_BATCH).fill(0);
+  try {
+    await Promise.all([
+      pump("pqconnect-client", () => running, (ms) => tun.waitReadable(ms), () => {
+        let n: number;
+        do {
+          n = tun.readBatch(bufs, lens);
+          for (let i = 0; i < n; i++) device.onTunPacket(bufs[i].subarray(0, lens[i]));
+        } while (n === TUN_BATCH);
+      }),
+      pump("pqconnect-client", () => running, (ms) => sock.waitReadable(ms), () => {
+        for (const d of sock.recvBatch()) device.onDatagram(d.data, d.addr, d.port);
+      }),
+      pump("pqconnect-client", () => running, (ms) => waitReadable(dns.fd, ms), () => {
+        for (;;) {
+          const m = dns.tryRecv();
+          if (m === undefined) return;
+          if (m === null) return stop("supervisor gone");
+          const msg = decodeMessage(m);
+          if (msg?.type !== "dns") {
+            drops.count("channel-malformed");
+            continue;
+          }
+          const r = rewriter.process(msg.packet);
+          const verdict = encodeVerdict(msg.id, r.action === "rewrite" ? r.packet : null);
+          if (!dns.trySend(verdict)) drops.count("channel-full");
+        }
+      }),
+      (async () => {
+        let seconds = 0;
+        while (running) {
+          await new Promise((r) => setTimeout(r, 1000));
+          device.tick();
+          if (++seconds % 30 === 0) drops.report(log);
+        }
+      })(),
+    ]);
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onTerm);
+    Deno.removeSignalListener("SIGINT", onInt);
+    control.close();
+    device.close();
+    for (const s of keySockets) s.close();
+    sock.close();
+    await pool.close().catch(() => {});
+    dns.close();
+    tun.close();
+    drops.report(log);
+  }
+  return 0;
+}
+
+/** A UDP socket of its own for one key-server conversation, closed when done. */
+function openKeyChannel(host: number, port: number, open: Set<UdpSocket>): KeyChannel {
+  const s = UdpSocket.bind("0.0.0.0", 0, { maxDatagram: 2048, batch: 64 });
+  open.add(s);
+  return {
+    send: (d) => {
+      s.sendTo(d, host, port);
+    },
+    receive: async (timeoutMs) => {
+      const got = s.recvBatch().filter((d) => d.addr === host && d.port === port);
+      if (got.length === 0 && await s.waitReadable(Math.max(1, Math.ceil(timeoutMs)))) {
+        got.push(...s.recvBatch().filter((d) => d.addr === host && d.port === port));
+      }
+      // The socket's receive slots are reused: hand out copies.
+      return got.map((d) => d.data.slice());
+    },
+    close: () => {
+      open.delete(s);
+      s.close();
+    },
+  };
+}
