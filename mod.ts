@@ -1,0 +1,40 @@
+// pqconnect-ts as a library: the sans-IO pq1 protocol core. Everything here is pure (bytes,
+// time and randomness are arguments) and byte-compatible with PQConnect 1.2.x.
+
+export * from "./lib/constants.ts";
+export { base32Decode, base32Encode } from "./lib/base32.ts";
+export { type Announcement, formatPq1Label, parsePq1Name } from "./lib/names.ts";
+export { kdf } from "./lib/kdf.ts";
+export { h, open, seal, x25519PublicKey, x25519Shared } from "./lib/crypto.ts";
+export { isValidNode, KeyTree, KeyTreeAssembler, nodeLength, TREE_SHAPE } from "./lib/keytree.ts";
+export {
+  ephemeralKeyRequest,
+  ephemeralKeyResponse,
+  type KeyRequest,
+  type KeyResponse,
+  parseKeyRequest,
+  parseKeyResponse,
+  staticKeyRequest,
+  staticKeyResponse,
+} from "./lib/keymsg.ts";
+export {
+  type HandshakeResult,
+  initiate,
+  type InitiatorInputs,
+  parseInitiation,
+  respondFinish,
+  respondOpen,
+} from "./lib/handshake.ts";
+export { type OpenResult, TunnelSession } from "./lib/session.ts";
+export {
+  buildCookie,
+  type CookieContents,
+  CookieKeyring,
+  cookieTimestamp,
+  isCookie,
+  openCookie,
+} from "./lib/cookie.ts";
+export { EphemeralKeyStore, type EphemeralKeys } from "./lib/ephemeral.ts";
+export { ReplayCache } from "./lib/replay.ts";
+export { KeyFetcher } from "./lib/client/keyfetch.ts";
+export { answerKeyRequest } from "./lib/keyserver.ts";
