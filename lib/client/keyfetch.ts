@@ -11,8 +11,8 @@ import { KeyTreeAssembler, TREE_SHAPE } from "../keytree.ts";
 import { parseKeyResponse, staticKeyRequest } from "../keymsg.ts";
 
 const INITIAL_WINDOW = 16;
-const MAX_WINDOW = 512;
-const MIN_RTO = 0.05;
+const MAX_WINDOW = 128;
+const MIN_RTO = 0.1;
 const MAX_RTO = 2;
 
 interface Outstanding {

@@ -1,0 +1,339 @@
+// Our client's and our server's packet logic against each other in one process: real keys, real
+// KEMs (WebAssembly, in the crypto worker), real handshakes and sessions; only the wires are
+// in-memory queues. The same code is exercised over real sockets and TUN devices in
+// client_test.ts and server_test.ts; here time and failures can be arranged precisely.
+
+import assert from "node:assert/strict";
+import { fixture } from "./fixtures.ts";
+import { ClientDevice, type KeyChannel } from "../lib/client/device.ts";
+import { ServerDevice } from "../lib/server/device.ts";
+import { CryptoPool } from "../lib/crypto_pool.ts";
+import { EphemeralKeyStore } from "../lib/ephemeral.ts";
+import { CookieKeyring } from "../lib/cookie.ts";
+import { KeyTree } from "../lib/keytree.ts";
+import { answerKeyRequest } from "../lib/keyserver.ts";
+import { x25519PublicKey } from "../lib/crypto.ts";
+import { DropCounters, Logger } from "../lib/log.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../lib/ip.ts";
+import { internetChecksum, pseudoHeaderSum } from "../lib/ip.ts";
+
+const SERVER_HOST = ipv4ToNumber("198.18.0.1");
+const tree = KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
+const quiet = new Logger("test", "error");
+
+/** A UDP/IPv4 packet with correct checksums. */
+function udpPacket(src: number, dst: number, payload: Uint8Array): Uint8Array {
+  const p = new Uint8Array(28 + payload.length);
+  const v = new DataView(p.buffer);
+  p[0] = 0x45;
+  v.setUint16(2, p.length);
+  p[8] = 64;
+  p[9] = 17;
+  v.setUint32(12, src);
+  v.setUint32(16, dst);
+  v.setUint16(10, internetChecksum(p, 0, 20));
+  v.setUint16(20, 5000);
+  v.setUint16(22, 6000);
+  v.setUint16(24, 8 + payload.length);
+  p.set(payload, 28);
+  v.setUint16(
+    26,
+    internetChecksum(p, 20, p.length, pseudoHeaderSum(src, dst, 17, 8 + payload.length)) || 0xffff,
+  );
+  return p;
+}
+
+class Clock {
+  t = 1000;
+  wall = 1_700_000_000;
+  advance(s: number) {
+    this.t += s;
+    this.wall += s;
+  }
+}
+
+/** A server device with its own keys and sockets-as-queues. */
+async function makeServer(
+  pool: CryptoPool,
+  clock: Clock,
+  deliver: (d: Uint8Array, host: number, port: number) => void,
+  maxPeers = 16,
+) {
+  const ephemeral = new EphemeralKeyStore();
+  const tun: Uint8Array[] = [];
+  const device = new ServerDevice(
+    {
+      x25519Sk: fixture("x25519_sk"),
+      tunAddress: ipv4ToNumber("10.42.0.1"),
+      prefix: 16,
+      hostAddress: ipv4ToNumber("198.18.0.1"),
+      maxPeers,
+      maxPendingHandshakes: 8,
+    },
+    { sendUdp: deliver, writeTun: (p) => tun.push(p.slice()) },
+    { mcelieceDecap: (c) => pool.mcelieceDecap(c), sntrupDecap: (c, s) => pool.sntrupDecap(c, s) },
+    ephemeral,
+    new CookieKeyring(fixture("session_key"), new Uint8Array(32)),
+    quiet,
+    { mono: () => clock.t, wall: () => clock.wall },
+  );
+  const keys = async () => {
+    for (const slot of ephemeral.due(clock.wall)) {
+      const kp = await pool.sntrupKeypair();
+      const x = crypto.getRandomValues(new Uint8Array(32));
+      ephemeral.add({
+        slot,
+        sntrupPk: kp.publicKey,
+        sntrupSk: kp.secretKey,
+        x25519Pk: x25519PublicKey(x),
+        x25519Sk: x,
+      });
+    }
+    device.tick(new Uint8Array(32));
+  };
+  await keys();
+  return { device, tun, ephemeral, keys };
+}
+
+function makeClient(
+  pool: CryptoPool,
+  clock: Clock,
+  clientHost: number,
+  toServer: () => { device: ServerDevice; ephemeral: EphemeralKeyStore },
+  keyRequests: { count: number },
+) {
+  const tun: Uint8Array[] = [];
+  const client: ClientDevice = new ClientDevice(
+    {
+      tunAddress: ipv4ToNumber("10.43.0.1"),
+      prefix: 16,
+      defaultCryptoPort: 42424,
+      defaultKeyPort: 42425,
+      keyFetchSeconds: 10,
+      precomputed: 2,
+    },
+    {
+      sendUdp: (data, host, port) => {
+        assert.equal(host, SERVER_HOST);
+        assert.equal(port, 42424);
+        const copy = data.slice();
+        setTimeout(() => toServer().device.onDatagram(copy, clientHost, 42423), 0);
+      },
+      writeTun: (p) => tun.push(p.slice()),
+      openKeyChannel: (host, port): KeyChannel => {
+        assert.equal(host, SERVER_HOST);
+        assert.equal(port, 42425);
+        const inbox: Uint8Array[] = [];
+        return {
+          send: (d) => {
+            keyRequests.count++;
+            const s = toServer();
+            const a = answerKeyRequest(d, tree, s.ephemeral, clock.wall);
+            if (a.ok) inbox.push(a.response);
+          },
+          receive: async (ms) => {
+            if (inbox.length === 0) await new Promise((r) => setTimeout(r, Math.min(ms, 5)));
+            return inbox.splice(0);
+          },
+          close: () => {},
+        };
+      },
+      resolveTxt: () => Promise.resolve([]),
+    },
+    {
+      registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
+      mcelieceEncap: (id) => pool.mcelieceEncap(id),
+      sntrupEncap: (pk) => pool.sntrupEncap(pk),
+    },
+    quiet,
+    new DropCounters(),
+    () => clock.t,
+  );
+  return { client, tun };
+}
+
+async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+Deno.test({
+  name: "devices: announce, key download, 0-RTT with the first packets held, traffic both ways",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+    const clock = new Clock();
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    let server!: Awaited<ReturnType<typeof makeServer>>;
+    let c!: ReturnType<typeof makeClient>;
+    try {
+      server = await makeServer(pool, clock, (data, host, port) => {
+        assert.equal(host, clientHost);
+        assert.equal(port, 42423);
+        const copy = data.slice();
+        setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+      });
+      const keyRequests = { count: 0 };
+      c = makeClient(pool, clock, clientHost, () => server, keyRequests);
+      const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+      assert.equal(numberToIpv4(internal!), "10.43.0.2");
+      // the application's first packets arrive before the tunnel exists: they are held
+      const me = ipv4ToNumber("10.43.0.1");
+      c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("first")));
+      c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("second")));
+      await until("both held packets at the server", () => server.tun.length === 2);
+      assert.equal(keyRequests.count >= 937 + 1, true, "whole key tree and the ephemeral keys");
+      const [first, second] = server.tun;
+      assert.equal(new TextDecoder().decode(first.subarray(28)), "first");
+      assert.equal(new TextDecoder().decode(second.subarray(28)), "second");
+      // translated to the client's internal address on the server and the host address
+      assert.equal(numberToIpv4(new DataView(first.buffer).getUint32(12)), "10.42.0.2");
+      assert.equal(numberToIpv4(new DataView(first.buffer).getUint32(16)), "198.18.0.1");
+      assert.equal(internetChecksum(first, 0, 20), 0, "IP header checksum valid");
+      // a reply from the server's side comes back to the application, translated
+      const reply = udpPacket(
+        SERVER_HOST,
+        ipv4ToNumber("10.42.0.2"),
+        new TextEncoder().encode("reply"),
+      );
+      server.device.onTunPacket(reply);
+      await until("the reply at the client", () => c.tun.length === 1);
+      const got = c.tun[0];
+      assert.equal(numberToIpv4(new DataView(got.buffer).getUint32(12)), "10.43.0.2");
+      assert.equal(numberToIpv4(new DataView(got.buffer).getUint32(16)), "10.43.0.1");
+      assert.equal(
+        internetChecksum(
+          got,
+          20,
+          got.length,
+          pseudoHeaderSum(
+            new DataView(got.buffer).getUint32(12),
+            new DataView(got.buffer).getUint32(16),
+            17,
+            got.length - 20,
+          ),
+        ),
+        0,
+        "UDP checksum valid after translation",
+      );
+      // a second tunnel to the same server needs no key download
+      const before = keyRequests.count;
+      await until(
+        "precomputed ciphertexts",
+        () => [...c.client.servers][0].ciphertexts.length >= 1,
+      );
+      clock.advance(200); // the session's receive keys expire
+      c.client.tick();
+      assert.equal([...c.client.servers][0].state, "idle");
+      await server.keys();
+      c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("after idle")));
+      await until("the packet after a fresh handshake", () => server.tun.length === 3);
+      assert.equal(keyRequests.count - before, 1, "only the ephemeral keys were fetched");
+      assert.equal(server.device.handshakes, 2);
+    } finally {
+      c?.client.close();
+      server?.device.close();
+      await pool.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "devices: a restarted server is noticed and a new tunnel keeps the internal address",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+    const clock = new Clock();
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    let server!: Awaited<ReturnType<typeof makeServer>>;
+    let c!: ReturnType<typeof makeClient>;
+    const deliver = (data: Uint8Array) => {
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    };
+    try {
+      server = await makeServer(pool, clock, deliver);
+      c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
+      const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+      const me = ipv4ToNumber("10.43.0.1");
+      const ping = (text: string) =>
+        c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
+      ping("one");
+      await until("first packet", () => server.tun.length === 1);
+      // the server restarts: same long-term keys, no sessions
+      server.device.close();
+      server = await makeServer(pool, clock, deliver);
+      for (let i = 0; i < 4; i++) {
+        ping(`lost ${i}`);
+        clock.advance(1);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(server.tun.length, 0, "the new server cannot read the old tunnel");
+      assert.ok(server.device.drops.get("tunnel-unknown-tid") >= 4);
+      // 4 s without an answer while the application keeps sending: noticed, new handshake
+      c.client.tick();
+      await until("new tunnel", () => server.device.handshakes === 1);
+      ping("after restart");
+      await until("traffic through the new tunnel", () => server.tun.length >= 1);
+      assert.equal(
+        new TextDecoder().decode(server.tun.at(-1)!.subarray(28)),
+        "after restart",
+      );
+      assert.equal([...c.client.servers][0].internal, internal, "same internal address");
+    } finally {
+      c?.client.close();
+      server?.device.close();
+      await pool.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "devices: a full server hands the idlest client a cookie, and the cookie resumes it",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+    const clock = new Clock();
+    const hosts = [ipv4ToNumber("198.18.0.2"), ipv4ToNumber("198.18.0.3")];
+    let server!: Awaited<ReturnType<typeof makeServer>>;
+    const clients: ReturnType<typeof makeClient>[] = [];
+    try {
+      server = await makeServer(pool, clock, (data, host) => {
+        const copy = data.slice();
+        const i = hosts.indexOf(host);
+        setTimeout(() => clients[i].client.onDatagram(copy, SERVER_HOST, 42424), 0);
+      }, 1);
+      for (const h of hosts) clients.push(makeClient(pool, clock, h, () => server, { count: 0 }));
+      const me = ipv4ToNumber("10.43.0.1");
+      const send = (i: number, text: string) => {
+        const internal = [...clients[i].client.servers][0]?.internal ??
+          clients[i].client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+        clients[i].client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
+      };
+      send(0, "a1");
+      await until("client 0 through", () => server.tun.length === 1);
+      clock.advance(1);
+      send(1, "b1");
+      await until("client 1 through", () => server.tun.length === 2);
+      assert.equal(server.device.peers.size, 1, "client 0 was evicted");
+      await until(
+        "client 0 got its cookie",
+        () => [...clients[0].client.servers][0].cookie !== undefined,
+      );
+      send(0, "a2");
+      await until("client 0 resumed from its cookie", () => server.tun.length === 3);
+      assert.equal(new TextDecoder().decode(server.tun[2].subarray(28)), "a2");
+      assert.equal(server.device.handshakes, 2, "no new handshake for the cookie resume");
+    } finally {
+      for (const c of clients) c.client.close();
+      server?.device.close();
+      await pool.close();
+    }
+  },
+});
