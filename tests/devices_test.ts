@@ -101,6 +101,7 @@ function makeClient(
   clientHost: number,
   toServer: () => { device: ServerDevice; ephemeral: EphemeralKeyStore },
   keyRequests: { count: number },
+  ports = { crypto: 42424, key: 42425, txt: new Map<string, string[]>() },
 ) {
   const tun: Uint8Array[] = [];
   const client: ClientDevice = new ClientDevice(
@@ -115,14 +116,14 @@ function makeClient(
     {
       sendUdp: (data, host, port) => {
         assert.equal(host, SERVER_HOST);
-        assert.equal(port, 42424);
+        assert.equal(port, ports.crypto);
         const copy = data.slice();
         setTimeout(() => toServer().device.onDatagram(copy, clientHost, 42423), 0);
       },
       writeTun: (p) => tun.push(p.slice()),
       openKeyChannel: (host, port): KeyChannel => {
         assert.equal(host, SERVER_HOST);
-        assert.equal(port, 42425);
+        assert.equal(port, ports.key);
         const inbox: Uint8Array[] = [];
         return {
           send: (d) => {
@@ -138,7 +139,7 @@ function makeClient(
           close: () => {},
         };
       },
-      resolveTxt: () => Promise.resolve([]),
+      resolveTxt: (name) => Promise.resolve(ports.txt.get(name) ?? []),
     },
     {
       registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
@@ -332,6 +333,46 @@ Deno.test({
       assert.equal(server.device.handshakes, 2, "no new handshake for the cookie resume");
     } finally {
       for (const c of clients) c.client.close();
+      server?.device.close();
+      await pool.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "devices: ports not in the name come from the TXT records the reference publishes",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+    const clock = new Clock();
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    let server!: Awaited<ReturnType<typeof makeServer>>;
+    let c!: ReturnType<typeof makeClient>;
+    try {
+      server = await makeServer(pool, clock, (data) => {
+        const copy = data.slice();
+        setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 5000), 0);
+      });
+      const txt = new Map([
+        ["www.lab.test", ["p=5000"]],
+        ["ks.www.lab.test", ["ip=198.18.0.1;p=5001"]],
+      ]);
+      c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, {
+        crypto: 5000,
+        key: 5001,
+        txt,
+      });
+      const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+      c.client.onTunPacket(
+        udpPacket(ipv4ToNumber("10.43.0.1"), internal, new TextEncoder().encode("via txt")),
+      );
+      await until("packet through the tunnel on the TXT ports", () => server.tun.length === 1);
+      const entry = [...c.client.servers][0];
+      assert.equal(entry.cryptoPort, 5000);
+      assert.equal(entry.keyPort, 5001);
+    } finally {
+      c?.client.close();
       server?.device.close();
       await pool.close();
     }
