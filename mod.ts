@@ -34,7 +34,7 @@ export {
   isCookie,
   openCookie,
 } from "./lib/cookie.ts";
-export { EphemeralKeyStore, type EphemeralKeys } from "./lib/ephemeral.ts";
+export { type EphemeralKeys, EphemeralKeyStore } from "./lib/ephemeral.ts";
 export { ReplayCache } from "./lib/replay.ts";
 export { KeyFetcher } from "./lib/client/keyfetch.ts";
 export { answerKeyRequest } from "./lib/keyserver.ts";

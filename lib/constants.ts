@@ -46,7 +46,7 @@ export const MAX_EPOCHS = 5;
 export const MAX_EPOCH_NUMBER = 0xffff; // the epoch travels as u16
 export const PRECOMPUTED_CIPHERTEXTS = 360;
 
-export const COOKIE_PREFIX = new TextEncoder().encode("pqccookE");
+export const COOKIE_PREFIX: Uint8Array = new TextEncoder().encode("pqccookE");
 export const COOKIE_BYTES = 144;
 
 export const KEY_SEGMENT_BYTES = 1152;

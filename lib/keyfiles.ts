@@ -134,11 +134,12 @@ export function refuseOverwrite(dir: string): void {
   }
 }
 
+/** True unless the path is known not to exist: when in doubt, never overwrite a key. */
 function exists(path: string): boolean {
   try {
     Deno.lstatSync(path);
     return true;
-  } catch {
-    return false;
+  } catch (e) {
+    return !(e instanceof Deno.errors.NotFound);
   }
 }

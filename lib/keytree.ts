@@ -5,9 +5,9 @@ import { equalBytes } from "./bytes.ts";
 import { h } from "./crypto.ts";
 import { KEY_SEGMENT_BYTES as S, MCELIECE_PK_BYTES, X25519_BYTES } from "./constants.ts";
 
-const LEAVES = Math.ceil(MCELIECE_PK_BYTES / S); // 910
+const LEAVES: number = Math.ceil(MCELIECE_PK_BYTES / S); // 910
 const HASHES_PER_NODE = S / 32; // 36
-const DEPTH2_NODES = Math.ceil((LEAVES * 32) / S); // 26
+const DEPTH2_NODES: number = Math.ceil((LEAVES * 32) / S); // 26
 
 /** Number of nodes at each depth 0..3. */
 export const TREE_SHAPE = [1, 1, DEPTH2_NODES, LEAVES] as const;

@@ -16,7 +16,10 @@ export interface Announcement {
 }
 
 /** The pq1 label for a key hash, optionally with ports. */
-export function formatPq1Label(keyHash: Uint8Array, ports?: { crypto: number; key: number }) {
+export function formatPq1Label(
+  keyHash: Uint8Array,
+  ports?: { crypto: number; key: number },
+): string {
   if (keyHash.length !== 32) throw new Error("key hash must be 32 bytes");
   let label = "pq1" + base32Encode(keyHash);
   if (ports) label += base32Encode(u16be(ports.crypto)) + base32Encode(u16be(ports.key));
