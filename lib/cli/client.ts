@@ -2,7 +2,9 @@
 
 import {
   type Command,
+  parseInterfaceName,
   parseIpv4,
+  parseNumber,
   parseOptions,
   parsePort,
   parsePrefix,
@@ -14,20 +16,6 @@ import { runClientWorker } from "../client/worker.ts";
 import { queryControl } from "../client/control.ts";
 
 export const DEFAULT_RUNTIME_DIR = "/run/pqconnect-ts";
-
-function parseNumber(
-  value: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-  what: string,
-) {
-  if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
-    throw new UsageError(`${what} must be from ${min} to ${max}, not "${value}"`);
-  }
-  return Number(value);
-}
 
 export const clientCommand: Command = {
   name: "client",
@@ -70,12 +58,8 @@ Options:
       console.log(this.usage);
       return 0;
     }
-    const prefix = parsePrefix(values.mask, TUN_PREFIX);
-    if (prefix > 24) throw new UsageError(`--mask must be from 8 to 24, not ${prefix}`);
-    const name = values.interface!;
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) {
-      throw new UsageError(`--interface must be 1 to 15 letters, digits, '_', '.' or '-'`);
-    }
+    const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
+    const name = parseInterfaceName(values.interface!);
     const options = {
       port: parsePort(values.port, CLIENT_PORT, "--port"),
       tunAddress: parseIpv4(values.addr, "--addr"),

@@ -42,12 +42,35 @@ export function parseIpv4(value: string | undefined, what: string): string {
   return value;
 }
 
-export function parsePrefix(value: string | undefined, fallback: number): number {
+export function parsePrefix(value: string | undefined, fallback: number, max = 30): number {
   if (value === undefined) return fallback;
-  if (!/^\d{1,2}$/.test(value) || Number(value) < 8 || Number(value) > 30) {
-    throw new UsageError(`prefix length must be from 8 to 30, not "${value}"`);
+  if (!/^\d{1,2}$/.test(value) || Number(value) < 8 || Number(value) > max) {
+    throw new UsageError(`prefix length (--mask) must be from 8 to ${max}, not "${value}"`);
   }
   return Number(value);
+}
+
+/** A whole number option within bounds. */
+export function parseNumber(
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+  what: string,
+): number {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new UsageError(`${what} must be from ${min} to ${max}, not "${value}"`);
+  }
+  return Number(value);
+}
+
+/** A Linux interface name (at most 15 bytes). */
+export function parseInterfaceName(value: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(value)) {
+    throw new UsageError(`--interface must be 1 to 15 letters, digits, '_', '.' or '-'`);
+  }
+  return value;
 }
 
 /** A DNS name as it may appear in a zone file (labels of letters, digits, hyphens). */

@@ -2,7 +2,9 @@
 
 import {
   type Command,
+  parseInterfaceName,
   parseIpv4,
+  parseNumber,
   parseOptions,
   parsePort,
   parsePrefix,
@@ -52,8 +54,8 @@ Options:
       interface: { type: "string", short: "i", default: "pqcserv0" },
       "host-ip": { type: "string", short: "H" },
       user: { type: "string", default: PRIVSEP_USER },
-      mtu: { type: "string", default: "1400" },
-      "max-peers": { type: "string", default: "65536" },
+      mtu: { type: "string" },
+      "max-peers": { type: "string" },
       verbose: { type: "boolean", short: "v", default: false },
       help: { type: "boolean", short: "h" },
     });
@@ -61,23 +63,13 @@ Options:
       console.log(this.usage);
       return 0;
     }
-    const prefix = parsePrefix(values.mask, TUN_PREFIX);
-    if (prefix > 24) throw new UsageError(`--mask must be from 8 to 24, not ${prefix}`);
+    const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
     const port = parsePort(values.port, CRYPTO_PORT, "--port");
     const keyPort = parsePort(values.keyport, KEY_PORT, "--keyport");
     if (port === keyPort) throw new UsageError("--port and --keyport must differ");
-    const mtu = Number(values.mtu);
-    if (!/^\d+$/.test(values.mtu!) || mtu < 576 || mtu > 65000) {
-      throw new UsageError(`--mtu must be from 576 to 65000, not "${values.mtu}"`);
-    }
-    const maxPeers = Number(values["max-peers"]);
-    if (!/^\d+$/.test(values["max-peers"]!) || maxPeers < 1) {
-      throw new UsageError(`--max-peers must be a positive number`);
-    }
-    const name = values.interface!;
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) {
-      throw new UsageError(`--interface must be 1 to 15 letters, digits, '_', '.' or '-'`);
-    }
+    const mtu = parseNumber(values.mtu, 1400, 576, 65000, "--mtu");
+    const maxPeers = parseNumber(values["max-peers"], 65536, 1, 1 << 24, "--max-peers");
+    const name = parseInterfaceName(values.interface!);
     if (Deno.uid() !== 0) {
       throw new Error("must be started as root (it creates a TUN device, then drops privileges)");
     }
