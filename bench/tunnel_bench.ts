@@ -15,6 +15,7 @@
 //   --no-ours       skip our server (with --reference: the reference alone)
 //   --json FILE     also write the figures as JSON
 //   --keep-logs     print the daemons' last log lines even when all went well
+//   --profile DIR   run our server with --cpu-prof, the profile lands in DIR
 
 import {
   createLab,
@@ -43,6 +44,7 @@ interface Options {
   ours: boolean;
   json: string | null;
   keepLogs: boolean;
+  profile: string | null;
 }
 
 function parseArgs(args: string[]): Options {
@@ -54,6 +56,7 @@ function parseArgs(args: string[]): Options {
     ours: true,
     json: null,
     keepLogs: false,
+    profile: null,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -74,6 +77,7 @@ function parseArgs(args: string[]): Options {
     else if (a === "--no-ours") o.ours = false;
     else if (a === "--json") o.json = value();
     else if (a === "--keep-logs") o.keepLogs = true;
+    else if (a === "--profile") o.profile = value();
     else throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -204,6 +208,7 @@ function startOurServer(lab: Lab, opts: Options): LabProcess {
     Deno.execPath(),
     "run",
     "-A",
+    ...(opts.profile === null ? [] : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
     `${ROOT}/main.ts`,
     "server",
     "-d",

@@ -1,9 +1,10 @@
-// The symmetric primitives of pq1 and X25519, on the noble libraries (pure JS, audited).
+// The symmetric primitives of pq1 and X25519: hashing and X25519 on the noble libraries (pure
+// JS, audited), the AEAD through lib/aead.ts (libsodium when available, else noble).
 // Everything here is deterministic; randomness is always an argument.
 
 import { shake256 } from "@noble/hashes/sha3.js";
 import { x25519 } from "@noble/curves/ed25519.js";
-import { chacha20poly1305 } from "@noble/ciphers/chacha.js";
+import { aeadOpen, aeadSeal } from "./aead.ts";
 import { TAG_BYTES } from "./constants.ts";
 
 /** h(x) = SHAKE256(x) with 32 bytes of output. */
@@ -25,8 +26,9 @@ export function seal(
   plaintext: Uint8Array,
   ad: Uint8Array,
 ): Sealed {
-  const both = chacha20poly1305(key, nonce, ad).encrypt(plaintext);
-  const n = both.length - TAG_BYTES;
+  const n = plaintext.length;
+  const both = new Uint8Array(n + TAG_BYTES);
+  aeadSeal(key, nonce, ad, plaintext, both);
   return { ciphertext: both.subarray(0, n), tag: both.subarray(n) };
 }
 
@@ -42,11 +44,8 @@ export function open(
   const both = new Uint8Array(ciphertext.length + TAG_BYTES);
   both.set(ciphertext);
   both.set(tag, ciphertext.length);
-  try {
-    return chacha20poly1305(key, nonce, ad).decrypt(both);
-  } catch {
-    return null;
-  }
+  const plaintext = both.subarray(0, ciphertext.length);
+  return aeadOpen(key, nonce, ad, both, plaintext) ? plaintext : null;
 }
 
 export function x25519PublicKey(secretKey: Uint8Array): Uint8Array {

@@ -1,6 +1,6 @@
 // pq1's stream kdf: keys are consecutive 32-byte pieces of a ChaCha20 keystream.
 
-import { chacha20Keystream } from "./chacha20.ts";
+import { chacha20Stream } from "./aead.ts";
 
 const ZERO_NONCE = new Uint8Array(8);
 
@@ -13,12 +13,12 @@ export function kdf(n: number, key: Uint8Array, input?: Uint8Array): Uint8Array[
   if (key.length !== 32) throw new Error("kdf key must be 32 bytes");
   const stream = new Uint8Array(32 * n);
   if (input === undefined || input.length === 0) {
-    chacha20Keystream(key, ZERO_NONCE, null, stream);
+    chacha20Stream(key, ZERO_NONCE, null, stream);
   } else {
     if (input.length !== 32) throw new Error("kdf input must be 32 bytes");
     const mid = new Uint8Array(32);
-    chacha20Keystream(key, input.subarray(8, 16), input.subarray(0, 8), mid);
-    chacha20Keystream(mid, input.subarray(24, 32), input.subarray(16, 24), stream);
+    chacha20Stream(key, input.subarray(8, 16), input.subarray(0, 8), mid);
+    chacha20Stream(mid, input.subarray(24, 32), input.subarray(16, 24), stream);
     mid.fill(0);
   }
   const keys: Uint8Array[] = [];

@@ -11,7 +11,7 @@
 
 import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
 import { kdf } from "./kdf.ts";
-import { open, seal } from "./crypto.ts";
+import { aeadOpen, aeadSeal } from "./aead.ts";
 import {
   EPOCH_LIFETIME_SECONDS,
   EPOCH_SECONDS,
@@ -21,9 +21,9 @@ import {
   MAX_EPOCHS,
   MSG_TUNNEL,
   NONCE_BYTES,
-  TAG_BYTES,
   TID_BYTES,
   TUNNEL_HEADER_BYTES,
+  TUNNEL_OVERHEAD,
 } from "./constants.ts";
 
 const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
@@ -109,6 +109,10 @@ export interface PacketKey {
 /** Sending side: always the lowest unused counter of the current epoch. */
 export class SendChain {
   private chain: EpochChain;
+  /** Next counter to use: keys are taken in order, so it is the lowest unused one. */
+  private ctr = 0;
+  /** Counter of the key take() returned last. */
+  lastCtr = -1;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chain = new EpochChain(root, epoch, now, now);
@@ -127,18 +131,26 @@ export class SendChain {
     const old = this.chain;
     if (old.epoch >= MAX_EPOCH_NUMBER) throw new Error("epoch counter exhausted");
     this.chain = makeChain(old, now);
+    this.ctr = 0;
     old.clear();
   }
 
   /** Takes the next packet key out of the chain (the caller erases it after use). */
   next(now: number): PacketKey {
+    const key = this.take(now);
+    return { epoch: this.chain.epoch, ctr: this.lastCtr, key };
+  }
+
+  /** next() without the wrapper object: the counter is left in lastCtr, the epoch in epoch. */
+  take(now: number): Uint8Array {
     while (now > this.chain.expiry) this.advance(now);
-    if (this.chain.keys.size === 0) this.chain.step();
     const keys = this.chain.keys;
-    // Keys are consumed in order, so the first entry is the lowest unused counter.
-    const [ctr, key] = keys.entries().next().value!;
+    if (keys.size === 0) this.chain.step();
+    const ctr = this.ctr++;
+    const key = keys.get(ctr)!;
     keys.delete(ctr);
-    return { epoch: this.chain.epoch, ctr, key };
+    this.lastCtr = ctr;
+    return key;
   }
 
   clear(): void {
@@ -193,6 +205,18 @@ export class ReceiveChain {
     this.chains.set(next.epoch, next);
     this.latest = next.epoch;
     return true;
+  }
+
+  /** The key for (epoch, ctr) when it is already derived (the common case), else undefined. */
+  derived(epoch: number, ctr: number): Uint8Array | undefined {
+    return this.chains.get(epoch)?.keys.get(ctr);
+  }
+
+  /** Erases a derived() key once its packet verified. */
+  consume(epoch: number, ctr: number): void {
+    const keys = this.chains.get(epoch)!.keys;
+    wipe(keys.get(ctr));
+    keys.delete(ctr);
   }
 
   /** Finds the key for (epoch, ctr) without changing any state until commit(). */
@@ -347,46 +371,82 @@ export class TunnelSession {
     return this.recv.liveEpochs > 0;
   }
 
-  /** Encrypts one payload into a tunnel packet. */
-  seal(payload: Uint8Array, now: number): Uint8Array {
+  /**
+   * Encrypts one payload into a tunnel packet. With `into` (at least payload + 56 bytes, not
+   * overlapping the payload) the packet is built there and a view of it returned: no allocation.
+   */
+  seal(payload: Uint8Array, now: number, into?: Uint8Array): Uint8Array {
+    const n = payload.length + TUNNEL_OVERHEAD;
+    const out = into !== undefined && into.length >= n ? into : new Uint8Array(n);
+    return out.subarray(0, this.sealInto(payload, out, now));
+  }
+
+  /** Builds the tunnel packet for `payload` in `out` (not overlapping it); returns its length. */
+  sealInto(payload: Uint8Array, out: Uint8Array, now: number): number {
     if (this.closed) throw new Error("session closed");
-    const pk = this.send.next(now);
-    const out = new Uint8Array(TUNNEL_HEADER_BYTES + payload.length + TAG_BYTES);
+    const n = payload.length + TUNNEL_OVERHEAD;
+    if (out.length < n) throw new RangeError("sealInto: output too small");
+    const key = this.send.take(now);
     out.set(this.header);
-    writeU16be(out, 34, pk.epoch);
-    writeU32be(out, 36, pk.ctr);
-    const header = out.subarray(0, TUNNEL_HEADER_BYTES);
-    const boxed = seal(pk.key, ZERO_NONCE, payload, header);
-    wipe(pk.key);
-    out.set(boxed.ciphertext, TUNNEL_HEADER_BYTES);
-    out.set(boxed.tag, TUNNEL_HEADER_BYTES + payload.length);
-    return out;
+    writeU16be(out, 34, this.send.epoch);
+    writeU32be(out, 36, this.send.lastCtr);
+    aeadSeal(
+      key,
+      ZERO_NONCE,
+      out.subarray(0, TUNNEL_HEADER_BYTES),
+      payload,
+      out.subarray(TUNNEL_HEADER_BYTES, n),
+    );
+    wipe(key);
+    return n;
   }
 
   /**
-   * Decrypts a tunnel packet. Nothing changes unless it authenticates; then its key is erased,
-   * newer epochs are adopted, and the sending side follows the peer to its epoch.
+   * Decrypts a tunnel packet into a new buffer; `packet` is left as it is. Nothing changes
+   * unless it authenticates; then its key is erased, newer epochs are adopted, and the sending
+   * side follows the peer to its epoch.
    */
   open(packet: Uint8Array, now: number): OpenResult {
-    if (packet.length < TUNNEL_HEADER_BYTES + TAG_BYTES) return { ok: false, reason: "short" };
+    return this.openTo(packet, now, false);
+  }
+
+  /**
+   * open() decrypting where the packet lies: the plaintext is a view of `packet` (after the
+   * header), whose bytes are overwritten, also when the packet turns out to be forged.
+   */
+  openInPlace(packet: Uint8Array, now: number): OpenResult {
+    return this.openTo(packet, now, true);
+  }
+
+  private openTo(packet: Uint8Array, now: number, inPlace: boolean): OpenResult {
+    if (packet.length < TUNNEL_OVERHEAD) return { ok: false, reason: "short" };
     if (readU16be(packet, 0) !== MSG_TUNNEL) return { ok: false, reason: "type" };
+    const tid = this.tid;
     for (let i = 0; i < TID_BYTES; i++) {
-      if (packet[2 + i] !== this.tid[i]) return { ok: false, reason: "tid" };
+      if (packet[2 + i] !== tid[i]) return { ok: false, reason: "tid" };
     }
     if (!this.alive(now)) return { ok: false, reason: "expired" };
     const epoch = readU16be(packet, 34);
     const ctr = readU32be(packet, 36);
+    const n = packet.length - TUNNEL_OVERHEAD;
+    const ad = packet.subarray(0, TUNNEL_HEADER_BYTES);
+    const sealed = packet.subarray(TUNNEL_HEADER_BYTES);
+    const plaintext = inPlace
+      ? packet.subarray(TUNNEL_HEADER_BYTES, TUNNEL_HEADER_BYTES + n)
+      : new Uint8Array(n);
+    // Fast path: the key is already derived, nothing to fork or commit but its erasure.
+    const direct = this.recv.derived(epoch, ctr);
+    if (direct) {
+      if (!aeadOpen(direct, ZERO_NONCE, ad, sealed, plaintext)) {
+        return { ok: false, reason: "auth" };
+      }
+      this.recv.consume(epoch, ctr);
+      this.followPeer(now);
+      return { ok: true, plaintext, epoch, ctr };
+    }
     const candidate = this.recv.find(epoch, ctr, now);
     if (!candidate) return { ok: false, reason: "no-key" };
-    const tagAt = packet.length - TAG_BYTES;
-    const plaintext = open(
-      candidate.key,
-      ZERO_NONCE,
-      packet.subarray(TUNNEL_HEADER_BYTES, tagAt),
-      packet.subarray(tagAt),
-      packet.subarray(0, TUNNEL_HEADER_BYTES),
-    );
-    if (!plaintext) {
+    if (!aeadOpen(candidate.key, ZERO_NONCE, ad, sealed, plaintext)) {
       candidate.discard();
       return { ok: false, reason: "auth" };
     }
@@ -401,6 +461,7 @@ export class TunnelSession {
   }
 
   private followPeer(now: number): void {
+    if (this.recv.latestEpoch <= this.send.epoch) return;
     while (this.recv.latestEpoch > this.send.epoch && this.recv.liveEpochs <= MAX_EPOCHS) {
       this.send.advance(now);
     }

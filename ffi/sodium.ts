@@ -1,0 +1,117 @@
+// libsodium through FFI: the tunnel's ChaCha20-Poly1305 and the kdf's ChaCha20 in native code.
+//
+// Optional by design: when the library is absent, or this process may not load it (a narrowed
+// --allow-ffi that does not name it), sodium() returns null and callers use the JS code. The
+// permission is queried first, so a narrowed process never gets a permission prompt.
+
+/** Where libsodium 1.0.x lives on the Debian/Ubuntu and RPM layouts we support. */
+export const SODIUM_CANDIDATES = [
+  "/lib/x86_64-linux-gnu/libsodium.so.23",
+  "/usr/lib/x86_64-linux-gnu/libsodium.so.23",
+  "/lib/aarch64-linux-gnu/libsodium.so.23",
+  "/usr/lib/aarch64-linux-gnu/libsodium.so.23",
+  "/lib64/libsodium.so.23",
+  "/usr/lib64/libsodium.so.23",
+];
+
+const SYMBOLS = {
+  sodium_init: { parameters: [], result: "i32" },
+  // (c, mac, maclen_p, m, mlen, ad, adlen, nsec, npub, k)
+  crypto_aead_chacha20poly1305_ietf_encrypt_detached: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "u64",
+      "buffer",
+      "u64",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  // (m, nsec, c, clen, mac, ad, adlen, npub, k)
+  crypto_aead_chacha20poly1305_ietf_decrypt_detached: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "u64",
+      "buffer",
+      "buffer",
+      "u64",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  // (c, m, mlen, n (8 bytes), ic (64-bit block counter), k): the original ChaCha20
+  crypto_stream_chacha20_xor_ic: {
+    parameters: ["buffer", "buffer", "u64", "buffer", "u64", "buffer"],
+    result: "i32",
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+export type Sodium = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+let state: { symbols: Sodium; path: string } | null | undefined;
+
+function permitted(path: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "ffi", path }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    // Not even stat-able (no --allow-read for it): let dlopen decide below.
+    return true;
+  }
+}
+
+function load(): { symbols: Sodium; path: string } | null {
+  if (state !== undefined) return state;
+  state = null;
+  for (const path of SODIUM_CANDIDATES) {
+    if (!permitted(path) || !exists(path)) continue;
+    try {
+      const lib = Deno.dlopen(path, SYMBOLS);
+      // 0: initialised now, 1: already was; -1: unusable (no entropy source, ...).
+      if (lib.symbols.sodium_init() < 0) {
+        lib.close();
+        continue;
+      }
+      state = { symbols: lib.symbols, path };
+      break;
+    } catch {
+      // Missing, wrong architecture or not permitted: try the next one.
+    }
+  }
+  return state;
+}
+
+/** libsodium's functions, or null when it cannot be used in this process. */
+export function sodium(): Sodium | null {
+  return load()?.symbols ?? null;
+}
+
+/**
+ * Path of the libsodium this process would use (permission aside): what a child process's
+ * --allow-ffi must name besides the C library. null when none is installed.
+ */
+export function sodiumPath(): string | null {
+  const loaded = load();
+  if (loaded) return loaded.path;
+  for (const path of SODIUM_CANDIDATES) {
+    try {
+      if (Deno.statSync(path).isFile) return path;
+    } catch { /* absent or not readable */ }
+  }
+  return null;
+}
