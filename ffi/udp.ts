@@ -173,6 +173,8 @@ export class UdpSocket {
   #fd: number;
   #rx: MessageArea;
   #tx: MessageArea | null;
+  /** Datagrams waiting in the send slots for flush(). */
+  #queued = 0;
   #nameLen = new Uint32Array(1);
   #nameLenBytes = new Uint8Array(this.#nameLen.buffer);
 
@@ -384,6 +386,7 @@ export class UdpSocket {
    */
   sendBatch(datagrams: readonly Datagram[]): number {
     if (this.#fd < 0) return 0;
+    this.flush(); // queued datagrams go first, and the slots are needed
     const tx = this.#tx;
     let sent = 0;
     let i = 0;
@@ -415,6 +418,76 @@ export class UdpSocket {
         k++;
       }
       i += n;
+    }
+    return sent;
+  }
+
+  /**
+   * The send slot the next queue() call fills (maxDatagram bytes), for building a datagram in
+   * place; undefined in plain mode. Queued datagrams are sent first when every slot is taken.
+   */
+  sendSlot(): Uint8Array | undefined {
+    const tx = this.#tx;
+    if (tx === null || this.#fd < 0) return undefined;
+    if (this.#queued === tx.count) this.flush();
+    return tx.slots[this.#queued];
+  }
+
+  /**
+   * Queues a datagram for the next flush(). One built in the buffer sendSlot() returned is taken
+   * where it lies, anything else is copied. What cannot be queued (plain mode, larger than a
+   * slot) is sent at once, after the queue. False when that or the port fails.
+   */
+  queue(data: Uint8Array, addr: number, port: number): boolean {
+    const tx = this.#tx;
+    if (tx === null || data.length > tx.slot || !validPort(port)) {
+      this.flush();
+      return this.sendTo(data, addr, port);
+    }
+    if (this.#queued === tx.count) this.flush();
+    const i = this.#queued++;
+    const slot = tx.slots[i];
+    if (data.buffer !== slot.buffer || data.byteOffset !== slot.byteOffset) slot.set(data);
+    tx.u32[(tx.count * MMSGHDR + i * IOVEC + 8) >> 2] = data.length; // iov_len, low half
+    const name = tx.nameAt + i * SOCKADDR_IN;
+    tx.view.setUint16(name + 2, port, false);
+    tx.view.setUint32(name + 4, addr >>> 0, false);
+    return true;
+  }
+
+  /** Datagrams queued and not yet flushed. */
+  get queued(): number {
+    return this.#queued;
+  }
+
+  /**
+   * Sends the queued datagrams with as few sendmmsg calls as the kernel allows; returns how many
+   * went out. Failures are handled as in sendBatch.
+   */
+  flush(): number {
+    const n = this.#queued;
+    if (n === 0) return 0;
+    this.#queued = 0;
+    const tx = this.#tx!;
+    if (this.#fd < 0) return 0;
+    let k = 0;
+    let sent = 0;
+    while (k < n) {
+      const r = libc().sendmmsg(this.#fd, tx.from(k), n - k, MSG_DONTWAIT);
+      if (r > 0) {
+        k += r;
+        sent += r;
+        this.stats.sent += r;
+        continue;
+      }
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code === EAGAIN) {
+        this.stats.lastErrno = code;
+        return this.#dropRest(n - k, sent);
+      }
+      this.#sendFailed(code, 1); // this one datagram is refused: skip it
+      k++;
     }
     return sent;
   }

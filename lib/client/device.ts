@@ -28,6 +28,8 @@ export interface KeyChannel {
 export interface ClientIo {
   sendUdp(data: Uint8Array, host: number, port: number): void;
   writeTun(packet: Uint8Array): void;
+  /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
+  udpBuffer?(): Uint8Array | undefined;
   openKeyChannel(host: number, port: number): KeyChannel;
   /** TXT strings at `name`; empty when there are none. */
   resolveTxt(name: string): Promise<string[]>;
@@ -343,7 +345,7 @@ export class ClientDevice {
 
   private send(entry: ServerEntry, packet: Uint8Array): void {
     const now = this.now();
-    let wire = entry.session!.seal(packet, now);
+    let wire = entry.session!.seal(packet, now, this.io.udpBuffer?.());
     if (entry.cookie) {
       // The server handed us our state: it comes back in front of the next packet.
       wire = concat(entry.cookie, wire);
@@ -389,7 +391,7 @@ export class ClientDevice {
     const entry = this.byTid.get(tidKeyAt(data, 2));
     if (!entry || !entry.session) return this.drops.count("tunnel-unknown-tid");
     const now = this.now();
-    const r = entry.session.open(data, now);
+    const r = entry.session.openInPlace(data, now); // data is a receive slot
     if (!r.ok) return this.drops.count(`tunnel-${r.reason}`);
     entry.lastRx = now;
     entry.unanswered = 0;

@@ -16,7 +16,7 @@ import { UdpSocket } from "../../ffi/udp.ts";
 import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { waitReadable } from "../../ffi/libc.ts";
-import { pump } from "../pump.ts";
+import { DataPath, pump } from "../pump.ts";
 import { hex } from "../bytes.ts";
 
 export interface WorkerOptions {
@@ -30,8 +30,6 @@ export interface WorkerOptions {
   precomputed: number;
   verbose: boolean;
 }
-
-const TUN_BATCH = 64;
 
 export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const log = new Logger("pqconnect-client", opts.verbose ? "debug" : "info");
@@ -47,6 +45,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const drops = new DropCounters();
   const tunAddress = ipv4ToNumber(opts.tunAddress);
   const keySockets = new Set<UdpSocket>();
+  const dataPath = new DataPath({ tun, sock });
   const device = new ClientDevice(
     {
       tunAddress,
@@ -58,11 +57,12 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     },
     {
       sendUdp: (data, host, port) => {
-        if (!sock.sendTo(data, host, port)) drops.count("udp-send-failed");
+        if (!dataPath.sendUdp(data, host, port)) drops.count("udp-send-failed");
       },
       writeTun: (packet) => {
-        if (!tun.write(packet)) drops.count("tun-write-failed");
+        if (!dataPath.writeTun(packet)) drops.count("tun-write-failed");
       },
+      udpBuffer: () => dataPath.udpBuffer(),
       openKeyChannel: (host, port) => openKeyChannel(host, port, keySockets),
       resolveTxt: async (name) => {
         const records = await Deno.resolveDns(name, "TXT");
@@ -125,20 +125,14 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
       `running as ${opts.user} (uid ${user.uid})`,
   );
 
-  const bufs = Array.from({ length: TUN_BATCH }, () => new Uint8Array(65536));
-  const lens = new Array<number>(TUN_BATCH).fill(0);
   try {
     await Promise.all([
-      pump("pqconnect-client", () => running, (ms) => tun.waitReadable(ms), () => {
-        let n: number;
-        do {
-          n = tun.readBatch(bufs, lens);
-          for (let i = 0; i < n; i++) device.onTunPacket(bufs[i].subarray(0, lens[i]));
-        } while (n === TUN_BATCH);
-      }),
-      pump("pqconnect-client", () => running, (ms) => sock.waitReadable(ms), () => {
-        for (const d of sock.recvBatch()) device.onDatagram(d.data, d.addr, d.port);
-      }),
+      dataPath.run(
+        "pqconnect-client",
+        () => running,
+        (p) => device.onTunPacket(p),
+        (d, host, port) => device.onDatagram(d, host, port),
+      ),
       pump("pqconnect-client", () => running, (ms) => waitReadable(dns.fd, ms), () => {
         for (;;) {
           const m = dns.tryRecv();

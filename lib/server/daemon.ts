@@ -17,7 +17,7 @@ import { configureInterface } from "../../ffi/rtnetlink.ts";
 import { UdpSocket } from "../../ffi/udp.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../crypto_pool.ts";
-import { pump } from "../pump.ts";
+import { DataPath, pump } from "../pump.ts";
 
 export interface ServerOptions {
   keyDir: string;
@@ -32,8 +32,6 @@ export interface ServerOptions {
   maxPeers: number;
   verbose: boolean;
 }
-
-const TUN_BATCH = 64;
 
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new Logger("pqconnect-server", opts.verbose ? "debug" : "info");
@@ -85,6 +83,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       wall: () => Date.now() / 1000,
     };
     const ephemeral = new EphemeralKeyStore();
+    const dataPath = new DataPath({ tun, sock: cryptoSock });
     const device = new ServerDevice(
       {
         x25519Sk,
@@ -96,11 +95,12 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       },
       {
         sendUdp: (data, host, port) => {
-          cryptoSock.sendTo(data, host, port);
+          dataPath.sendUdp(data, host, port);
         },
         writeTun: (packet) => {
-          tun.write(packet);
+          dataPath.writeTun(packet);
         },
+        udpBuffer: () => dataPath.udpBuffer(),
       },
       {
         mcelieceDecap: (c0) => pool.mcelieceDecap(c0),
@@ -149,9 +149,12 @@ export async function runServer(opts: ServerOptions): Promise<number> {
 
     const keyDrops = device.drops;
     const pumps = [
-      pump("pqconnect-server", () => running, (ms) => cryptoSock.waitReadable(ms), () => {
-        for (const d of cryptoSock.recvBatch()) device.onDatagram(d.data, d.addr, d.port);
-      }),
+      dataPath.run(
+        "pqconnect-server",
+        () => running,
+        (p) => device.onTunPacket(p),
+        (d, host, port) => device.onDatagram(d, host, port),
+      ),
       pump("pqconnect-server", () => running, (ms) => keySock.waitReadable(ms), () => {
         const now = clock.wall();
         for (const d of keySock.recvBatch()) {
@@ -160,7 +163,6 @@ export async function runServer(opts: ServerOptions): Promise<number> {
           else keyDrops.count(`key-${answer.reason}`);
         }
       }),
-      pumpTun(() => running, tun, (p) => device.onTunPacket(p)),
       (async () => {
         let seconds = 0;
         while (running) {
@@ -187,20 +189,4 @@ export async function runServer(opts: ServerOptions): Promise<number> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function pumpTun(
-  running: () => boolean,
-  tun: TunDevice,
-  handle: (packet: Uint8Array) => void,
-): Promise<void> {
-  const bufs = Array.from({ length: TUN_BATCH }, () => new Uint8Array(65536));
-  const lens = new Array<number>(TUN_BATCH).fill(0);
-  await pump("pqconnect-server", running, (ms) => tun.waitReadable(ms), () => {
-    let n: number;
-    do {
-      n = tun.readBatch(bufs, lens);
-      for (let i = 0; i < n; i++) handle(bufs[i].subarray(0, lens[i]));
-    } while (n === TUN_BATCH);
-  });
 }

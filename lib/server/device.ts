@@ -25,6 +25,8 @@ import { type Peer, PeerTable, tidKeyAt } from "./peers.ts";
 export interface ServerIo {
   sendUdp(data: Uint8Array, host: number, port: number): void;
   writeTun(packet: Uint8Array): void;
+  /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
+  udpBuffer?(): Uint8Array | undefined;
 }
 
 /** The slow parts of a handshake, run off the packet path (a worker). */
@@ -94,7 +96,7 @@ export class ServerDevice {
     const peer = this.peers.byTunnelId(key);
     if (!peer) return this.hold(key, data, host, port);
     const now = this.clock.mono();
-    const r = peer.session.open(data, now);
+    const r = peer.session.openInPlace(data, now); // data is a receive slot
     if (!r.ok) {
       if (r.reason === "expired") this.removePeer(peer, "expired");
       return this.drops.count(`tunnel-${r.reason}`);
@@ -274,7 +276,7 @@ export class ServerDevice {
     const now = this.clock.mono();
     let wire: Uint8Array;
     try {
-      wire = peer.session.seal(packet, now);
+      wire = peer.session.seal(packet, now, this.io.udpBuffer?.());
     } catch {
       this.removePeer(peer, "send keys exhausted");
       return this.drops.count("tun-session-closed");
