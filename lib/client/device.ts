@@ -80,6 +80,8 @@ export interface ServerEntry {
   lastTx: number;
   /** Packets sent since the last one received: a silent server is noticed by this. */
   unanswered: number;
+  /** Whether anything authenticated came back through the current session. */
+  heardFrom: boolean;
   txBytes: number;
   rxBytes: number;
   tunnels: number;
@@ -93,6 +95,8 @@ const EPHEMERAL_TIMEOUT_MS = 400;
 const SILENCE_SECONDS = 3;
 const SILENT_PACKETS = 3;
 const RETRY_SECONDS = 2;
+/** When the first packets go out again if the server has not been heard from yet. */
+const RESEND_DELAYS_MS = [100, 250, 500];
 
 export class ClientDevice {
   readonly drops: DropCounters;
@@ -100,6 +104,8 @@ export class ClientDevice {
   private readonly byKey = new Map<string, ServerEntry>();
   private readonly byInternal = new Map<number, ServerEntry>();
   private readonly byTid = new Map<string, ServerEntry>();
+  /** First packets sent again because the server had not answered yet. */
+  resent = 0;
 
   constructor(
     private readonly config: ClientConfig,
@@ -149,6 +155,7 @@ export class ClientDevice {
         lastRx: 0,
         lastTx: 0,
         unanswered: 0,
+        heardFrom: false,
         txBytes: 0,
         rxBytes: 0,
         tunnels: 0,
@@ -305,6 +312,7 @@ export class ClientDevice {
     entry.established = now;
     entry.lastRx = now;
     entry.unanswered = 0;
+    entry.heardFrom = false;
     entry.tunnels++;
     this.flushHeld(entry);
     this.refill(entry);
@@ -335,6 +343,26 @@ export class ClientDevice {
     entry.held = [];
     entry.heldBytes = 0;
     for (const p of held) this.send(entry, p);
+    if (held.length > 0) this.resendUntilHeard(entry, held);
+  }
+
+  /**
+   * The reference server creates a session only once its handshake threads finish and drops
+   * tunnel packets that overtake that, so the packets sent right behind the handshake are sent
+   * again (fresh counters) a few times until the server is heard from. Duplicates are harmless
+   * to IP; a lost first SYN costs the application a whole second.
+   */
+  private resendUntilHeard(entry: ServerEntry, packets: Uint8Array[]): void {
+    const session = entry.session;
+    let attempt = 0;
+    const again = () => {
+      if (entry.session !== session || entry.heardFrom || !session?.alive(this.now())) return;
+      this.resent += packets.length;
+      for (const p of packets) this.send(entry, p);
+      if (++attempt < RESEND_DELAYS_MS.length) schedule(RESEND_DELAYS_MS[attempt]);
+    };
+    const schedule = (ms: number) => Deno.unrefTimer(setTimeout(again, ms));
+    schedule(RESEND_DELAYS_MS[0]);
   }
 
   private dropHeld(entry: ServerEntry, reason: string): void {
@@ -395,6 +423,7 @@ export class ClientDevice {
     if (!r.ok) return this.drops.count(`tunnel-${r.reason}`);
     entry.lastRx = now;
     entry.unanswered = 0;
+    entry.heardFrom = true;
     entry.rxBytes += r.plaintext.length;
     if (isCookie(r.plaintext)) {
       entry.cookie = r.plaintext.slice(0, 144);

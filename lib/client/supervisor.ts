@@ -24,6 +24,7 @@ import {
 } from "../../ffi/spawn.ts";
 import { lookupUser } from "../../ffi/privdrop.ts";
 import { libcPath, waitReadable } from "../../ffi/libc.ts";
+import { sodiumPath } from "../../ffi/sodium.ts";
 
 export interface ClientOptions {
   port: number;
@@ -235,7 +236,7 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
     "run",
     "--no-prompt",
     `--config=${root}/deno.json`,
-    `--allow-ffi=${libcPath()}`,
+    `--allow-ffi=${[libcPath(), sodiumPath()].filter((p) => p !== null).join(",")}`,
     `--allow-read=${root},${opts.runtimeDir}`,
     `--allow-write=${opts.runtimeDir}`,
     "--allow-net",
@@ -251,5 +252,7 @@ function childEnv(): Record<string, string> {
     if (v !== undefined) env[k] = v;
   }
   env.PATH ??= "/usr/sbin:/usr/bin:/sbin:/bin";
+  // The worker must not look for Deno updates: that is a DNS lookup and a connection abroad.
+  env.DENO_NO_UPDATE_CHECK = "1";
   return env;
 }

@@ -117,7 +117,9 @@ export class ServerDevice {
   private hold(key: string, data: Uint8Array, host: number, port: number): void {
     if (this.pending === 0) return this.drops.count("tunnel-unknown-tid");
     const now = this.clock.mono();
-    this.held = this.held.filter((h) => h.until > now);
+    const kept = this.held.filter((h) => h.until > now);
+    for (let i = kept.length; i < this.held.length; i++) this.drops.count("tunnel-held-expired");
+    this.held = kept;
     if (this.held.length >= HELD_PACKETS_MAX) return this.drops.count("tunnel-held-overflow");
     this.held.push({ key, data: data.slice(), host, port, until: now + HELD_SECONDS });
   }
