@@ -95,6 +95,8 @@ interface Figures {
   /** CPU of the server and client daemons, % of one core. */
   busyServerCpu?: number | null;
   busyClientCpu?: number | null;
+  /** Whole machine during TCP up: % of all cores busy. */
+  busyMachineCpu?: number | null;
   idleServerCpu?: number | null;
   idleClientCpu?: number | null;
   notes: string[];
@@ -117,6 +119,14 @@ function cpuTicks(pid: number): number {
 /** A daemon is its main process plus whatever it started (the client's worker). */
 function treeTicks(pid: number): number {
   return [pid, ...descendants(pid)].reduce((sum, p) => sum + cpuTicks(p), 0);
+}
+
+/** Busy and total jiffies of all cores, from /proc/stat. */
+function machineTicks(): { busy: number; total: number } {
+  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1, 9)
+    .map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - f[3] - f[4], total }; // idle and iowait are not busy
 }
 
 /** Measures the CPU of process trees while `during` runs: % of one core each. */
@@ -172,7 +182,9 @@ async function measure(
   const p = await ping(lab, target, 50, "0.01");
   if (p.loss) notes.push(`ping loss ${p.loss}%`);
   const upRun = iperf(lab, target, opts.seconds, false);
-  const busy = daemons ? await cpuWhile([daemons.server, daemons.client], upRun) : null;
+  const m0 = machineTicks();
+  const busy = await cpuWhile(daemons ? [daemons.server, daemons.client] : [], upRun);
+  const m1 = machineTicks();
   const up = await upRun;
   if (up.error) notes.push(`up: ${up.error}`);
   const down = await iperf(lab, target, opts.seconds, true);
@@ -182,8 +194,9 @@ async function measure(
     down: down.mbps,
     rtt: p.avg,
     rttMin: p.min,
-    busyServerCpu: busy?.[0] ?? null,
-    busyClientCpu: busy?.[1] ?? null,
+    busyServerCpu: busy[0] ?? null,
+    busyClientCpu: busy[1] ?? null,
+    busyMachineCpu: ((m1.busy - m0.busy) / (m1.total - m0.total)) * 100,
     notes,
   };
 }
@@ -292,6 +305,7 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
   ]);
   add("server CPU during TCP up, %", (f) => f.busyServerCpu, 1, false, false);
   add("client CPU during TCP up, %", (f) => f.busyClientCpu, 1, false, false);
+  add("machine CPU during TCP up, % of all", (f) => f.busyMachineCpu, 0, false);
   add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, false);
   add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, false);
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));

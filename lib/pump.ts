@@ -47,10 +47,13 @@ export interface PacketSource {
 export interface PacketLoopOptions {
   /** Busy polling after the last packet, in microseconds (default 30). */
   spinMicros?: number;
-  /** Waiting in a blocking poll on this thread after the last packet, in ms (default 200). */
+  /** Waiting in a blocking poll on this thread after the last packet, in ms (default 1000). */
   hotMs?: number;
-  /** The longest the event loop waits for a turn, in ms (default 2). */
+  /** The longest the event loop waits for a turn while packets flow, in ms (default 2). */
   maxBlockMs?: number;
+  /** The same once no packet came for maxBlockMs (default 20): each turn costs a thread hop
+   * during which arriving packets wait, so a quiet loop takes them less often. */
+  quietBlockMs?: number;
   /** Called after every round of drains, e.g. to send what the round queued. */
   flush?: () => void;
 }
@@ -65,8 +68,9 @@ export async function packetLoop(
   opts: PacketLoopOptions = {},
 ): Promise<void> {
   const spinMs = (opts.spinMicros ?? 30) / 1000;
-  const hotMs = opts.hotMs ?? 200;
+  const hotMs = opts.hotMs ?? 1000;
   const maxBlockMs = opts.maxBlockMs ?? 2;
+  const quietBlockMs = opts.quietBlockMs ?? 20;
   const flush = opts.flush ?? (() => {});
   const count = sources.length;
   // One pollfd (fd, events, revents) per source.
@@ -89,18 +93,19 @@ export async function packetLoop(
   while (running()) {
     const now = performance.now();
     const quiet = now - lastPacket;
+    const turnDue = lastYield + (quiet < maxBlockMs ? maxBlockMs : quietBlockMs);
     let n: number;
     if (quiet >= hotMs) {
       n = await pollAsync(pfds, nfds, PARK_MS);
       lastYield = performance.now();
-    } else if (now - lastYield >= maxBlockMs) {
+    } else if (now >= turnDue) {
       n = await pollAsync(pfds, nfds, 0); // the event loop's turn
       lastYield = performance.now();
     } else if (quiet < spinMs) {
       n = poll(pfds, nfds, 0);
     } else {
       // Sleep on this thread, but not past the event loop's next turn.
-      n = poll(pfds, nfds, Math.max(1, Math.ceil(maxBlockMs - (now - lastYield))));
+      n = poll(pfds, nfds, Math.max(1, Math.ceil(turnDue - now)));
     }
     if (n <= 0 || !running()) continue;
     const mask = readyMask();
