@@ -49,11 +49,12 @@ export interface PacketLoopOptions {
   spinMicros?: number;
   /** Waiting in a blocking poll on this thread after the last packet, in ms (default 1000). */
   hotMs?: number;
-  /** The longest the event loop waits for a turn while packets flow, in ms (default 2). */
+  /**
+   * The longest the event loop waits for a turn, in ms (default 2). Measured: turns every 20 ms
+   * instead, while quiet, made a 10 ms ping slower (0.85 against 0.55 ms): a vCPU that sleeps
+   * longer wakes up slower.
+   */
   maxBlockMs?: number;
-  /** The same once no packet came for maxBlockMs (default 20): each turn costs a thread hop
-   * during which arriving packets wait, so a quiet loop takes them less often. */
-  quietBlockMs?: number;
   /** Called after every round of drains, e.g. to send what the round queued. */
   flush?: () => void;
 }
@@ -70,7 +71,6 @@ export async function packetLoop(
   const spinMs = (opts.spinMicros ?? 30) / 1000;
   const hotMs = opts.hotMs ?? 1000;
   const maxBlockMs = opts.maxBlockMs ?? 2;
-  const quietBlockMs = opts.quietBlockMs ?? 20;
   const flush = opts.flush ?? (() => {});
   const count = sources.length;
   // One pollfd (fd, events, revents) per source.
@@ -93,7 +93,7 @@ export async function packetLoop(
   while (running()) {
     const now = performance.now();
     const quiet = now - lastPacket;
-    const turnDue = lastYield + (quiet < maxBlockMs ? maxBlockMs : quietBlockMs);
+    const turnDue = lastYield + maxBlockMs;
     let n: number;
     if (quiet >= hotMs) {
       n = await pollAsync(pfds, nfds, PARK_MS);

@@ -12,7 +12,7 @@ import { ipv4ToNumber, numberToIpv4 } from "../ip.ts";
 import { DropCounters, Logger } from "../log.ts";
 import { CryptoPool } from "../crypto_pool.ts";
 import { TunDevice } from "../../ffi/tun.ts";
-import { UdpSocket } from "../../ffi/udp.ts";
+import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { waitReadable } from "../../ffi/libc.ts";
@@ -36,7 +36,8 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const user = lookupUser(opts.user);
   const tun = TunDevice.fromFd(opts.tunFd);
   const dns = new SeqPacketChannel(opts.dnsFd);
-  const sock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram: 4096 });
+  // The worker is not told the TUN MTU (--mtu goes to the supervisor): take any datagram.
+  const sock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram: MAX_UDP_PAYLOAD });
   const pool = await CryptoPool.start({});
   dropPrivileges(user.uid, user.gid);
 

@@ -14,7 +14,8 @@ import { Logger } from "../log.ts";
 import { ServerDevice } from "./device.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { configureInterface } from "../../ffi/rtnetlink.ts";
-import { UdpSocket } from "../../ffi/udp.ts";
+import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
+import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../crypto_pool.ts";
 import { DataPath, pump } from "../pump.ts";
@@ -59,7 +60,12 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       prefix: opts.prefix,
       mtu: opts.mtu,
     });
-    const cryptoSock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram: 4096 });
+    // Room for a tunnel packet of a full-MTU payload with a cookie in front of it.
+    const maxDatagram = Math.min(
+      MAX_UDP_PAYLOAD,
+      Math.max(4096, opts.mtu + TUNNEL_OVERHEAD + COOKIE_BYTES),
+    );
+    const cryptoSock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram });
     closers.push(() => cryptoSock.close());
     const keySock = UdpSocket.bind("0.0.0.0", opts.keyPort, { maxDatagram: 2048, batch: 16 });
     closers.push(() => keySock.close());
