@@ -40,7 +40,8 @@ function reportError(name: string, e: unknown): void {
 
 export interface PacketSource {
   fd: number;
-  /** Handles at most one batch of what is queued; returns how many packets it took. */
+  /** Handles at most one batch of what is queued; returns how many packets it took that
+   * count as traffic (they keep the loop in its low-latency mode). */
   drain(): number;
 }
 
@@ -186,8 +187,14 @@ export class DataPath {
         fd: tun.fd,
         drain: batch(() => {
           const n = tun.readBatch(bufs, lens);
-          for (let i = 0; i < n; i++) onTunPacket(bufs[i].subarray(0, lens[i]));
-          return n;
+          let ipv4 = 0;
+          for (let i = 0; i < n; i++) {
+            // Only IPv4 is tunnelled: the kernel's own IPv6 chatter on the device (router
+            // solicitations, MLD) must not keep the loop awake.
+            if (bufs[i][0] >> 4 === 4) ipv4++;
+            onTunPacket(bufs[i].subarray(0, lens[i]));
+          }
+          return ipv4;
         }),
       },
       {
