@@ -95,8 +95,12 @@ const EPHEMERAL_TIMEOUT_MS = 400;
 const SILENCE_SECONDS = 3;
 const SILENT_PACKETS = 3;
 const RETRY_SECONDS = 2;
-/** When the first packets go out again if the server has not been heard from yet. */
-const RESEND_DELAYS_MS = [100, 250, 500];
+/**
+ * When the first packets go out again if the server has not been heard from yet: late enough
+ * that a server which holds early packets (ours: a WebAssembly McEliece decapsulation takes
+ * ~80-160 ms) has usually answered, early enough to beat TCP's 1 s SYN retransmission.
+ */
+const RESEND_DELAYS_MS = [250, 600];
 
 export class ClientDevice {
   readonly drops: DropCounters;
