@@ -4,6 +4,7 @@
 // parsing them, and on exit removes every rule and file it made.
 
 import { Logger } from "../log.ts";
+import { Shutdown } from "../shutdown.ts";
 import {
   installDnsQueueRule,
   removeDnsQueueRule,
@@ -104,20 +105,10 @@ export async function runClient(opts: ClientOptions): Promise<number> {
         `runs as ${opts.user}`,
     );
 
-    let running = true;
     let exitCode = 0;
-    const stop = (why: string) => {
-      if (running) log.info(`${why}: shutting down`);
-      running = false;
-    };
-    const onTerm = () => stop("SIGTERM");
-    const onInt = () => stop("SIGINT");
-    Deno.addSignalListener("SIGTERM", onTerm);
-    Deno.addSignalListener("SIGINT", onInt);
-    cleanups.push(() => {
-      Deno.removeSignalListener("SIGTERM", onTerm);
-      Deno.removeSignalListener("SIGINT", onInt);
-    });
+    const shutdown = new Shutdown(log);
+    cleanups.push(() => shutdown.dispose());
+    const stop = (why: string) => shutdown.stop(why);
 
     const pending = new Map<number, number>(); // id -> time queued
     const relayAnswers = () => {
@@ -142,17 +133,17 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     };
     const loops = [
       (async () => {
-        while (running) {
+        while (shutdown.running) {
           if (await waitReadable(queue.fd, 250)) relayAnswers();
         }
       })(),
       (async () => {
-        while (running) {
+        while (shutdown.running) {
           if (await waitReadable(channel.fd, 250)) applyVerdicts();
         }
       })(),
       (async () => {
-        while (running) {
+        while (shutdown.running) {
           await new Promise((r) => setTimeout(r, 250));
           const limit = Date.now() - VERDICT_TIMEOUT_MS;
           for (const [id, at] of pending) {

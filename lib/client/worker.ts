@@ -17,6 +17,7 @@ import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { waitReadable } from "../../ffi/libc.ts";
 import { DataPath, pump } from "../pump.ts";
+import { Shutdown } from "../shutdown.ts";
 import { hex } from "../bytes.ts";
 
 export interface WorkerOptions {
@@ -88,15 +89,9 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     },
   });
 
-  let running = true;
-  const stop = (why: string) => {
-    if (running) log.info(`${why}: shutting down`);
-    running = false;
-  };
-  const onTerm = () => stop("SIGTERM");
-  const onInt = () => stop("SIGINT");
-  Deno.addSignalListener("SIGTERM", onTerm);
-  Deno.addSignalListener("SIGINT", onInt);
+  const shutdown = new Shutdown(log);
+  const running = () => shutdown.running;
+  const stop = (why: string) => shutdown.stop(why);
   const control = serveControl(opts.controlSocket, () => ({
     interface: tun.name,
     address: opts.tunAddress,
@@ -130,11 +125,11 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     await Promise.all([
       dataPath.run(
         "pqconnect-client",
-        () => running,
+        running,
         (p) => device.onTunPacket(p),
         (d, host, port) => device.onDatagram(d, host, port),
       ),
-      pump("pqconnect-client", () => running, (ms) => waitReadable(dns.fd, ms), () => {
+      pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
         for (;;) {
           const m = dns.tryRecv();
           if (m === undefined) return;
@@ -151,7 +146,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
       }),
       (async () => {
         let seconds = 0;
-        while (running) {
+        while (running()) {
           await new Promise((r) => setTimeout(r, 1000));
           device.tick();
           if (++seconds % 30 === 0) drops.report(log);
@@ -159,8 +154,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
       })(),
     ]);
   } finally {
-    Deno.removeSignalListener("SIGTERM", onTerm);
-    Deno.removeSignalListener("SIGINT", onInt);
+    shutdown.dispose();
     control.close();
     device.close();
     for (const s of keySockets) s.close();

@@ -19,6 +19,7 @@ import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../crypto_pool.ts";
 import { DataPath, pump } from "../pump.ts";
+import { Shutdown } from "../shutdown.ts";
 
 export interface ServerOptions {
   keyDir: string;
@@ -138,30 +139,19 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     await makeEphemeralKeys();
     device.tick(crypto.getRandomValues(new Uint8Array(32)));
 
-    let running = true;
-    const stop = (signal: string) => {
-      if (!running) return;
-      log.info(`${signal}: shutting down`);
-      running = false;
-    };
-    const onTerm = () => stop("SIGTERM");
-    const onInt = () => stop("SIGINT");
-    Deno.addSignalListener("SIGTERM", onTerm);
-    Deno.addSignalListener("SIGINT", onInt);
-    closers.push(() => {
-      Deno.removeSignalListener("SIGTERM", onTerm);
-      Deno.removeSignalListener("SIGINT", onInt);
-    });
+    const shutdown = new Shutdown(log);
+    closers.push(() => shutdown.dispose());
+    const running = () => shutdown.running;
 
     const keyDrops = device.drops;
     const pumps = [
       dataPath.run(
         "pqconnect-server",
-        () => running,
+        running,
         (p) => device.onTunPacket(p),
         (d, host, port) => device.onDatagram(d, host, port),
       ),
-      pump("pqconnect-server", () => running, (ms) => keySock.waitReadable(ms), () => {
+      pump("pqconnect-server", running, (ms) => keySock.waitReadable(ms), () => {
         const now = clock.wall();
         for (const d of keySock.recvBatch()) {
           const answer = answerKeyRequest(d.data, tree, ephemeral, now);
@@ -171,9 +161,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       }),
       (async () => {
         let seconds = 0;
-        while (running) {
+        while (running()) {
           await sleep(1000);
-          if (!running) break;
+          if (!running()) break;
           try {
             await makeEphemeralKeys();
             device.tick(crypto.getRandomValues(new Uint8Array(32)));
