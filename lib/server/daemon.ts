@@ -45,11 +45,13 @@ export async function runServer(opts: ServerOptions): Promise<number> {
   const tunAddress = ipv4ToNumber(opts.tunAddress);
   const hostAddress = ipv4ToNumber(opts.hostAddress ?? opts.tunAddress);
 
-  const closers: (() => void)[] = [];
-  const closeAll = () => {
+  // Undone in reverse order on every exit path; awaited, so the crypto worker has wiped the
+  // McEliece secret key before the process ends.
+  const closers: (() => void | Promise<void>)[] = [];
+  const closeAll = async () => {
     for (const close of closers.reverse()) {
       try {
-        close();
+        await close();
       } catch { /* closing what is left matters more than one failure */ }
     }
   };
@@ -179,7 +181,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     log.info(`stopped after ${device.handshakes} handshakes; ${tun.name} removed`);
     return 0;
   } finally {
-    closeAll();
+    await closeAll();
   }
 }
 
