@@ -46,6 +46,25 @@ const IFINFOMSG_LEN = 16;
 const IFADDRMSG_LEN = 8;
 const IFLA_IFNAME = 3;
 const IFLA_MTU = 4;
+const IFLA_AF_SPEC = 26;
+const AF_INET6 = 10;
+const IFLA_INET6_ADDR_GEN_MODE = 8;
+const IN6_ADDR_GEN_MODE_NONE = 1;
+
+/**
+ * IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }: no IPv6 link-local address,
+ * so the kernel sends no router solicitations or MLD reports into an IPv4-only tunnel.
+ */
+function noIpv6AddressSpec(): Uint8Array {
+  const b = new Uint8Array(12);
+  const v = new DataView(b.buffer);
+  v.setUint16(0, 12, true); // AF_INET6 attribute: header + the nested one
+  v.setUint16(2, AF_INET6, true);
+  v.setUint16(4, 5, true); // nested attribute: header + one byte
+  v.setUint16(6, IFLA_INET6_ADDR_GEN_MODE, true);
+  b[8] = IN6_ADDR_GEN_MODE_NONE;
+  return b;
+}
 const IFA_ADDRESS = 1;
 const IFA_LOCAL = 2;
 const IFF_UP = 0x1;
@@ -335,10 +354,14 @@ async function changeLink(
   nl: RtNetlink,
   name: string,
   index: number,
-  change: { up?: boolean; mtu?: number },
+  change: { up?: boolean; mtu?: number; ipv6Addresses?: false },
 ): Promise<void> {
   const attrs: Array<[number, Uint8Array]> = [];
   const what: string[] = [];
+  if (change.ipv6Addresses === false) {
+    attrs.push([IFLA_AF_SPEC, noIpv6AddressSpec()]);
+    what.push("no IPv6 addresses");
+  }
   if (change.mtu !== undefined) {
     if (!Number.isInteger(change.mtu) || change.mtu <= 0 || change.mtu > 0xffffffff) {
       throw new RangeError(`MTU ${change.mtu} is not a positive integer`);
@@ -409,6 +432,8 @@ export function configureInterface(name: string, config: InterfaceConfig): Promi
   return withSocket(async (nl) => {
     const { index } = await queryLink(nl, name);
     if (config.mtu !== undefined) await changeLink(nl, name, index, { mtu: config.mtu });
+    // Best effort: a kernel without IPv6 has nothing to turn off.
+    await changeLink(nl, name, index, { ipv6Addresses: false }).catch(() => {});
     await putAddress(nl, name, index, config.address, config.prefix);
     if (config.up ?? true) await changeLink(nl, name, index, { up: true });
     return await queryLink(nl, name);
