@@ -5,6 +5,7 @@
 //
 // Each group has a baseline, so Deno prints how many times slower the other rows are.
 import { kdf } from "../lib/kdf.ts";
+import { aeadSeal, useAeadBackend } from "../lib/aead.ts";
 import { open, seal, x25519PublicKey } from "../lib/crypto.ts";
 import { TunnelSession } from "../lib/session.ts";
 import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/handshake.ts";
@@ -55,6 +56,31 @@ Deno.bench({
 const aeadKey = random(32);
 const boxed = seal(aeadKey, nonce, payload, ad);
 if (!open(aeadKey, nonce, boxed.ciphertext, boxed.tag, ad)) throw new Error("AEAD self-check");
+
+// The two AEAD backends side by side (libsodium needs --allow-ffi naming it; without it only
+// the JS row runs). Everything else in this file uses whichever backend loads by default.
+const sealOut = new Uint8Array(payload.length + 16);
+const backendBench = (name: "js" | "libsodium", baseline: boolean) =>
+  Deno.bench({
+    name: `100 × ChaCha20-Poly1305 seal into a buffer, 1200 B, ${name}`,
+    group: "aead-backend",
+    baseline,
+    fn(b) {
+      const previous = useAeadBackend(name);
+      b.start();
+      for (let i = 0; i < 100; i++) aeadSeal(aeadKey, nonce, ad, payload, sealOut);
+      b.end();
+      useAeadBackend(previous);
+    },
+  });
+backendBench("js", true);
+try {
+  const previous = useAeadBackend("libsodium");
+  useAeadBackend(previous === "libsodium" ? "auto" : previous);
+  backendBench("libsodium", false);
+} catch {
+  console.log("core_bench: libsodium not loadable (no --allow-ffi for it): JS backend only");
+}
 
 Deno.bench({
   name: "ChaCha20-Poly1305 seal, 1200 B",
