@@ -30,7 +30,12 @@ const SYMBOLS = {
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
-  pollAsync: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  pollAsync: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
@@ -101,8 +106,9 @@ const SYMBOLS = {
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
-let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; errnoPtr: Deno.PointerObject; path: string } | null =
-  null;
+let loaded:
+  | { lib: Deno.DynamicLibrary<typeof SYMBOLS>; errnoPtr: Deno.PointerObject; path: string }
+  | null = null;
 
 function load() {
   if (loaded) return loaded;
