@@ -96,11 +96,12 @@ const SILENCE_SECONDS = 3;
 const SILENT_PACKETS = 3;
 const RETRY_SECONDS = 2;
 /**
- * When the first packets go out again if the server has not been heard from yet: late enough
- * that a server which holds early packets (ours: a WebAssembly McEliece decapsulation takes
- * ~80-160 ms) has usually answered, early enough to beat TCP's 1 s SYN retransmission.
+ * When the first packets go out again if the server has not been heard from yet. The reference
+ * server knows the tunnel a few ms after the handshake arrives, so the first resend is early:
+ * the first connection can take most of TCP's 1 s SYN timer already (key download). A server
+ * that holds early packets (ours) may then deliver a packet twice, which IP allows.
  */
-const RESEND_DELAYS_MS = [250, 600];
+const RESEND_DELAYS_MS = [40, 200, 600];
 
 export class ClientDevice {
   readonly drops: DropCounters;
