@@ -188,20 +188,29 @@ async function waitReady(channel: SeqPacketChannel, pid: number): Promise<void> 
   throw new Error("the client worker did not start (see its messages above)");
 }
 
+/** True once the worker has exited (and been reaped, here or earlier: ECHILD). */
+function childGone(pid: number): boolean {
+  try {
+    return tryWaitChild(pid) !== null;
+  } catch {
+    return true;
+  }
+}
+
 async function stopChild(pid: number, log: Logger): Promise<void> {
-  if (tryWaitChild(pid)) return;
+  if (childGone(pid)) return;
   try {
     killChild(pid, 15);
   } catch { /* already gone */ }
   for (let i = 0; i < 50; i++) {
-    if (tryWaitChild(pid)) return;
+    if (childGone(pid)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   log.warn(`worker ${pid} did not stop in 5 s; killing it`);
   try {
     killChild(pid, 9);
   } catch { /* gone */ }
-  for (let i = 0; i < 20 && !tryWaitChild(pid); i++) await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 20 && !childGone(pid); i++) await new Promise((r) => setTimeout(r, 50));
 }
 
 /** The command line that runs the worker: the same program, narrower permissions. */
