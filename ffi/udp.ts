@@ -10,6 +10,7 @@
 //
 // Per-packet methods never throw: failures are counted in `stats` and reported as return values.
 
+import { numberToIpv4, parseIpv4Address } from "../lib/ip.ts";
 import {
   addressOf,
   check,
@@ -80,17 +81,14 @@ export interface UdpStats {
   lastErrno: number;
 }
 
+/** Dotted quad to the number form used here; RangeError when malformed. */
 export function parseIPv4(text: string): number {
-  const parts = text.split(".");
-  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {
-    throw new RangeError(`"${text}" is not an IPv4 address`);
-  }
-  return parts.reduce((acc, p) => acc * 256 + Number(p), 0);
+  const addr = parseIpv4Address(text);
+  if (addr === null) throw new RangeError(`"${text}" is not an IPv4 address`);
+  return addr;
 }
 
-export function formatIPv4(addr: number): string {
-  return `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`;
-}
+export const formatIPv4: (addr: number) => string = numberToIpv4;
 
 function sockaddrIn(addr: number, port: number): Uint8Array {
   const sa = new Uint8Array(SOCKADDR_IN);

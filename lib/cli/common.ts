@@ -1,6 +1,7 @@
 // Shared pieces of the command-line interface: option parsing with clear errors.
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parseIpv4Address } from "../ip.ts";
 
 /** Bad command-line input: printed with the command's usage, exit status 2. */
 export class UsageError extends Error {
@@ -35,10 +36,9 @@ export function parsePort(value: string | undefined, fallback: number, what: str
 
 export function parseIpv4(value: string | undefined, what: string): string {
   if (value === undefined) throw new UsageError(`${what} is required`);
-  const parts = value.split(".");
-  const ok = parts.length === 4 &&
-    parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255 && String(Number(p)) === p);
-  if (!ok) throw new UsageError(`${what} must be an IPv4 address like 192.0.2.7, not "${value}"`);
+  if (parseIpv4Address(value) === null) {
+    throw new UsageError(`${what} must be an IPv4 address like 192.0.2.7, not "${value}"`);
+  }
   return value;
 }
 

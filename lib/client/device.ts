@@ -11,7 +11,7 @@ import { isCookie } from "../cookie.ts";
 import { ephemeralKeyRequest, parseKeyResponse } from "../keymsg.ts";
 import { x25519PublicKey } from "../crypto.ts";
 import { AddressPool } from "../addresses.ts";
-import { ipv4Dst, ipv4HeaderLength, numberToIpv4 } from "../ip.ts";
+import { ipv4Dst, ipv4HeaderLength, numberToIpv4, parseIpv4Address } from "../ip.ts";
 import { translate } from "../nat.ts";
 import type { DropCounters, Logger } from "../log.ts";
 import { tidKeyAt } from "../server/peers.ts";
@@ -222,13 +222,9 @@ export class ClientDevice {
     for (const txt of keys) {
       const p = /(?:^|;)\s*p=(\d{1,5})\b/.exec(txt);
       if (p) entry.keyPort = Number(p[1]);
-      const ip = /(?:^|;)\s*ip=(\d{1,3}(?:\.\d{1,3}){3})\b/.exec(txt);
-      if (ip) {
-        const parts = ip[1].split(".").map(Number);
-        if (parts.every((x) => x <= 255)) {
-          entry.keyHost = ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
-        }
-      }
+      const ip = /(?:^|;)\s*ip=([0-9.]+)/.exec(txt);
+      const keyHost = ip ? parseIpv4Address(ip[1]) : null;
+      if (keyHost !== null) entry.keyHost = keyHost;
     }
     entry.cryptoPort ??= this.config.defaultCryptoPort;
     entry.keyPort ??= this.config.defaultKeyPort;
