@@ -397,24 +397,9 @@ export class UdpSocket {
         else if (this.stats.lastErrno === EAGAIN) return this.#dropRest(datagrams.length - i, sent);
         continue;
       }
-      let k = 0;
-      while (k < n) {
-        const r = libc().sendmmsg(this.#fd, tx!.from(k), n - k, MSG_DONTWAIT);
-        if (r > 0) {
-          k += r;
-          sent += r;
-          this.stats.sent += r;
-          continue;
-        }
-        const code = errno();
-        if (code === EINTR) continue;
-        if (code === EAGAIN) {
-          this.stats.lastErrno = code;
-          return this.#dropRest(datagrams.length - (i + k), sent);
-        }
-        this.#sendFailed(code, 1); // this one datagram is refused: skip it
-        k++;
-      }
+      const r = this.#sendSlots(tx!, n);
+      sent += r.sent;
+      if (r.handled < n) return this.#dropRest(datagrams.length - (i + r.handled), sent);
       i += n;
     }
     return sent;
@@ -468,6 +453,15 @@ export class UdpSocket {
     this.#queued = 0;
     const tx = this.#tx!;
     if (this.#fd < 0) return 0;
+    const r = this.#sendSlots(tx, n);
+    return r.handled < n ? this.#dropRest(n - r.handled, r.sent) : r.sent;
+  }
+
+  /**
+   * sendmmsg over the first `n` filled slots of `tx`. A datagram the kernel refuses is skipped
+   * (counted); a full send buffer stops it, leaving `handled` < n for the caller to drop.
+   */
+  #sendSlots(tx: MessageArea, n: number): { sent: number; handled: number } {
     let k = 0;
     let sent = 0;
     while (k < n) {
@@ -482,12 +476,12 @@ export class UdpSocket {
       if (code === EINTR) continue;
       if (code === EAGAIN) {
         this.stats.lastErrno = code;
-        return this.#dropRest(n - k, sent);
+        return { sent, handled: k };
       }
       this.#sendFailed(code, 1); // this one datagram is refused: skip it
       k++;
     }
-    return sent;
+    return { sent, handled: n };
   }
 
   /** Copies datagrams from `first` into the send slots; stops before one that doesn't fit. */
