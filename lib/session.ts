@@ -483,3 +483,20 @@ export class TunnelSession {
     this.recv.clear();
   }
 }
+
+/**
+ * Map key for the tunnel id at `offset` (2 in a tunnel packet): its first 8 bytes. Random ids,
+ * so 64 bits tell sessions apart; the whole id is checked when the session opens the packet.
+ */
+export function tidKeyAt(bytes: Uint8Array, offset: number): string {
+  return String.fromCharCode(
+    bytes[offset],
+    bytes[offset + 1],
+    bytes[offset + 2],
+    bytes[offset + 3],
+    bytes[offset + 4],
+    bytes[offset + 5],
+    bytes[offset + 6],
+    bytes[offset + 7],
+  );
+}

@@ -2,6 +2,7 @@
 // document. Unix socket in the runtime directory; one request per connection, bounded.
 
 import type { Logger } from "../log.ts";
+import { concat } from "../bytes.ts";
 
 const MAX_REQUEST = 64;
 
@@ -56,14 +57,7 @@ export async function queryControl(path: string): Promise<unknown> {
       chunks.push(buf.slice(0, n));
       if (buf[n - 1] === 0x0a) break;
     }
-    const text = new TextDecoder().decode(
-      chunks.reduce((a, b) => {
-        const c = new Uint8Array(a.length + b.length);
-        c.set(a);
-        c.set(b, a.length);
-        return c;
-      }, new Uint8Array(0)),
-    );
+    const text = new TextDecoder().decode(concat(...chunks));
     return JSON.parse(text);
   } finally {
     conn.close();

@@ -6,7 +6,7 @@
 import { concat, hex, wipe } from "../bytes.ts";
 import { MSG_TUNNEL, TUNNEL_OVERHEAD } from "../constants.ts";
 import { initiate } from "../handshake.ts";
-import { TunnelSession } from "../session.ts";
+import { tidKeyAt, TunnelSession } from "../session.ts";
 import { isCookie } from "../cookie.ts";
 import { ephemeralKeyRequest, parseKeyResponse } from "../keymsg.ts";
 import { x25519PublicKey } from "../crypto.ts";
@@ -14,7 +14,6 @@ import { AddressPool } from "../addresses.ts";
 import { ipv4Dst, ipv4HeaderLength, numberToIpv4, parseIpv4Address } from "../ip.ts";
 import { translate } from "../nat.ts";
 import type { DropCounters, Logger } from "../log.ts";
-import { tidKeyAt } from "../server/peers.ts";
 import { KeyFetcher } from "./keyfetch.ts";
 
 /** A request/response conversation with a key server, from a socket of its own. */

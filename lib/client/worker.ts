@@ -3,6 +3,7 @@
 // loads its code and the crypto worker, binds the client port, drops to the unprivileged user,
 // says READY, and only then reads anything.
 
+import { CRYPTO_PORT, KEY_PORT } from "../constants.ts";
 import { ClientDevice, type KeyChannel } from "./device.ts";
 import { decodeMessage, encodeVerdict, MSG_READY } from "./messages.ts";
 import { serveControl } from "./control.ts";
@@ -52,8 +53,8 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     {
       tunAddress,
       prefix: opts.prefix,
-      defaultCryptoPort: 42424,
-      defaultKeyPort: 42425,
+      defaultCryptoPort: CRYPTO_PORT,
+      defaultKeyPort: KEY_PORT,
       keyFetchSeconds: 20,
       precomputed: opts.precomputed,
     },

@@ -5,7 +5,7 @@
 
 import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../constants.ts";
 import { parseInitiation, respondFinish, respondOpen } from "../handshake.ts";
-import { TunnelSession } from "../session.ts";
+import { tidKeyAt, TunnelSession } from "../session.ts";
 import {
   buildCookie,
   type CookieKeyring,
@@ -20,7 +20,7 @@ import { ipv4Dst, ipv4HeaderLength, numberToIpv4 } from "../ip.ts";
 import { translate } from "../nat.ts";
 import { DropCounters, type Logger } from "../log.ts";
 import { hex, wipe } from "../bytes.ts";
-import { type Peer, PeerTable, tidKeyAt } from "./peers.ts";
+import { type Peer, PeerTable } from "./peers.ts";
 
 export interface ServerIo {
   sendUdp(data: Uint8Array, host: number, port: number): void;

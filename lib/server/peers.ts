@@ -19,20 +19,6 @@ export interface Peer {
   txBytes: number;
 }
 
-/** Key for a tunnel id: its first 8 bytes (the whole id is checked by the session). */
-export function tidKeyAt(bytes: Uint8Array, offset: number): string {
-  return String.fromCharCode(
-    bytes[offset],
-    bytes[offset + 1],
-    bytes[offset + 2],
-    bytes[offset + 3],
-    bytes[offset + 4],
-    bytes[offset + 5],
-    bytes[offset + 6],
-    bytes[offset + 7],
-  );
-}
-
 export class PeerTable {
   private readonly byTid = new Map<string, Peer>();
   private readonly byInternal = new Map<number, Peer>();
