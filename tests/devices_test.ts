@@ -162,6 +162,30 @@ function makeClient(
   return { client, tun };
 }
 
+/** One scenario: a crypto pool and a clock; what `defer` registers is closed at the end. */
+function devicesTest(
+  name: string,
+  body: (
+    env: { pool: CryptoPool; clock: Clock; defer: (close: () => void) => void },
+  ) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+      const closers: (() => void)[] = [];
+      try {
+        await body({ pool, clock: new Clock(), defer: (close) => closers.push(close) });
+      } finally {
+        for (const close of closers.reverse()) close();
+        await pool.close();
+      }
+    },
+  });
+}
+
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
@@ -170,225 +194,186 @@ async function until(what: string, cond: () => boolean, ms = 20_000): Promise<vo
   }
 }
 
-Deno.test({
-  name: "devices: announce, key download, 0-RTT with the first packets held, traffic both ways",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-    const clock = new Clock();
+devicesTest(
+  "devices: announce, key download, 0-RTT with the first packets held, traffic both ways",
+  async ({ pool, clock, defer }) => {
     const clientHost = ipv4ToNumber("198.18.0.2");
-    let server!: Awaited<ReturnType<typeof makeServer>>;
-    let c!: ReturnType<typeof makeClient>;
-    try {
-      server = await makeServer(pool, clock, (data, host, port) => {
-        assert.equal(host, clientHost);
-        assert.equal(port, 42423);
-        const copy = data.slice();
-        setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
-      });
-      const keyRequests = { count: 0 };
-      c = makeClient(pool, clock, clientHost, () => server, keyRequests);
-      const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
-      assert.equal(numberToIpv4(internal!), "10.43.0.2");
-      // the application's first packets arrive before the tunnel exists: they are held
-      const me = ipv4ToNumber("10.43.0.1");
-      c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("first")));
-      c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("second")));
-      await until("both held packets at the server", () => server.tun.length >= 2);
-      assert.equal(keyRequests.count >= 937 + 1, true, "whole key tree and the ephemeral keys");
-      const [first, second] = server.tun;
-      assert.equal(new TextDecoder().decode(first.subarray(28)), "first");
-      assert.equal(new TextDecoder().decode(second.subarray(28)), "second");
-      // translated to the client's internal address on the server and the host address
-      assert.equal(numberToIpv4(new DataView(first.buffer).getUint32(12)), "10.42.0.2");
-      assert.equal(numberToIpv4(new DataView(first.buffer).getUint32(16)), "198.18.0.1");
-      assert.equal(internetChecksum(first, 0, 20), 0, "IP header checksum valid");
-      // a reply from the server's side comes back to the application, translated
-      const reply = udpPacket(
-        SERVER_HOST,
-        ipv4ToNumber("10.42.0.2"),
-        new TextEncoder().encode("reply"),
-      );
-      server.device.onTunPacket(reply);
-      await until("the reply at the client", () => c.tun.length === 1);
-      const got = c.tun[0];
-      assert.equal(numberToIpv4(new DataView(got.buffer).getUint32(12)), "10.43.0.2");
-      assert.equal(numberToIpv4(new DataView(got.buffer).getUint32(16)), "10.43.0.1");
-      assert.equal(
-        internetChecksum(
-          got,
-          20,
-          got.length,
-          pseudoHeaderSum(
-            new DataView(got.buffer).getUint32(12),
-            new DataView(got.buffer).getUint32(16),
-            17,
-            got.length - 20,
-          ),
+    const server = await makeServer(pool, clock, (data, host, port) => {
+      assert.equal(host, clientHost);
+      assert.equal(port, 42423);
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    });
+    defer(() => server.device.close());
+    const keyRequests = { count: 0 };
+    const c = makeClient(pool, clock, clientHost, () => server, keyRequests);
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+    assert.equal(numberToIpv4(internal!), "10.43.0.2");
+    // the application's first packets arrive before the tunnel exists: they are held
+    const me = ipv4ToNumber("10.43.0.1");
+    c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("first")));
+    c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("second")));
+    await until("both held packets at the server", () => server.tun.length >= 2);
+    assert.equal(keyRequests.count >= 937 + 1, true, "whole key tree and the ephemeral keys");
+    const [first, second] = server.tun;
+    assert.equal(new TextDecoder().decode(first.subarray(28)), "first");
+    assert.equal(new TextDecoder().decode(second.subarray(28)), "second");
+    // translated to the client's internal address on the server and the host address
+    assert.equal(numberToIpv4(new DataView(first.buffer).getUint32(12)), "10.42.0.2");
+    assert.equal(numberToIpv4(new DataView(first.buffer).getUint32(16)), "198.18.0.1");
+    assert.equal(internetChecksum(first, 0, 20), 0, "IP header checksum valid");
+    // a reply from the server's side comes back to the application, translated
+    const reply = udpPacket(
+      SERVER_HOST,
+      ipv4ToNumber("10.42.0.2"),
+      new TextEncoder().encode("reply"),
+    );
+    server.device.onTunPacket(reply);
+    await until("the reply at the client", () => c.tun.length === 1);
+    const got = c.tun[0];
+    assert.equal(numberToIpv4(new DataView(got.buffer).getUint32(12)), "10.43.0.2");
+    assert.equal(numberToIpv4(new DataView(got.buffer).getUint32(16)), "10.43.0.1");
+    assert.equal(
+      internetChecksum(
+        got,
+        20,
+        got.length,
+        pseudoHeaderSum(
+          new DataView(got.buffer).getUint32(12),
+          new DataView(got.buffer).getUint32(16),
+          17,
+          got.length - 20,
         ),
-        0,
-        "UDP checksum valid after translation",
-      );
-      // a second tunnel to the same server needs no key download
-      const before = keyRequests.count;
-      await until(
-        "precomputed ciphertexts",
-        () => [...c.client.servers][0].ciphertexts.length >= 1,
-      );
-      clock.advance(200); // the session's receive keys expire
-      c.client.tick();
-      assert.equal([...c.client.servers][0].state, "idle");
-      await server.keys();
-      c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("after idle")));
-      await until(
-        "the packet after a fresh handshake",
-        () => texts(server.tun).includes("after idle"),
-      );
-      assert.equal(keyRequests.count - before, 1, "only the ephemeral keys were fetched");
-      assert.equal(server.device.handshakes, 2);
-    } finally {
-      c?.client.close();
-      server?.device.close();
-      await pool.close();
-    }
+      ),
+      0,
+      "UDP checksum valid after translation",
+    );
+    // a second tunnel to the same server needs no key download
+    const before = keyRequests.count;
+    await until(
+      "precomputed ciphertexts",
+      () => [...c.client.servers][0].ciphertexts.length >= 1,
+    );
+    clock.advance(200); // the session's receive keys expire
+    c.client.tick();
+    assert.equal([...c.client.servers][0].state, "idle");
+    await server.keys();
+    c.client.onTunPacket(udpPacket(me, internal!, new TextEncoder().encode("after idle")));
+    await until(
+      "the packet after a fresh handshake",
+      () => texts(server.tun).includes("after idle"),
+    );
+    assert.equal(keyRequests.count - before, 1, "only the ephemeral keys were fetched");
+    assert.equal(server.device.handshakes, 2);
   },
-});
+);
 
-Deno.test({
-  name: "devices: a restarted server is noticed and a new tunnel keeps the internal address",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-    const clock = new Clock();
+devicesTest(
+  "devices: a restarted server is noticed and a new tunnel keeps the internal address",
+  async ({ pool, clock, defer }) => {
     const clientHost = ipv4ToNumber("198.18.0.2");
-    let server!: Awaited<ReturnType<typeof makeServer>>;
-    let c!: ReturnType<typeof makeClient>;
     const deliver = (data: Uint8Array) => {
       const copy = data.slice();
       setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
     };
-    try {
-      server = await makeServer(pool, clock, deliver);
-      c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
-      const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
-      const me = ipv4ToNumber("10.43.0.1");
-      const ping = (text: string) =>
-        c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
-      ping("one");
-      await until("first packet", () => texts(server.tun).includes("one"));
-      // the server restarts: same long-term keys, no sessions
-      server.device.close();
-      server = await makeServer(pool, clock, deliver);
-      for (let i = 0; i < 4; i++) {
-        ping(`lost ${i}`);
-        clock.advance(1);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-      assert.equal(server.tun.length, 0, "the new server cannot read the old tunnel");
-      assert.ok(server.device.drops.get("tunnel-unknown-tid") >= 4);
-      // 4 s without an answer while the application keeps sending: noticed, new handshake
-      c.client.tick();
-      await until("new tunnel", () => server.device.handshakes === 1);
-      ping("after restart");
-      await until("traffic through the new tunnel", () => server.tun.length >= 1);
-      assert.equal(
-        new TextDecoder().decode(server.tun.at(-1)!.subarray(28)),
-        "after restart",
-      );
-      assert.equal([...c.client.servers][0].internal, internal, "same internal address");
-    } finally {
-      c?.client.close();
-      server?.device.close();
-      await pool.close();
-    }
-  },
-});
-
-Deno.test({
-  name: "devices: a full server hands the idlest client a cookie, and the cookie resumes it",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-    const clock = new Clock();
-    const hosts = [ipv4ToNumber("198.18.0.2"), ipv4ToNumber("198.18.0.3")];
-    let server!: Awaited<ReturnType<typeof makeServer>>;
-    const clients: ReturnType<typeof makeClient>[] = [];
-    try {
-      server = await makeServer(pool, clock, (data, host) => {
-        const copy = data.slice();
-        const i = hosts.indexOf(host);
-        setTimeout(() => clients[i].client.onDatagram(copy, SERVER_HOST, 42424), 0);
-      }, 1);
-      for (const h of hosts) clients.push(makeClient(pool, clock, h, () => server, { count: 0 }));
-      const me = ipv4ToNumber("10.43.0.1");
-      const send = (i: number, text: string) => {
-        const internal = [...clients[i].client.servers][0]?.internal ??
-          clients[i].client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
-        clients[i].client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
-      };
-      send(0, "a1");
-      await until("client 0 through", () => texts(server.tun).includes("a1"));
+    let server = await makeServer(pool, clock, deliver); // replaced when it "restarts"
+    defer(() => server.device.close());
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const me = ipv4ToNumber("10.43.0.1");
+    const ping = (text: string) =>
+      c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
+    ping("one");
+    await until("first packet", () => texts(server.tun).includes("one"));
+    // the server restarts: same long-term keys, no sessions
+    server.device.close();
+    server = await makeServer(pool, clock, deliver);
+    for (let i = 0; i < 4; i++) {
+      ping(`lost ${i}`);
       clock.advance(1);
-      send(1, "b1");
-      await until("client 1 through", () => texts(server.tun).includes("b1"));
-      assert.equal(server.device.peers.size, 1, "client 0 was evicted");
-      await until(
-        "client 0 got its cookie",
-        () => [...clients[0].client.servers][0].cookie !== undefined,
-      );
-      send(0, "a2");
-      await until("client 0 resumed from its cookie", () => texts(server.tun).includes("a2"));
-      assert.equal(server.device.handshakes, 2, "no new handshake for the cookie resume");
-    } finally {
-      for (const c of clients) c.client.close();
-      server?.device.close();
-      await pool.close();
     }
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(server.tun.length, 0, "the new server cannot read the old tunnel");
+    assert.ok(server.device.drops.get("tunnel-unknown-tid") >= 4);
+    // 4 s without an answer while the application keeps sending: noticed, new handshake
+    c.client.tick();
+    await until("new tunnel", () => server.device.handshakes === 1);
+    ping("after restart");
+    await until("traffic through the new tunnel", () => server.tun.length >= 1);
+    assert.equal(
+      new TextDecoder().decode(server.tun.at(-1)!.subarray(28)),
+      "after restart",
+    );
+    assert.equal([...c.client.servers][0].internal, internal, "same internal address");
   },
-});
+);
 
-Deno.test({
-  name: "devices: ports not in the name come from the TXT records the reference publishes",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-    const clock = new Clock();
-    const clientHost = ipv4ToNumber("198.18.0.2");
-    let server!: Awaited<ReturnType<typeof makeServer>>;
-    let c!: ReturnType<typeof makeClient>;
-    try {
-      server = await makeServer(pool, clock, (data) => {
-        const copy = data.slice();
-        setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 5000), 0);
-      });
-      const txt = new Map([
-        ["www.lab.test", ["p=5000"]],
-        ["ks.www.lab.test", ["ip=198.18.0.1;p=5001"]],
-      ]);
-      c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, {
-        crypto: 5000,
-        key: 5001,
-        txt,
-      });
-      const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
-      c.client.onTunPacket(
-        udpPacket(ipv4ToNumber("10.43.0.1"), internal, new TextEncoder().encode("via txt")),
-      );
-      await until(
-        "packet through the tunnel on the TXT ports",
-        () => texts(server.tun).includes("via txt"),
-      );
-      const entry = [...c.client.servers][0];
-      assert.equal(entry.cryptoPort, 5000);
-      assert.equal(entry.keyPort, 5001);
-    } finally {
-      c?.client.close();
-      server?.device.close();
-      await pool.close();
-    }
+devicesTest(
+  "devices: a full server hands the idlest client a cookie, and the cookie resumes it",
+  async ({ pool, clock, defer }) => {
+    const hosts = [ipv4ToNumber("198.18.0.2"), ipv4ToNumber("198.18.0.3")];
+    const clients: ReturnType<typeof makeClient>[] = [];
+    const server = await makeServer(pool, clock, (data, host) => {
+      const copy = data.slice();
+      const i = hosts.indexOf(host);
+      setTimeout(() => clients[i].client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    }, 1);
+    defer(() => server.device.close());
+    for (const h of hosts) clients.push(makeClient(pool, clock, h, () => server, { count: 0 }));
+    defer(() => clients.forEach((c) => c.client.close()));
+    const me = ipv4ToNumber("10.43.0.1");
+    const send = (i: number, text: string) => {
+      const internal = [...clients[i].client.servers][0]?.internal ??
+        clients[i].client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+      clients[i].client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
+    };
+    send(0, "a1");
+    await until("client 0 through", () => texts(server.tun).includes("a1"));
+    clock.advance(1);
+    send(1, "b1");
+    await until("client 1 through", () => texts(server.tun).includes("b1"));
+    assert.equal(server.device.peers.size, 1, "client 0 was evicted");
+    await until(
+      "client 0 got its cookie",
+      () => [...clients[0].client.servers][0].cookie !== undefined,
+    );
+    send(0, "a2");
+    await until("client 0 resumed from its cookie", () => texts(server.tun).includes("a2"));
+    assert.equal(server.device.handshakes, 2, "no new handshake for the cookie resume");
   },
-});
+);
+
+devicesTest(
+  "devices: ports not in the name come from the TXT records the reference publishes",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, (data) => {
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 5000), 0);
+    });
+    const txt = new Map([
+      ["www.lab.test", ["p=5000"]],
+      ["ks.www.lab.test", ["ip=198.18.0.1;p=5001"]],
+    ]);
+    defer(() => server.device.close());
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, {
+      crypto: 5000,
+      key: 5001,
+      txt,
+    });
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    c.client.onTunPacket(
+      udpPacket(ipv4ToNumber("10.43.0.1"), internal, new TextEncoder().encode("via txt")),
+    );
+    await until(
+      "packet through the tunnel on the TXT ports",
+      () => texts(server.tun).includes("via txt"),
+    );
+    const entry = [...c.client.servers][0];
+    assert.equal(entry.cryptoPort, 5000);
+    assert.equal(entry.keyPort, 5001);
+  },
+);
