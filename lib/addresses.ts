@@ -1,5 +1,7 @@
 // Internal tunnel addresses: one per peer, from the TUN subnet, reused once freed.
 
+import { prefixMask } from "./ip.ts";
+
 export class AddressPool {
   readonly network: number;
   readonly broadcast: number;
@@ -10,7 +12,7 @@ export class AddressPool {
   /** `own` is the TUN device's address, never handed out. */
   constructor(readonly own: number, readonly prefix: number) {
     if (prefix < 8 || prefix > 30) throw new Error("prefix length must be from 8 to 30");
-    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+    const mask = prefixMask(prefix);
     this.network = (own & mask) >>> 0;
     this.broadcast = (this.network | (~mask >>> 0)) >>> 0;
     this.next = this.network + 1;
