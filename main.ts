@@ -5,7 +5,7 @@ import { keygenCommand } from "./lib/cli/keygen.ts";
 import { announceCommand } from "./lib/cli/announce.ts";
 import { serverCommand } from "./lib/cli/server.ts";
 import { clientCommand, clientWorkerCommand, statusCommand } from "./lib/cli/client.ts";
-import { KeyFileError } from "./lib/keyfiles.ts";
+import { KeyFileError } from "./lib/runtime/keyfiles.ts";
 
 const COMMANDS: Command[] = [
   clientCommand,

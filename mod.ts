@@ -1,12 +1,18 @@
 // pqconnect-ts as a library: the sans-IO pq1 protocol core. Everything here is pure (bytes,
 // time and randomness are arguments) and byte-compatible with PQConnect 1.2.x.
 
-export * from "./lib/constants.ts";
-export { base32Decode, base32Encode } from "./lib/base32.ts";
-export { type Announcement, formatPq1Label, parsePq1Name } from "./lib/names.ts";
-export { kdf } from "./lib/kdf.ts";
-export { h, open, seal, x25519PublicKey, x25519Shared } from "./lib/crypto.ts";
-export { isValidNode, KeyTree, KeyTreeAssembler, nodeLength, TREE_SHAPE } from "./lib/keytree.ts";
+export * from "./lib/core/constants.ts";
+export { base32Decode, base32Encode } from "./lib/core/base32.ts";
+export { type Announcement, formatPq1Label, parsePq1Name } from "./lib/core/names.ts";
+export { kdf } from "./lib/core/kdf.ts";
+export { h, open, seal, x25519PublicKey, x25519Shared } from "./lib/core/crypto.ts";
+export {
+  isValidNode,
+  KeyTree,
+  KeyTreeAssembler,
+  nodeLength,
+  TREE_SHAPE,
+} from "./lib/core/keytree.ts";
 export {
   ephemeralKeyRequest,
   ephemeralKeyResponse,
@@ -16,7 +22,7 @@ export {
   parseKeyResponse,
   staticKeyRequest,
   staticKeyResponse,
-} from "./lib/keymsg.ts";
+} from "./lib/core/keymsg.ts";
 export {
   type HandshakeResult,
   initiate,
@@ -24,8 +30,8 @@ export {
   parseInitiation,
   respondFinish,
   respondOpen,
-} from "./lib/handshake.ts";
-export { type OpenResult, TunnelSession } from "./lib/session.ts";
+} from "./lib/core/handshake.ts";
+export { type OpenResult, TunnelSession } from "./lib/core/session.ts";
 export {
   buildCookie,
   type CookieContents,
@@ -33,8 +39,8 @@ export {
   cookieTimestamp,
   isCookie,
   openCookie,
-} from "./lib/cookie.ts";
-export { type EphemeralKeys, EphemeralKeyStore } from "./lib/ephemeral.ts";
-export { ReplayCache } from "./lib/replay.ts";
+} from "./lib/core/cookie.ts";
+export { type EphemeralKeys, EphemeralKeyStore } from "./lib/core/ephemeral.ts";
+export { ReplayCache } from "./lib/core/replay.ts";
 export { KeyFetcher } from "./lib/client/keyfetch.ts";
-export { answerKeyRequest } from "./lib/keyserver.ts";
+export { answerKeyRequest } from "./lib/core/keyserver.ts";

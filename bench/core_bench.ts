@@ -4,15 +4,19 @@
 //   deno bench --allow-read=tests/fixtures bench/core_bench.ts
 //
 // Each group has a baseline, so Deno prints how many times slower the other rows are.
-import { kdf } from "../lib/kdf.ts";
-import { aeadSeal, useAeadBackend } from "../lib/aead.ts";
-import { open, seal, x25519PublicKey } from "../lib/crypto.ts";
-import { TunnelSession } from "../lib/session.ts";
-import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/handshake.ts";
-import { KeyTree } from "../lib/keytree.ts";
-import { base32Decode, base32Encode } from "../lib/base32.ts";
-import { formatPq1Label, parsePq1Name } from "../lib/names.ts";
+import { kdf } from "../lib/core/kdf.ts";
+import { aeadSeal, setAeadBackend } from "../lib/core/aead.ts";
+import { aeadBackendFor, installAeadBackend } from "../lib/runtime/aead_backend.ts";
+import { open, seal, x25519PublicKey } from "../lib/core/crypto.ts";
+import { TunnelSession } from "../lib/core/session.ts";
+import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/core/handshake.ts";
+import { KeyTree } from "../lib/core/keytree.ts";
+import { base32Decode, base32Encode } from "../lib/core/base32.ts";
+import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { loadMcEliece6960119, loadSntrup761 } from "../wasm/kem.ts";
+
+// Everything below but the side-by-side group runs on the backend a daemon would choose.
+installAeadBackend();
 
 const FIXTURES = new URL("../tests/fixtures/", import.meta.url);
 const fixture = (name: string) => Deno.readFileSync(new URL(name, FIXTURES));
@@ -66,17 +70,16 @@ const backendBench = (name: "js" | "libsodium", baseline: boolean) =>
     group: "aead-backend",
     baseline,
     fn(b) {
-      const previous = useAeadBackend(name);
+      const previous = setAeadBackend(aeadBackendFor(name));
       b.start();
       for (let i = 0; i < 100; i++) aeadSeal(aeadKey, nonce, ad, payload, sealOut);
       b.end();
-      useAeadBackend(previous);
+      setAeadBackend(previous);
     },
   });
 backendBench("js", true);
 try {
-  const previous = useAeadBackend("libsodium");
-  useAeadBackend(previous === "libsodium" ? "auto" : previous);
+  aeadBackendFor("libsodium");
   backendBench("libsodium", false);
 } catch {
   console.log("core_bench: libsodium not loadable (no --allow-ffi for it): JS backend only");

@@ -1,9 +1,9 @@
 // Cost per queued DNS answer: the fast path (an ordinary answer, no "pq1" bytes), the full
 // rewrite of an announcement, and the per-packet address rewrite of the tunnel.
 import dnsPacket from "dns-packet";
-import { DnsRewriter } from "../lib/dns_rewrite.ts";
-import { ipv4ToNumber, rewriteAddresses } from "../lib/ip.ts";
-import { formatPq1Label, parsePq1Name } from "../lib/names.ts";
+import { DnsRewriter } from "../lib/core/dns_rewrite.ts";
+import { ipv4ToNumber, rewriteAddresses } from "../lib/core/ip.ts";
+import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { udpPacket } from "../tests/helpers/udp_packet.ts";
 
 const PQ_NAME = `${formatPq1Label(new Uint8Array(32).fill(7))}.lab.test`;

@@ -1,7 +1,7 @@
 // KEM costs over liboqs-js WASM. Run: deno bench --allow-read bench/kem_bench.ts
 // (reads tests/fixtures and loads the worker modules for the pool benchmark).
 import { loadMcEliece6960119, loadSntrup761 } from "../wasm/kem.ts";
-import { CryptoPool } from "../lib/crypto_pool.ts";
+import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 
 const FIXTURES = new URL("../tests/fixtures/", import.meta.url);
 const fixture = (name: string) => Deno.readFileSync(new URL(name, FIXTURES));

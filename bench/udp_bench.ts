@@ -62,8 +62,8 @@ function payloads(port: number): Datagram[] {
 }
 
 async function benchFfi(mode: "mmsg" | "plain"): Promise<Result> {
-  const rx = UdpSocket.bind("127.0.0.1", 0, { mode, batch: BATCH });
-  const tx = UdpSocket.bind("127.0.0.1", 0, { mode, batch: BATCH });
+  const rx = UdpSocket.bind(0x7f000001, 0, { mode, batch: BATCH });
+  const tx = UdpSocket.bind(0x7f000001, 0, { mode, batch: BATCH });
   const out = payloads(rx.localPort);
   try {
     return await measure(
@@ -88,8 +88,8 @@ async function benchFfi(mode: "mmsg" | "plain"): Promise<Result> {
 /** recvmmsg/sendmmsg on malloc'd memory, moving bytes with one memcpy per packet. */
 async function benchNative(): Promise<Result> {
   const c = libc();
-  const rx = UdpSocket.bind("127.0.0.1", 0, { batch: BATCH });
-  const tx = UdpSocket.bind("127.0.0.1", 0, { batch: BATCH });
+  const rx = UdpSocket.bind(0x7f000001, 0, { batch: BATCH });
+  const tx = UdpSocket.bind(0x7f000001, 0, { batch: BATCH });
   const headerBytes = BATCH * (64 + 16 + 16);
   const dataAt = Math.ceil(headerBytes / 64) * 64;
   const stride = 2048;

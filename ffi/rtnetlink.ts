@@ -92,8 +92,8 @@ export interface LinkInfo {
 }
 
 export interface InterfaceConfig {
-  /** IPv4 address in dotted-quad form. */
-  address: string;
+  /** IPv4 address as a 32-bit number (198.18.0.1 is 0xc6120001). */
+  address: number;
   /** Prefix length, 0..32. */
   prefix: number;
   mtu?: number;
@@ -105,16 +105,12 @@ function align4(n: number): number {
   return (n + 3) & ~3;
 }
 
-function parseIPv4(text: string): Uint8Array {
-  const parts = text.split(".");
+function addressBytes(address: number): Uint8Array {
+  if (!Number.isInteger(address) || address < 0 || address > 0xffffffff) {
+    throw new RangeError(`${address} is not an IPv4 address`);
+  }
   const out = new Uint8Array(4);
-  if (parts.length !== 4) throw new RangeError(`"${text}" is not an IPv4 address`);
-  parts.forEach((p, i) => {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) {
-      throw new RangeError(`"${text}" is not an IPv4 address`);
-    }
-    out[i] = Number(p);
-  });
+  new DataView(out.buffer).setUint32(0, address, false);
   return out;
 }
 
@@ -393,13 +389,13 @@ async function putAddress(
   nl: RtNetlink,
   name: string,
   index: number,
-  address: string,
+  address: number,
   prefix: number,
 ) {
   if (!Number.isInteger(prefix) || prefix < 0 || prefix > 32) {
     throw new RangeError(`prefix length ${prefix} is not in 0..32`);
   }
-  const addr = parseIPv4(address);
+  const addr = addressBytes(address);
   const fixed = new Uint8Array(IFADDRMSG_LEN);
   const dv = new DataView(fixed.buffer);
   fixed[0] = AF_INET;
@@ -408,7 +404,7 @@ async function putAddress(
   // IFA_ADDRESS equal to IFA_LOCAL: an ordinary (not peer-to-peer) address and subnet route.
   // REPLACE makes configuring twice harmless.
   await nl.request(
-    `RTM_NEWADDR ${address}/${prefix} on "${name}"`,
+    `RTM_NEWADDR ${addr.join(".")}/${prefix} on "${name}"`,
     RTM_NEWADDR,
     NLM_F_CREATE | NLM_F_REPLACE,
     fixed,
@@ -417,7 +413,7 @@ async function putAddress(
 }
 
 /** Adds (or re-adds) an IPv4 address with its prefix to a link. */
-export function addAddress(name: string, address: string, prefix: number): Promise<void> {
+export function addAddress(name: string, address: number, prefix: number): Promise<void> {
   return withSocket(async (nl) => {
     const { index } = await queryLink(nl, name);
     await putAddress(nl, name, index, address, prefix);

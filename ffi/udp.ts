@@ -10,7 +10,6 @@
 //
 // Per-packet methods never throw: failures are counted in `stats` and reported as return values.
 
-import { numberToIpv4, parseIpv4Address } from "../lib/ip.ts";
 import {
   addressOf,
   check,
@@ -81,15 +80,6 @@ export interface UdpStats {
   lastErrno: number;
 }
 
-/** Dotted quad to the number form used here; RangeError when malformed. */
-export function parseIPv4(text: string): number {
-  const addr = parseIpv4Address(text);
-  if (addr === null) throw new RangeError(`"${text}" is not an IPv4 address`);
-  return addr;
-}
-
-export const formatIPv4: (addr: number) => string = numberToIpv4;
-
 function sockaddrIn(addr: number, port: number): Uint8Array {
   const sa = new Uint8Array(SOCKADDR_IN);
   const dv = new DataView(sa.buffer);
@@ -103,8 +93,8 @@ function validPort(port: number): boolean {
   return Number.isInteger(port) && port >= 0 && port <= 65535;
 }
 
-function toAddr(host: string | number): number {
-  return typeof host === "number" ? host >>> 0 : parseIPv4(host);
+function validAddr(addr: number): boolean {
+  return Number.isInteger(addr) && addr >= 0 && addr <= 0xffffffff;
 }
 
 /**
@@ -200,11 +190,12 @@ export class UdpSocket {
   }
 
   /** Opens a non-blocking, close-on-exec socket bound to host:port (port 0: any free port). */
-  static bind(host: string, port: number, opts: UdpOptions = {}): UdpSocket {
+  static bind(addr: number, port: number, opts: UdpOptions = {}): UdpSocket {
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw new RangeError(`port ${port} not in 0..65535`);
     }
-    const sa = sockaddrIn(parseIPv4(host), port);
+    if (!validAddr(addr)) throw new RangeError(`address ${addr} is not an IPv4 address`);
+    const sa = sockaddrIn(addr, port);
     const fd = check(
       "socket(AF_INET, SOCK_DGRAM)",
       libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
@@ -214,7 +205,10 @@ export class UdpSocket {
       check("setsockopt(SO_REUSEADDR)", libc().setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4));
       const sock = new UdpSocket(fd, opts);
       if (libc().bind(fd, sa, SOCKADDR_IN) < 0) {
-        throw new SysError(`bind(${host}:${port})`, errno());
+        throw new SysError(
+          `bind(${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}:${port})`,
+          errno(),
+        );
       }
       return sock;
     } catch (e) {
@@ -246,12 +240,12 @@ export class UdpSocket {
   }
 
   /** The bound address and port (useful after binding port 0). */
-  localAddress(): { host: string; port: number } {
+  localAddress(): { addr: number; port: number } {
     const sa = new Uint8Array(SOCKADDR_IN);
     const len = new Uint32Array([SOCKADDR_IN]);
     check("getsockname", libc().getsockname(this.#fd, sa, new Uint8Array(len.buffer)));
     const dv = new DataView(sa.buffer);
-    return { host: formatIPv4(dv.getUint32(4, false)), port: dv.getUint16(2, false) };
+    return { addr: dv.getUint32(4, false), port: dv.getUint16(2, false) };
   }
 
   get localPort(): number {
@@ -349,15 +343,9 @@ export class UdpSocket {
   }
 
   /** Sends one datagram; false (and counted) if it could not be queued. */
-  sendTo(data: Uint8Array, host: string | number, port: number): boolean {
+  sendTo(data: Uint8Array, addr: number, port: number): boolean {
     if (this.#fd < 0) return false;
-    let addr: number;
-    try {
-      addr = toAddr(host);
-    } catch {
-      addr = -1;
-    }
-    if (addr < 0 || !validPort(port)) {
+    if (!validAddr(addr) || !validPort(port)) {
       this.#sendFailed(EINVAL, 1);
       return false;
     }

@@ -4,18 +4,13 @@
 
 import assert from "node:assert/strict";
 import { fromHex, vectors } from "./fixtures.ts";
-import { hex } from "../lib/bytes.ts";
-import {
-  aeadBackend,
-  type AeadBackendName,
-  aeadOpen,
-  aeadSeal,
-  useAeadBackend,
-} from "../lib/aead.ts";
-import { open, seal } from "../lib/crypto.ts";
-import { kdf } from "../lib/kdf.ts";
-import { TunnelSession } from "../lib/session.ts";
-import { buildCookie, CookieKeyring, openCookie } from "../lib/cookie.ts";
+import { hex } from "../lib/core/bytes.ts";
+import { aeadBackend, type AeadBackendName, aeadOpen, aeadSeal } from "../lib/core/aead.ts";
+import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
+import { open, seal } from "../lib/core/crypto.ts";
+import { kdf } from "../lib/core/kdf.ts";
+import { TunnelSession } from "../lib/core/session.ts";
+import { buildCookie, CookieKeyring, openCookie } from "../lib/core/cookie.ts";
 import { sodium } from "../ffi/sodium.ts";
 
 const BACKENDS: AeadBackendName[] = ["libsodium", "js"];
@@ -23,11 +18,11 @@ const haveSodium = sodium() !== null;
 
 /** Runs `fn` with `name` as the backend, restoring the automatic choice afterwards. */
 function under(name: AeadBackendName, fn: () => void): void {
-  assert.equal(useAeadBackend(name), name);
+  assert.equal(installAeadBackend(name), name);
   try {
     fn();
   } finally {
-    useAeadBackend("auto");
+    installAeadBackend("auto");
   }
 }
 
@@ -150,7 +145,7 @@ Deno.test({ name: "libsodium and JS agree on random inputs", ignore: !haveSodium
     x.set(fromHex(counters[i % counters.length]), 0);
     x.set(fromHex(counters[(i + 1) % counters.length]), 16);
     const outs = BACKENDS.map((b) => {
-      useAeadBackend(b);
+      installAeadBackend(b);
       const sealed = new Uint8Array(msg.length + 16);
       aeadSeal(key, nonce, ad, msg, sealed);
       return hex(sealed) + "/" + kdf(1 + (i % 20), key, x).map(hex).join("") + "/" +
@@ -158,6 +153,6 @@ Deno.test({ name: "libsodium and JS agree on random inputs", ignore: !haveSodium
     });
     assert.equal(outs[0], outs[1], `case ${i}`);
   }
-  useAeadBackend("auto");
+  installAeadBackend("auto");
   assert.equal(aeadBackend(), "libsodium", "libsodium is the default when it loads");
 });

@@ -2,9 +2,9 @@
 
 import assert from "node:assert/strict";
 import { fixtureDir } from "./fixtures.ts";
-import { readServerKeys } from "../lib/keyfiles.ts";
-import { KeyTree } from "../lib/keytree.ts";
-import { formatPq1Label } from "../lib/names.ts";
+import { readServerKeys } from "../lib/runtime/keyfiles.ts";
+import { KeyTree } from "../lib/core/keytree.ts";
+import { formatPq1Label } from "../lib/core/names.ts";
 import { loadMcEliece6960119 } from "../wasm/kem.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;

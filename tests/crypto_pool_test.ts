@@ -6,7 +6,7 @@ import {
   CryptoPoolClosedError,
   CryptoPoolError,
   CryptoPoolFullError,
-} from "../lib/crypto_pool.ts";
+} from "../lib/runtime/crypto_pool.ts";
 import { KemRejectedError } from "../wasm/kem.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);

@@ -7,19 +7,20 @@ import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
 import { ClientDevice, type KeyChannel } from "../lib/client/device.ts";
 import { ServerDevice } from "../lib/server/device.ts";
-import { CryptoPool } from "../lib/crypto_pool.ts";
-import { EphemeralKeyStore } from "../lib/ephemeral.ts";
-import { CookieKeyring } from "../lib/cookie.ts";
-import { KeyTree } from "../lib/keytree.ts";
-import { answerKeyRequest } from "../lib/keyserver.ts";
-import { x25519PublicKey } from "../lib/crypto.ts";
-import { DropCounters, Logger } from "../lib/log.ts";
-import { ipv4ToNumber, numberToIpv4 } from "../lib/ip.ts";
-import { internetChecksum, pseudoHeaderSum } from "../lib/ip.ts";
+import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
+import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
+import { CookieKeyring } from "../lib/core/cookie.ts";
+import { KeyTree } from "../lib/core/keytree.ts";
+import { answerKeyRequest } from "../lib/core/keyserver.ts";
+import { x25519PublicKey } from "../lib/core/crypto.ts";
+import { DropCounters } from "../lib/core/log.ts";
+import { StderrLogger } from "../lib/runtime/log.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../lib/core/ip.ts";
+import { internetChecksum, pseudoHeaderSum } from "../lib/core/ip.ts";
 
 const SERVER_HOST = ipv4ToNumber("198.18.0.1");
 const tree = KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
-const quiet = new Logger("test", "error");
+const quiet = new StderrLogger("test", "error");
 
 /** A UDP/IPv4 packet with correct checksums. */
 function udpPacket(src: number, dst: number, payload: Uint8Array): Uint8Array {

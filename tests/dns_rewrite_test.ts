@@ -6,8 +6,8 @@ import {
   DnsRewriter,
   type DnsRewriteResult,
   type Pq1Announcement,
-} from "../lib/dns_rewrite.ts";
-import { formatPq1Label, parsePq1Name } from "../lib/names.ts";
+} from "../lib/core/dns_rewrite.ts";
+import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { checkUdpPacket, udpPacket } from "./helpers/udp_packet.ts";
 import { DNSMASQ, startDnsmasq, udpQuery } from "./helpers/dnsmasq.ts";
 

@@ -1,7 +1,7 @@
 // ffi/udp.ts over 127.0.0.1 with real sockets, in both modes (recvmmsg/sendmmsg and plain).
 
 import assert from "node:assert/strict";
-import { type Datagram, formatIPv4, parseIPv4, UdpSocket } from "../ffi/udp.ts";
+import { type Datagram, UdpSocket } from "../ffi/udp.ts";
 import { SysError } from "../ffi/libc.ts";
 import { deleteNetns, resetNetns, rootOnly, run, runHelper } from "./helpers/ffi_netns.ts";
 
@@ -23,24 +23,14 @@ async function receive(sock: UdpSocket, count: number): Promise<Datagram[]> {
   return out;
 }
 
-Deno.test("IPv4 text conversions", () => {
-  assert.equal(parseIPv4("127.0.0.1"), LOOPBACK);
-  assert.equal(parseIPv4("255.255.255.255"), 0xffffffff);
-  assert.equal(formatIPv4(0xc6120001), "198.18.0.1");
-  assert.equal(formatIPv4(parseIPv4("10.20.30.40")), "10.20.30.40");
-  for (const bad of ["1.2.3", "1.2.3.256", "a.b.c.d", "1.2.3.4.5", "", "1..2.3"]) {
-    assert.throws(() => parseIPv4(bad), RangeError, bad);
-  }
-});
-
 for (const mode of ["mmsg", "plain"] as const) {
   Deno.test(`${mode}: batches cross in order with their source address`, async () => {
-    const a = UdpSocket.bind("127.0.0.1", 0, { mode, batch: 16 });
-    const b = UdpSocket.bind("127.0.0.1", 0, { mode, batch: 16 });
+    const a = UdpSocket.bind(LOOPBACK, 0, { mode, batch: 16 });
+    const b = UdpSocket.bind(LOOPBACK, 0, { mode, batch: 16 });
     try {
       assert.equal(a.mode, mode);
       assert.ok(a.localPort > 0 && a.localPort !== b.localPort);
-      assert.deepEqual(a.localAddress(), { host: "127.0.0.1", port: a.localPort });
+      assert.deepEqual(a.localAddress(), { host: LOOPBACK, port: a.localPort });
       assert.ok(a.bufferSizes.receive > 0 && a.bufferSizes.send > 0);
       // More than one batch's worth, of varied sizes, including the largest IPv4 payload.
       const out: Datagram[] = Array.from({ length: 100 }, (_, i) => ({
@@ -55,13 +45,13 @@ for (const mode of ["mmsg", "plain"] as const) {
       assert.equal(got.length, out.length);
       got.forEach((d, i) => {
         assert.deepEqual(d.data, out[i].data, `datagram ${i}`);
-        assert.equal(formatIPv4(d.addr), "127.0.0.1");
+        assert.equal(d.addr, LOOPBACK);
         assert.equal(d.port, a.localPort);
       });
       assert.equal(b.stats.received, out.length);
 
       // And back, one at a time, to a textual address.
-      assert.equal(b.sendTo(new Uint8Array([1, 2, 3]), "127.0.0.1", a.localPort), true);
+      assert.equal(b.sendTo(new Uint8Array([1, 2, 3]), LOOPBACK, a.localPort), true);
       const [reply] = await receive(a, 1);
       assert.deepEqual(reply.data, new Uint8Array([1, 2, 3]));
       assert.equal(reply.port, b.localPort);
@@ -79,8 +69,8 @@ for (const mode of ["mmsg", "plain"] as const) {
   });
 
   Deno.test(`${mode}: oversized datagrams are dropped and counted, bad targets refused`, async () => {
-    const rx = UdpSocket.bind("127.0.0.1", 0, { mode, maxDatagram: 1500 });
-    const tx = UdpSocket.bind("127.0.0.1", 0, { mode, maxDatagram: 1500 });
+    const rx = UdpSocket.bind(LOOPBACK, 0, { mode, maxDatagram: 1500 });
+    const tx = UdpSocket.bind(LOOPBACK, 0, { mode, maxDatagram: 1500 });
     try {
       const port = rx.localPort;
       const sent = tx.sendBatch([
@@ -93,7 +83,7 @@ for (const mode of ["mmsg", "plain"] as const) {
       assert.deepEqual(got.map((d) => [d.data.length, d.data[0]]), [[1500, 1], [20, 3]]);
       assert.equal(rx.stats.truncated, 1);
 
-      assert.equal(tx.sendTo(new Uint8Array(4), "not-an-address", port), false);
+      assert.equal(tx.sendTo(new Uint8Array(4), 2 ** 32, port), false);
       assert.equal(tx.sendTo(new Uint8Array(4), LOOPBACK, 70000), false);
       assert.equal(tx.stats.sendFailures, 2);
       assert.equal(tx.stats.lastErrno, 22);
@@ -113,8 +103,8 @@ for (const mode of ["mmsg", "plain"] as const) {
 }
 
 Deno.test("a flooded receiver loses datagrams quietly", async () => {
-  const rx = UdpSocket.bind("127.0.0.1", 0, { bufferBytes: 4096 });
-  const tx = UdpSocket.bind("127.0.0.1", 0, { bufferBytes: 4096 });
+  const rx = UdpSocket.bind(LOOPBACK, 0, { bufferBytes: 4096 });
+  const tx = UdpSocket.bind(LOOPBACK, 0, { bufferBytes: 4096 });
   try {
     const burst = Array.from({ length: 2000 }, () => ({
       data: new Uint8Array(1200),
@@ -183,7 +173,7 @@ for (const mode of ["mmsg", "plain"] as const) {
 }
 
 Deno.test("waiting, closing and bind errors", async () => {
-  const s = UdpSocket.bind("127.0.0.1", 0);
+  const s = UdpSocket.bind(LOOPBACK, 0);
   assert.equal(await s.waitReadable(20), false, "nothing arrives: timeout");
   assert.equal(await s.waitWritable(1000), true);
   s.close();
@@ -194,11 +184,11 @@ Deno.test("waiting, closing and bind errors", async () => {
   assert.equal(await s.waitReadable(10), false);
   // 198.18.0.1 is not an address of this host.
   assert.throws(
-    () => UdpSocket.bind("198.18.0.1", 0),
+    () => UdpSocket.bind(0xc6120001, 0),
     (e: unknown) =>
       e instanceof SysError && e.code === 99 && /bind\(198\.18\.0\.1:0\)/.test(e.message),
   );
-  assert.throws(() => UdpSocket.bind("127.0.0.1", 65536), RangeError);
-  assert.throws(() => UdpSocket.bind("127.0.0.1", 0, { batch: 0 }), RangeError);
-  assert.throws(() => UdpSocket.bind("127.0.0.1", 0, { maxDatagram: 70000 }), RangeError);
+  assert.throws(() => UdpSocket.bind(LOOPBACK, 65536), RangeError);
+  assert.throws(() => UdpSocket.bind(LOOPBACK, 0, { batch: 0 }), RangeError);
+  assert.throws(() => UdpSocket.bind(LOOPBACK, 0, { maxDatagram: 70000 }), RangeError);
 });

@@ -1,6 +1,6 @@
 // Loads the reference vectors and key files copied from the reference implementation.
 
-import { fromHex } from "../lib/bytes.ts";
+import { fromHex } from "../lib/core/bytes.ts";
 
 const dir = new URL("./fixtures/", import.meta.url);
 

@@ -17,7 +17,7 @@ import {
   subnetAddress,
   subnetBroadcast,
   subnetSize,
-} from "../lib/ip.ts";
+} from "../lib/core/ip.ts";
 
 // ---------------------------------------------------------------- independent reference code
 // Deliberately written differently from lib/ip.ts: DataView reads, a fold after every add.

@@ -3,9 +3,9 @@
 import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
 import { KeyFetcher } from "../lib/client/keyfetch.ts";
-import { KeyTree } from "../lib/keytree.ts";
-import { answerKeyRequest } from "../lib/keyserver.ts";
-import { EphemeralKeyStore } from "../lib/ephemeral.ts";
+import { KeyTree } from "../lib/core/keytree.ts";
+import { answerKeyRequest } from "../lib/core/keyserver.ts";
+import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
 
 const tree = KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
 

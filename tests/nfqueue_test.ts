@@ -4,8 +4,8 @@
 //                              DNS rewriting, while dig asks questions
 import assert from "node:assert/strict";
 import { LIBC_CANDIDATES } from "../ffi/libc.ts";
-import { formatPq1Label } from "../lib/names.ts";
-import { RULE_TAG, splitIptablesLine } from "../lib/firewall.ts";
+import { formatPq1Label } from "../lib/core/names.ts";
+import { RULE_TAG, splitIptablesLine } from "../lib/runtime/firewall.ts";
 import { DNSMASQ, type RunningDnsmasq, startDnsmasq } from "./helpers/dnsmasq.ts";
 
 const NS_A = "pqts-nfq-a";

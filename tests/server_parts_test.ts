@@ -1,13 +1,13 @@
 // The server's sans-IO parts: ephemeral key slots, replay cache, address pool, key answers.
 
 import assert from "node:assert/strict";
-import { EphemeralKeyStore, LEAD_SECONDS, slotOf } from "../lib/ephemeral.ts";
-import { ReplayCache } from "../lib/replay.ts";
-import { AddressPool } from "../lib/addresses.ts";
-import { ipv4ToNumber, numberToIpv4 } from "../lib/ip.ts";
-import { answerKeyRequest } from "../lib/keyserver.ts";
-import { KeyTree } from "../lib/keytree.ts";
-import { ephemeralKeyRequest, parseKeyResponse, staticKeyRequest } from "../lib/keymsg.ts";
+import { EphemeralKeyStore, LEAD_SECONDS, slotOf } from "../lib/core/ephemeral.ts";
+import { ReplayCache } from "../lib/core/replay.ts";
+import { AddressPool } from "../lib/core/addresses.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../lib/core/ip.ts";
+import { answerKeyRequest } from "../lib/core/keyserver.ts";
+import { KeyTree } from "../lib/core/keytree.ts";
+import { ephemeralKeyRequest, parseKeyResponse, staticKeyRequest } from "../lib/core/keymsg.ts";
 import { fixture } from "./fixtures.ts";
 
 function fakeKeys(slot: number) {

@@ -58,10 +58,10 @@ import {
   tunDevices,
   udpPayloadsFromHexDump,
 } from "./helpers/lab_util.ts";
-import { KeyTree } from "../lib/keytree.ts";
-import { staticKeyRequest, staticKeyResponse } from "../lib/keymsg.ts";
-import { hex } from "../lib/bytes.ts";
-import { HANDSHAKE_BYTES, MSG_INITIATION, MSG_TUNNEL } from "../lib/constants.ts";
+import { KeyTree } from "../lib/core/keytree.ts";
+import { staticKeyRequest, staticKeyResponse } from "../lib/core/keymsg.ts";
+import { hex } from "../lib/core/bytes.ts";
+import { HANDSHAKE_BYTES, MSG_INITIATION, MSG_TUNNEL } from "../lib/core/constants.ts";
 
 const PREFIX = "pqts-srv";
 const BAD_PREFIX = "pqts-srvbad";

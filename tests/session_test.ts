@@ -1,8 +1,8 @@
 // The tunnel session's state machine: epochs over time, erasure, replays and bounds.
 
 import assert from "node:assert/strict";
-import { TunnelSession } from "../lib/session.ts";
-import { EPOCH_LIFETIME_SECONDS, MAX_CHAIN_KEYS } from "../lib/constants.ts";
+import { TunnelSession } from "../lib/core/session.ts";
+import { EPOCH_LIFETIME_SECONDS, MAX_CHAIN_KEYS } from "../lib/core/constants.ts";
 
 function pair(now = 0) {
   const tid = crypto.getRandomValues(new Uint8Array(32));

@@ -2,12 +2,12 @@
 
 import assert from "node:assert/strict";
 import { fixture, fromHex, vectors } from "./fixtures.ts";
-import { hex } from "../lib/bytes.ts";
-import { kdf } from "../lib/kdf.ts";
-import { h, open, seal, x25519PublicKey, x25519Shared } from "../lib/crypto.ts";
-import { base32Decode, base32Encode } from "../lib/base32.ts";
-import { formatPq1Label, parsePq1Name } from "../lib/names.ts";
-import { KeyTree, KeyTreeAssembler, nodeLength, TREE_SHAPE } from "../lib/keytree.ts";
+import { hex } from "../lib/core/bytes.ts";
+import { kdf } from "../lib/core/kdf.ts";
+import { h, open, seal, x25519PublicKey, x25519Shared } from "../lib/core/crypto.ts";
+import { base32Decode, base32Encode } from "../lib/core/base32.ts";
+import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
+import { KeyTree, KeyTreeAssembler, nodeLength, TREE_SHAPE } from "../lib/core/keytree.ts";
 import {
   ephemeralKeyRequest,
   ephemeralKeyResponse,
@@ -15,10 +15,10 @@ import {
   parseKeyResponse,
   staticKeyRequest,
   staticKeyResponse,
-} from "../lib/keymsg.ts";
-import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/handshake.ts";
-import { TunnelSession } from "../lib/session.ts";
-import { buildCookie, CookieKeyring, openCookie } from "../lib/cookie.ts";
+} from "../lib/core/keymsg.ts";
+import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/core/handshake.ts";
+import { TunnelSession } from "../lib/core/session.ts";
+import { buildCookie, CookieKeyring, openCookie } from "../lib/core/cookie.ts";
 
 Deno.test("stream_kdf, including 64-bit counter carries and wrap at 2^64", () => {
   for (const t of vectors.stream_kdf) {

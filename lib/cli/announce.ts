@@ -1,10 +1,10 @@
 // `pqconnect announce`: the DNS records that make a server's name announce PQConnect.
 
 import { type Command, parseDnsName, parseIpv4, parseOptions, parsePort } from "./common.ts";
-import { CRYPTO_PORT, DEFAULT_KEY_DIR, KEY_PORT } from "../constants.ts";
-import { KeyTree } from "../keytree.ts";
-import { formatPq1Label } from "../names.ts";
-import { readPublicKeys } from "../keyfiles.ts";
+import { CRYPTO_PORT, DEFAULT_KEY_DIR, KEY_PORT } from "../core/constants.ts";
+import { KeyTree } from "../core/keytree.ts";
+import { formatPq1Label } from "../core/names.ts";
+import { readPublicKeys } from "../runtime/keyfiles.ts";
 
 /** Zone-file lines: the name becomes a CNAME to the pq1 name, which carries the A record. */
 export function announcementRecords(

@@ -10,7 +10,7 @@ import {
   parsePrefix,
   UsageError,
 } from "./common.ts";
-import { CLIENT_PORT, CLIENT_TUN_ADDRESS, PRIVSEP_USER, TUN_PREFIX } from "../constants.ts";
+import { CLIENT_PORT, CLIENT_TUN_ADDRESS, PRIVSEP_USER, TUN_PREFIX } from "../core/constants.ts";
 import { CONTROL_SOCKET, runClient } from "../client/supervisor.ts";
 import { runClientWorker } from "../client/worker.ts";
 import { queryControl } from "../client/control.ts";

@@ -1,7 +1,7 @@
 // Shared pieces of the command-line interface: option parsing with clear errors.
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { parseIpv4Address } from "../ip.ts";
+import { parseIpv4Address } from "../core/ip.ts";
 
 /** Bad command-line input: printed with the command's usage, exit status 2. */
 export class UsageError extends Error {

@@ -1,11 +1,11 @@
 // `pqconnect keygen`: a new long-term server key set in the reference's file format.
 
 import { type Command, parseOptions } from "./common.ts";
-import { DEFAULT_KEY_DIR } from "../constants.ts";
-import { KeyTree } from "../keytree.ts";
-import { formatPq1Label } from "../names.ts";
-import { refuseOverwrite, wipeServerKeys, writeServerKeys } from "../keyfiles.ts";
-import { x25519PublicKey } from "../crypto.ts";
+import { DEFAULT_KEY_DIR } from "../core/constants.ts";
+import { KeyTree } from "../core/keytree.ts";
+import { formatPq1Label } from "../core/names.ts";
+import { refuseOverwrite, wipeServerKeys, writeServerKeys } from "../runtime/keyfiles.ts";
+import { x25519PublicKey } from "../core/crypto.ts";
 import { loadMcEliece6960119 } from "../../wasm/kem.ts";
 
 export const keygenCommand: Command = {

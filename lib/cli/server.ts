@@ -17,7 +17,7 @@ import {
   PRIVSEP_USER,
   SERVER_TUN_ADDRESS,
   TUN_PREFIX,
-} from "../constants.ts";
+} from "../core/constants.ts";
 import { runServer } from "../server/daemon.ts";
 
 export const serverCommand: Command = {

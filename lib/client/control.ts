@@ -1,8 +1,8 @@
 // The client's local control socket: `pqconnect status` asks, the worker answers with one JSON
 // document. Unix socket in the runtime directory; one request per connection, bounded.
 
-import type { Logger } from "../log.ts";
-import { concat } from "../bytes.ts";
+import type { Logger } from "../core/log.ts";
+import { concat } from "../core/bytes.ts";
 
 const MAX_REQUEST = 64;
 

@@ -3,17 +3,17 @@
 // Packets an application sends before the tunnel is up are held and sent once it is, so the
 // first TCP SYN to a new server is not lost. IO and slow crypto come in through interfaces.
 
-import { concat, hex, wipe } from "../bytes.ts";
-import { MSG_TUNNEL, TUNNEL_OVERHEAD } from "../constants.ts";
-import { initiate } from "../handshake.ts";
-import { tidKeyAt, TunnelSession } from "../session.ts";
-import { isCookie } from "../cookie.ts";
-import { ephemeralKeyRequest, parseKeyResponse } from "../keymsg.ts";
-import { x25519PublicKey } from "../crypto.ts";
-import { AddressPool } from "../addresses.ts";
-import { ipv4Dst, ipv4HeaderLength, numberToIpv4, parseIpv4Address } from "../ip.ts";
-import { translate } from "../nat.ts";
-import type { DropCounters, Logger } from "../log.ts";
+import { concat, hex, wipe } from "../core/bytes.ts";
+import { MSG_TUNNEL, TUNNEL_OVERHEAD } from "../core/constants.ts";
+import { initiate } from "../core/handshake.ts";
+import { tidKeyAt, TunnelSession } from "../core/session.ts";
+import { isCookie } from "../core/cookie.ts";
+import { ephemeralKeyRequest, parseKeyResponse } from "../core/keymsg.ts";
+import { x25519PublicKey } from "../core/crypto.ts";
+import { AddressPool } from "../core/addresses.ts";
+import { ipv4Dst, ipv4HeaderLength, numberToIpv4, parseIpv4Address } from "../core/ip.ts";
+import { translate } from "../core/nat.ts";
+import type { DropCounters, Logger } from "../core/log.ts";
 import { KeyFetcher } from "./keyfetch.ts";
 
 /** A request/response conversation with a key server, from a socket of its own. */

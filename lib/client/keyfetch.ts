@@ -7,8 +7,8 @@
 // out, with a retransmission timeout from measured round trips. Enough to fill a fast link
 // without flooding a slow one.
 
-import { KeyTreeAssembler, TREE_SHAPE } from "../keytree.ts";
-import { parseKeyResponse, staticKeyRequest } from "../keymsg.ts";
+import { KeyTreeAssembler, TREE_SHAPE } from "../core/keytree.ts";
+import { parseKeyResponse, staticKeyRequest } from "../core/keymsg.ts";
 
 const INITIAL_WINDOW = 16;
 const MAX_WINDOW = 128;

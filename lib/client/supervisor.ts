@@ -3,14 +3,16 @@
 // with the TUN device and a channel, moves DNS answers between the queue and the worker without
 // parsing them, and on exit removes every rule and file it made.
 
-import { Logger } from "../log.ts";
-import { Shutdown } from "../shutdown.ts";
+import { ipv4ToNumber } from "../core/ip.ts";
+import type { Logger } from "../core/log.ts";
+import { StderrLogger } from "../runtime/log.ts";
+import { Shutdown } from "../runtime/shutdown.ts";
 import {
   installDnsQueueRule,
   removeDnsQueueRule,
   removeStaleRules,
   type RuleHandle,
-} from "../firewall.ts";
+} from "../runtime/firewall.ts";
 import { decodeMessage, encodeDns } from "./messages.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { configureInterface } from "../../ffi/rtnetlink.ts";
@@ -47,7 +49,7 @@ const READY_TIMEOUT_MS = 60_000;
 export const CONTROL_SOCKET = "client.sock";
 
 export async function runClient(opts: ClientOptions): Promise<number> {
-  const log = new Logger("pqconnect-client", opts.verbose ? "debug" : "info");
+  const log = new StderrLogger("pqconnect-client", opts.verbose ? "debug" : "info");
   const user = lookupUser(opts.user);
   if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
 
@@ -79,7 +81,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     const tun = TunDevice.open(opts.interfaceName);
     cleanups.push(() => tun.close());
     await configureInterface(tun.name, {
-      address: opts.tunAddress,
+      address: ipv4ToNumber(opts.tunAddress),
       prefix: opts.prefix,
       mtu: opts.mtu,
     });

@@ -3,23 +3,25 @@
 // loads its code and the crypto worker, binds the client port, drops to the unprivileged user,
 // says READY, and only then reads anything.
 
-import { CRYPTO_PORT, KEY_PORT } from "../constants.ts";
+import { CRYPTO_PORT, KEY_PORT } from "../core/constants.ts";
 import { ClientDevice, type KeyChannel } from "./device.ts";
 import { decodeMessage, encodeVerdict, MSG_READY } from "./messages.ts";
 import { serveControl } from "./control.ts";
-import { DnsRewriter } from "../dns_rewrite.ts";
-import { parsePq1Name } from "../names.ts";
-import { ipv4ToNumber, numberToIpv4 } from "../ip.ts";
-import { DropCounters, Logger } from "../log.ts";
-import { CryptoPool } from "../crypto_pool.ts";
+import { DnsRewriter } from "../core/dns_rewrite.ts";
+import { parsePq1Name } from "../core/names.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
+import { DropCounters } from "../core/log.ts";
+import { StderrLogger } from "../runtime/log.ts";
+import { installAeadBackend } from "../runtime/aead_backend.ts";
+import { CryptoPool } from "../runtime/crypto_pool.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { waitReadable } from "../../ffi/libc.ts";
-import { DataPath, pump } from "../pump.ts";
-import { Shutdown } from "../shutdown.ts";
-import { hex } from "../bytes.ts";
+import { DataPath, pump } from "../runtime/packet_loop.ts";
+import { Shutdown } from "../runtime/shutdown.ts";
+import { hex } from "../core/bytes.ts";
 
 export interface WorkerOptions {
   tunFd: number;
@@ -34,12 +36,13 @@ export interface WorkerOptions {
 }
 
 export async function runClientWorker(opts: WorkerOptions): Promise<number> {
-  const log = new Logger("pqconnect-client", opts.verbose ? "debug" : "info");
+  const log = new StderrLogger("pqconnect-client", opts.verbose ? "debug" : "info");
+  log.info(`AEAD backend: ${installAeadBackend()}`);
   const user = lookupUser(opts.user);
   const tun = TunDevice.fromFd(opts.tunFd);
   const dns = new SeqPacketChannel(opts.dnsFd);
   // The worker is not told the TUN MTU (--mtu goes to the supervisor): take any datagram.
-  const sock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram: MAX_UDP_PAYLOAD });
+  const sock = UdpSocket.bind(0, opts.port, { maxDatagram: MAX_UDP_PAYLOAD });
   const pool = await CryptoPool.start({});
   dropPrivileges(user.uid, user.gid);
 
@@ -170,7 +173,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
 
 /** A UDP socket of its own for one key-server conversation, closed when done. */
 function openKeyChannel(host: number, port: number, open: Set<UdpSocket>): KeyChannel {
-  const s = UdpSocket.bind("0.0.0.0", 0, { maxDatagram: 2048, batch: 64 });
+  const s = UdpSocket.bind(0, 0, { maxDatagram: 2048, batch: 64 });
   open.add(s);
   return {
     send: (d) => {

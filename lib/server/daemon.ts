@@ -2,24 +2,25 @@
 // configures the TUN device, binds both UDP ports and starts the crypto worker; then it drops
 // to an unprivileged user before it reads a single datagram.
 
-import { KeyTree } from "../keytree.ts";
-import { readServerKeys, wipeServerKeys } from "../keyfiles.ts";
-import { EphemeralKeyStore } from "../ephemeral.ts";
-import { CookieKeyring } from "../cookie.ts";
-import { x25519PublicKey } from "../crypto.ts";
-import { answerKeyRequest } from "../keyserver.ts";
-import { formatPq1Label } from "../names.ts";
-import { ipv4ToNumber, numberToIpv4 } from "../ip.ts";
-import { Logger } from "../log.ts";
+import { KeyTree } from "../core/keytree.ts";
+import { readServerKeys, wipeServerKeys } from "../runtime/keyfiles.ts";
+import { EphemeralKeyStore } from "../core/ephemeral.ts";
+import { CookieKeyring } from "../core/cookie.ts";
+import { x25519PublicKey } from "../core/crypto.ts";
+import { answerKeyRequest } from "../core/keyserver.ts";
+import { formatPq1Label } from "../core/names.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
+import { StderrLogger } from "../runtime/log.ts";
+import { installAeadBackend } from "../runtime/aead_backend.ts";
 import { ServerDevice } from "./device.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { configureInterface } from "../../ffi/rtnetlink.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
-import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../constants.ts";
+import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
-import { CryptoPool } from "../crypto_pool.ts";
-import { DataPath, pump } from "../pump.ts";
-import { Shutdown } from "../shutdown.ts";
+import { CryptoPool } from "../runtime/crypto_pool.ts";
+import { DataPath, pump } from "../runtime/packet_loop.ts";
+import { Shutdown } from "../runtime/shutdown.ts";
 
 export interface ServerOptions {
   keyDir: string;
@@ -36,7 +37,8 @@ export interface ServerOptions {
 }
 
 export async function runServer(opts: ServerOptions): Promise<number> {
-  const log = new Logger("pqconnect-server", opts.verbose ? "debug" : "info");
+  const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");
+  log.info(`AEAD backend: ${installAeadBackend()}`);
   // Everything that can fail on bad configuration fails here, before anything is created.
   const keys = readServerKeys(opts.keyDir);
   const tree = KeyTree.build(keys.mceliecePk, keys.x25519Pk);
@@ -59,7 +61,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     const tun = TunDevice.open(opts.interfaceName);
     closers.push(() => tun.close());
     await configureInterface(tun.name, {
-      address: opts.tunAddress,
+      address: ipv4ToNumber(opts.tunAddress),
       prefix: opts.prefix,
       mtu: opts.mtu,
     });
@@ -68,9 +70,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       MAX_UDP_PAYLOAD,
       Math.max(4096, opts.mtu + TUNNEL_OVERHEAD + COOKIE_BYTES),
     );
-    const cryptoSock = UdpSocket.bind("0.0.0.0", opts.port, { maxDatagram });
+    const cryptoSock = UdpSocket.bind(0, opts.port, { maxDatagram });
     closers.push(() => cryptoSock.close());
-    const keySock = UdpSocket.bind("0.0.0.0", opts.keyPort, { maxDatagram: 2048, batch: 16 });
+    const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 16 });
     closers.push(() => keySock.close());
     const pool = await CryptoPool.start({ mcelieceSecretKey: keys.mcelieceSk });
     closers.push(() => pool.close());

@@ -3,23 +3,23 @@
 // the same code runs in the daemon and in tests. Nothing here throws on bad input: every drop
 // is counted under a reason.
 
-import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../constants.ts";
-import { parseInitiation, respondFinish, respondOpen } from "../handshake.ts";
-import { tidKeyAt, TunnelSession } from "../session.ts";
+import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../core/constants.ts";
+import { parseInitiation, respondFinish, respondOpen } from "../core/handshake.ts";
+import { tidKeyAt, TunnelSession } from "../core/session.ts";
 import {
   buildCookie,
   type CookieKeyring,
   cookieTimestamp,
   isCookie,
   openCookie,
-} from "../cookie.ts";
-import { ReplayCache } from "../replay.ts";
-import type { EphemeralKeyStore } from "../ephemeral.ts";
-import { AddressPool } from "../addresses.ts";
-import { ipv4Dst, ipv4HeaderLength, numberToIpv4 } from "../ip.ts";
-import { translate } from "../nat.ts";
-import { DropCounters, type Logger } from "../log.ts";
-import { hex, wipe } from "../bytes.ts";
+} from "../core/cookie.ts";
+import { ReplayCache } from "../core/replay.ts";
+import type { EphemeralKeyStore } from "../core/ephemeral.ts";
+import { AddressPool } from "../core/addresses.ts";
+import { ipv4Dst, ipv4HeaderLength, numberToIpv4 } from "../core/ip.ts";
+import { translate } from "../core/nat.ts";
+import { DropCounters, type Logger } from "../core/log.ts";
+import { hex, wipe } from "../core/bytes.ts";
 import { type Peer, PeerTable } from "./peers.ts";
 
 export interface ServerIo {

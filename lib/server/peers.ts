@@ -1,7 +1,7 @@
 // The server's live tunnels, found by tunnel id (packets from the network) and by internal
 // address (packets from the TUN device).
 
-import type { TunnelSession } from "../session.ts";
+import type { TunnelSession } from "../core/session.ts";
 
 export interface Peer {
   session: TunnelSession;

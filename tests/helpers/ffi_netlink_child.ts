@@ -1,6 +1,7 @@
 // Runs inside a test network namespace (see tests/ffi_netlink_test.ts): exercises
 // ffi/rtnetlink.ts on a veth pair and on failures, and prints a JSON report as its last line.
 
+import { ipv4ToNumber } from "../../lib/core/ip.ts";
 import {
   addAddress,
   configureInterface,
@@ -43,13 +44,17 @@ report.missingError = await failure(() => getLink("pqts-none"));
 report.vethAdd = (await ip("link", "add", "pqv0", "type", "veth", "peer", "name", "pqv1")).code;
 const before = await getLink("pqv0");
 report.before = { up: before.up, mtu: before.mtu };
-const after = await configureInterface("pqv0", { address: "198.18.5.1", prefix: 24, mtu: 1400 });
+const after = await configureInterface("pqv0", {
+  address: ipv4ToNumber("198.18.5.1"),
+  prefix: 24,
+  mtu: 1400,
+});
 report.after = { up: after.up, mtu: after.mtu, name: after.name, index: after.index };
 // Configuring again must be harmless.
 report.again = await failure(() =>
-  configureInterface("pqv0", { address: "198.18.5.1", prefix: 24, mtu: 1400 })
+  configureInterface("pqv0", { address: ipv4ToNumber("198.18.5.1"), prefix: 24, mtu: 1400 })
 );
-await addAddress("pqv0", "198.18.6.1", 30);
+await addAddress("pqv0", ipv4ToNumber("198.18.6.1"), 30);
 const addrs = JSON.parse((await ip("-j", "addr", "show", "dev", "pqv0")).text) as Array<
   { addr_info: Array<{ family: string; local: string; prefixlen: number }> }
 >;
@@ -65,10 +70,10 @@ report.mtuUnchangedByDown = (await getLink("pqv0")).mtu;
 
 // Refusals from the kernel, with its errno and (extended ACK) explanation.
 report.hugeMtu = await failure(() => setLink("pqv0", { mtu: 1_000_000 }));
-report.badPrefix = await failure(() => addAddress("pqv0", "198.18.5.1", 33));
-report.badAddress = await failure(() => addAddress("pqv0", "198.18.5", 24));
+report.badPrefix = await failure(() => addAddress("pqv0", ipv4ToNumber("198.18.5.1"), 33));
+report.badAddress = await failure(() => addAddress("pqv0", 2 ** 32, 24));
 report.configureMissing = await failure(() =>
-  configureInterface("pqts-none", { address: "198.18.7.1", prefix: 24 })
+  configureInterface("pqts-none", { address: ipv4ToNumber("198.18.7.1"), prefix: 24 })
 );
 
 await deleteLink("pqv0");

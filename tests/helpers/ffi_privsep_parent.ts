@@ -3,6 +3,7 @@
 // ffi_privsep_worker.ts with the TUN descriptor at 3 and a socket-pair end at 4; the worker
 // drops to `nobody` first thing and answers ping through the inherited device.
 
+import { ipv4ToNumber } from "../../lib/core/ip.ts";
 import { configureInterface, linkExists } from "../../ffi/rtnetlink.ts";
 import { closeFd, SeqPacketChannel, socketPair, spawnWithFds, waitChild } from "../../ffi/spawn.ts";
 import { TunDevice } from "../../ffi/tun.ts";
@@ -10,7 +11,7 @@ import { lookupUser } from "../../ffi/privdrop.ts";
 
 const [libcPath] = Deno.args;
 const tun = TunDevice.open("pqts%d");
-await configureInterface(tun.name, { address: "198.18.98.1", prefix: 24, mtu: 1400 });
+await configureInterface(tun.name, { address: ipv4ToNumber("198.18.98.1"), prefix: 24, mtu: 1400 });
 const nobody = lookupUser("nobody");
 const [mine, theirs] = socketPair();
 const worker = new URL("./ffi_privsep_worker.ts", import.meta.url).pathname;

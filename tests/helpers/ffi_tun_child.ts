@@ -2,6 +2,7 @@
 // configures it with ffi/rtnetlink.ts, answers `ping` through it, checks batching and error
 // counting, and prints a JSON report as its last line.
 
+import { ipv4ToNumber } from "../../lib/core/ip.ts";
 import { openTun, TunDevice, tunName } from "../../ffi/tun.ts";
 import { configureInterface, linkExists } from "../../ffi/rtnetlink.ts";
 import { UdpSocket } from "../../ffi/udp.ts";
@@ -12,12 +13,16 @@ const LOCAL = "198.18.99.1";
 const PEER = "198.18.99.2";
 
 const dev = TunDevice.open("pqts%d");
-const link = await configureInterface(dev.name, { address: LOCAL, prefix: 24, mtu: 1400 });
+const link = await configureInterface(dev.name, {
+  address: ipv4ToNumber(LOCAL),
+  prefix: 24,
+  mtu: 1400,
+});
 const bufs = Array.from({ length: 32 }, () => new Uint8Array(2048));
 const lens: number[] = [];
 
 // Batching: datagrams routed into the TUN queue up; one readBatch call should take them all.
-const udp = UdpSocket.bind(LOCAL, 0);
+const udp = UdpSocket.bind(ipv4ToNumber(LOCAL), 0);
 const burst = Array.from({ length: 10 }, (_, i) => ({
   data: new Uint8Array(100).fill(i),
   addr: 0xc6126302, // 198.18.99.2

@@ -4,8 +4,8 @@
 import { UdpSocket } from "../../ffi/udp.ts";
 
 const mode = Deno.args[0] === "plain" ? "plain" : "mmsg";
-const rx = UdpSocket.bind("127.0.0.1", 0, { bufferBytes: 4096, mode });
-const tx = UdpSocket.bind("127.0.0.1", 0, { bufferBytes: 4096, mode });
+const rx = UdpSocket.bind(0x7f000001, 0, { bufferBytes: 4096, mode });
+const tx = UdpSocket.bind(0x7f000001, 0, { bufferBytes: 4096, mode });
 const burst = Array.from({ length: 200 }, () => ({
   data: new Uint8Array(1200),
   addr: 0x7f000001,

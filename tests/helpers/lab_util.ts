@@ -12,8 +12,8 @@ import dgram from "node:dgram";
 import type { Buffer } from "node:buffer";
 import { libcPath } from "../../ffi/libc.ts";
 import { sodiumPath } from "../../ffi/sodium.ts";
-import { findTool } from "../../lib/firewall.ts";
-import { fromHex, hex } from "../../lib/bytes.ts";
+import { findTool } from "../../lib/runtime/firewall.ts";
+import { fromHex, hex } from "../../lib/core/bytes.ts";
 import {
   COOKIE_PREFIX,
   HANDSHAKE_BYTES,
@@ -24,9 +24,9 @@ import {
   MSG_TUNNEL,
   TAG_BYTES,
   TUNNEL_OVERHEAD,
-} from "../../lib/constants.ts";
-import { ephemeralKeyRequest, parseKeyResponse, staticKeyRequest } from "../../lib/keymsg.ts";
-import { TREE_SHAPE } from "../../lib/keytree.ts";
+} from "../../lib/core/constants.ts";
+import { ephemeralKeyRequest, parseKeyResponse, staticKeyRequest } from "../../lib/core/keymsg.ts";
+import { TREE_SHAPE } from "../../lib/core/keytree.ts";
 import {
   type LabProcess,
   namespacePids,

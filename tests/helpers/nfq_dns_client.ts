@@ -6,9 +6,13 @@
 //   cleanup          remove rules left by a killed run; prints {"removed": n}.
 
 import { NfQueue } from "../../ffi/nfqueue.ts";
-import { DnsRewriter } from "../../lib/dns_rewrite.ts";
-import { installDnsQueueRule, removeDnsQueueRule, removeStaleRules } from "../../lib/firewall.ts";
-import { parsePq1Name } from "../../lib/names.ts";
+import { DnsRewriter } from "../../lib/core/dns_rewrite.ts";
+import {
+  installDnsQueueRule,
+  removeDnsQueueRule,
+  removeStaleRules,
+} from "../../lib/runtime/firewall.ts";
+import { parsePq1Name } from "../../lib/core/names.ts";
 
 function emit(obj: unknown): void {
   console.log(JSON.stringify(obj));

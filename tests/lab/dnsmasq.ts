@@ -1,7 +1,7 @@
 // A real DNS server (dnsmasq) for a test zone, running in the foreground inside a lab namespace,
 // plus the helpers to write PQConnect announcements into that zone.
 
-import { base32Encode } from "../../lib/base32.ts";
+import { base32Encode } from "../../lib/core/base32.ts";
 import { type LabProcess, run, sleep, spawn, tail } from "./netns.ts";
 
 export interface HostRecord {

@@ -1,35 +1,15 @@
-// Log lines on stderr: time, component, message. Drops are counted and summarised, so a flood
-// of bad packets costs a counter increment, not a line each.
+// What the core needs of a log: levelled lines, and counted drops. The core only ever holds a
+// Logger that a shell hands in (lib/runtime/log.ts writes one to stderr). Drops are counted and
+// summarised, so a flood of bad packets costs a counter increment, not a line each.
 
 export type Level = "error" | "warn" | "info" | "debug";
-const ORDER: Record<Level, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
-export class Logger {
-  constructor(private readonly component: string, public level: Level = "info") {}
-
-  private write(level: Level, message: string): void {
-    if (ORDER[level] > ORDER[this.level]) return;
-    const line = `${new Date().toISOString()} ${this.component} ${level}: ${message}\n`;
-    try {
-      Deno.stderr.writeSync(new TextEncoder().encode(line));
-    } catch { /* stderr gone: nothing sensible left to do */ }
-  }
-
-  error(m: string): void {
-    this.write("error", m);
-  }
-  warn(m: string): void {
-    this.write("warn", m);
-  }
-  info(m: string): void {
-    this.write("info", m);
-  }
-  debug(m: string): void {
-    this.write("debug", m);
-  }
-  get debugEnabled(): boolean {
-    return this.level === "debug";
-  }
+export interface Logger {
+  error(message: string): void;
+  warn(message: string): void;
+  info(message: string): void;
+  debug(message: string): void;
+  readonly debugEnabled: boolean;
 }
 
 /** Named counters of dropped input; `report` logs what changed since the last report. */

@@ -1,9 +1,14 @@
 // The server's key directory, in the reference's format: raw bytes, one file per key, secret
 // files 0600, directory 0700. Keeping these files keeps a server's pq1 name.
 
-import { KEY_BYTES, MCELIECE_PK_BYTES, MCELIECE_SK_BYTES, X25519_BYTES } from "./constants.ts";
-import { equalBytes, wipe } from "./bytes.ts";
-import { x25519PublicKey } from "./crypto.ts";
+import {
+  KEY_BYTES,
+  MCELIECE_PK_BYTES,
+  MCELIECE_SK_BYTES,
+  X25519_BYTES,
+} from "../core/constants.ts";
+import { equalBytes, wipe } from "../core/bytes.ts";
+import { x25519PublicKey } from "../core/crypto.ts";
 
 export const KEY_FILES = {
   mceliece_pk: { bytes: MCELIECE_PK_BYTES, secret: false },

@@ -12,9 +12,9 @@
 // handshakes finishing in workers, signals), and once nothing has come for `hotMs` it goes back
 // to parking on the blocking pool, so an idle tunnel costs no CPU.
 
-import { libc, POLLIN } from "../ffi/libc.ts";
-import type { TunDevice } from "../ffi/tun.ts";
-import type { UdpSocket } from "../ffi/udp.ts";
+import { libc, POLLIN } from "../../ffi/libc.ts";
+import type { TunDevice } from "../../ffi/tun.ts";
+import type { UdpSocket } from "../../ffi/udp.ts";
 
 export async function pump(
   name: string,

@@ -20,8 +20,8 @@ import type {
   ResultOf,
   WorkerOp,
   WorkerReply,
-} from "../wasm/crypto_worker.ts";
-import { KemRejectedError } from "../wasm/kem.ts";
+} from "../../wasm/crypto_worker.ts";
+import { KemRejectedError } from "../../wasm/kem.ts";
 
 const MCELIECE_PK = 1047319;
 const MCELIECE_SK = 13948;
@@ -121,7 +121,10 @@ export class CryptoPool implements AsyncDisposable {
       name: "pqconnect-crypto",
     };
     if (options.sandboxWorker) workerOptions.deno = { permissions: "none" };
-    const worker = new Worker(new URL("../wasm/crypto_worker.ts", import.meta.url), workerOptions);
+    const worker = new Worker(
+      new URL("../../wasm/crypto_worker.ts", import.meta.url),
+      workerOptions,
+    );
     const pool = new CryptoPool(worker, maxPending, sk !== undefined);
 
     const timeoutMs = options.startTimeoutMs ?? 30_000;

@@ -1,7 +1,7 @@
 // The daemons' run flag: SIGINT and SIGTERM (or an internal reason) end the packet loops, and
 // the signal handlers are removed again on dispose.
 
-import type { Logger } from "./log.ts";
+import type { Logger } from "../core/log.ts";
 
 export class Shutdown {
   #running = true;

@@ -1,0 +1,70 @@
+// Chooses the AEAD implementation for this process and hands it to the core. libsodium through
+// FFI when this process may load it, else the core's JS one. PQCONNECT_AEAD=js|libsodium (when the
+// process may read it) overrides the automatic choice. Every daemon and tool calls
+// `installAeadBackend` once at start.
+
+import { type AeadBackend, type AeadBackendName, jsAead, setAeadBackend } from "../core/aead.ts";
+import { TAG_BYTES } from "../core/constants.ts";
+import { type Sodium, sodium } from "../../ffi/sodium.ts";
+
+export type AeadChoice = AeadBackendName | "auto";
+
+function sodiumAead(s: Sodium): AeadBackend {
+  const encrypt = s.crypto_aead_chacha20poly1305_ietf_encrypt_detached;
+  const decrypt = s.crypto_aead_chacha20poly1305_ietf_decrypt_detached;
+  const xorIc = s.crypto_stream_chacha20_xor_ic;
+  const counterCell = new DataView(new ArrayBuffer(8));
+  return {
+    name: "libsodium",
+    seal(key, nonce, ad, m, out) {
+      const n = m.length;
+      encrypt(out, out.subarray(n), null, m, BigInt(n), ad, BigInt(ad.length), null, nonce, key);
+    },
+    open(key, nonce, ad, sealed, out) {
+      const n = sealed.length - TAG_BYTES;
+      // libsodium checks the tag before it writes anything but zeros (on failure) to `out`.
+      const c = sealed.subarray(0, n);
+      const tag = sealed.subarray(n);
+      return decrypt(out, null, c, BigInt(n), tag, ad, BigInt(ad.length), nonce, key) === 0;
+    },
+    keystream(key, nonce, counter, out) {
+      let ic = 0n;
+      if (counter) {
+        for (let i = 0; i < 8; i++) counterCell.setUint8(i, counter[i]);
+        ic = counterCell.getBigUint64(0, true);
+      }
+      out.fill(0);
+      // libsodium carries the 64-bit block counter into its high word and wraps at 2^64, as the
+      // reference (which is libsodium) does.
+      xorIc(out, out, BigInt(out.length), nonce, ic, key);
+    },
+  };
+}
+
+function envChoice(): AeadChoice {
+  try {
+    const granted = Deno.permissions.querySync({ name: "env", variable: "PQCONNECT_AEAD" });
+    if (granted.state !== "granted") return "auto";
+    const v = Deno.env.get("PQCONNECT_AEAD");
+    return v === "js" || v === "libsodium" ? v : "auto";
+  } catch {
+    return "auto";
+  }
+}
+
+/** The backend for `choice` ("auto": libsodium if loadable, else JS); throws when libsodium was
+ * asked for and cannot be loaded. */
+export function aeadBackendFor(choice: AeadChoice): AeadBackend {
+  if (choice === "js") return jsAead;
+  const s = sodium();
+  if (s) return sodiumAead(s);
+  if (choice === "libsodium") throw new Error("libsodium was asked for, but it cannot be loaded");
+  return jsAead;
+}
+
+/** Installs the backend for `choice` (default: PQCONNECT_AEAD, else automatic) and names it. */
+export function installAeadBackend(choice: AeadChoice = envChoice()): AeadBackendName {
+  const backend = aeadBackendFor(choice);
+  setAeadBackend(backend);
+  return backend.name;
+}
