@@ -30,7 +30,7 @@ for (const mode of ["mmsg", "plain"] as const) {
     try {
       assert.equal(a.mode, mode);
       assert.ok(a.localPort > 0 && a.localPort !== b.localPort);
-      assert.deepEqual(a.localAddress(), { host: LOOPBACK, port: a.localPort });
+      assert.deepEqual(a.localAddress(), { addr: LOOPBACK, port: a.localPort });
       assert.ok(a.bufferSizes.receive > 0 && a.bufferSizes.send > 0);
       // More than one batch's worth, of varied sizes, including the largest IPv4 payload.
       const out: Datagram[] = Array.from({ length: 100 }, (_, i) => ({
