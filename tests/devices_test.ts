@@ -80,7 +80,7 @@ async function makeServer(
       maxPeers,
       maxPendingHandshakes: 8,
     },
-    { sendUdp: deliver, writeTun: (p) => tun.push(p.slice()) },
+    { sendUdp: deliver, writeTun: (p) => void tun.push(p.slice()) },
     { mcelieceDecap: (c) => pool.mcelieceDecap(c), sntrupDecap: (c, s) => pool.sntrupDecap(c, s) },
     ephemeral,
     new CookieKeyring(fixture("session_key"), new Uint8Array(32)),

@@ -10,7 +10,6 @@ const ROOT = new URL("../", import.meta.url);
 /** Sans-IO files outside lib/core/: the devices' decision logic. */
 const SANS_IO_FILES = [
   "lib/server/device.ts",
-  "lib/server/peers.ts",
   "lib/client/keyfetch.ts",
 ];
 

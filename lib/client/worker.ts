@@ -19,7 +19,7 @@ import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { waitReadable } from "../../ffi/libc.ts";
-import { DataPath, pump } from "../runtime/packet_loop.ts";
+import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 import { hex } from "../core/bytes.ts";
 
@@ -51,7 +51,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const drops = new DropCounters();
   const tunAddress = ipv4ToNumber(opts.tunAddress);
   const keySockets = new Set<UdpSocket>();
-  const dataPath = new DataPath({ tun, sock });
+  const dataPath = new TunnelLoop({ tun, sock });
   const device = new ClientDevice(
     {
       tunAddress,

@@ -15,6 +15,7 @@
 import { libc, POLLIN } from "../../ffi/libc.ts";
 import type { TunDevice } from "../../ffi/tun.ts";
 import type { UdpSocket } from "../../ffi/udp.ts";
+import type { TunnelIo } from "../core/data_path.ts";
 
 export async function pump(
   name: string,
@@ -126,23 +127,23 @@ export async function packetLoop(
 }
 
 /** The TUN side and the UDP side of a tunnel endpoint, wired for batching. */
-export interface DataPathIo {
+export interface TunnelSockets {
   tun: TunDevice;
   sock: UdpSocket;
 }
 
 /**
- * The data path's IO for a device: datagrams sent while a batch is handled are queued and go
- * out together (sendmmsg) when the batch is done; sent at any other time (a handshake
- * finishing, a cookie) they go out at once. udpBuffer() lets a device seal straight into the
- * next send slot.
+ * The packet loop of a tunnel endpoint, and the TunnelIo the device's data path writes to:
+ * datagrams sent while a batch is handled are queued and go out together (sendmmsg) when the
+ * batch is done; sent at any other time (a handshake finishing, a cookie) they go out at once.
+ * udpBuffer() lets a device seal straight into the next send slot.
  */
-export class DataPath {
+export class TunnelLoop implements TunnelIo {
   #draining = false;
   readonly #bufs: Uint8Array[];
   readonly #lens: number[];
 
-  constructor(readonly io: DataPathIo, tunBatch = 64, tunBufferBytes = 65536) {
+  constructor(readonly io: TunnelSockets, tunBatch = 64, tunBufferBytes = 65536) {
     this.#bufs = Array.from({ length: tunBatch }, () => new Uint8Array(tunBufferBytes));
     this.#lens = new Array<number>(tunBatch).fill(0);
   }

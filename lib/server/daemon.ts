@@ -19,7 +19,7 @@ import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
-import { DataPath, pump } from "../runtime/packet_loop.ts";
+import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 
 export interface ServerOptions {
@@ -94,7 +94,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       wall: () => Date.now() / 1000,
     };
     const ephemeral = new EphemeralKeyStore();
-    const dataPath = new DataPath({ tun, sock: cryptoSock });
+    const loop = new TunnelLoop({ tun, sock: cryptoSock });
     const device = new ServerDevice(
       {
         x25519Sk,
@@ -104,15 +104,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         maxPeers: opts.maxPeers,
         maxPendingHandshakes: 32,
       },
-      {
-        sendUdp: (data, host, port) => {
-          dataPath.sendUdp(data, host, port);
-        },
-        writeTun: (packet) => {
-          dataPath.writeTun(packet);
-        },
-        udpBuffer: () => dataPath.udpBuffer(),
-      },
+      loop,
       {
         mcelieceDecap: (c0) => pool.mcelieceDecap(c0),
         sntrupDecap: (ct, sk) => pool.sntrupDecap(ct, sk),
@@ -149,7 +141,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
 
     const keyDrops = device.drops;
     const pumps = [
-      dataPath.run(
+      loop.run(
         "pqconnect-server",
         running,
         (p) => device.onTunPacket(p),

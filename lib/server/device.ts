@@ -3,9 +3,10 @@
 // the same code runs in the daemon and in tests. Nothing here throws on bad input: every drop
 // is counted under a reason.
 
-import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../core/constants.ts";
+import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL } from "../core/constants.ts";
 import { parseInitiation, respondFinish, respondOpen } from "../core/handshake.ts";
 import { tidKeyAt, TunnelSession } from "../core/session.ts";
+import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../core/data_path.ts";
 import {
   buildCookie,
   type CookieKeyring,
@@ -16,18 +17,12 @@ import {
 import { ReplayCache } from "../core/replay.ts";
 import type { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { AddressPool } from "../core/addresses.ts";
-import { ipv4Dst, ipv4HeaderLength, numberToIpv4 } from "../core/ip.ts";
-import { translate } from "../core/nat.ts";
+import { numberToIpv4 } from "../core/ip.ts";
 import { DropCounters, type Logger } from "../core/log.ts";
 import { hex, wipe } from "../core/bytes.ts";
-import { type Peer, PeerTable } from "./peers.ts";
 
-export interface ServerIo {
-  sendUdp(data: Uint8Array, host: number, port: number): void;
-  writeTun(packet: Uint8Array): void;
-  /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
-  udpBuffer?(): Uint8Array | undefined;
-}
+/** The server's wires are the tunnel's: the packet loop implements them. */
+export type ServerIo = TunnelIo;
 
 /** The slow parts of a handshake, run off the packet path (a worker). */
 export interface ResponderCrypto {
@@ -52,8 +47,8 @@ const HELD_PACKETS_MAX = 256;
 const HELD_SECONDS = 2;
 
 export class ServerDevice {
-  readonly peers = new PeerTable();
   readonly drops = new DropCounters();
+  private readonly path: DataPath;
   readonly replay = new ReplayCache();
   private readonly pool: AddressPool;
   private pending = 0;
@@ -71,6 +66,11 @@ export class ServerDevice {
     private readonly clock: { mono(): number; wall(): number },
   ) {
     this.pool = new AddressPool(config.tunAddress, config.prefix);
+    this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
+  }
+
+  get peers(): PeerTable {
+    return this.path.peers;
   }
 
   /** One datagram from the crypto port. */
@@ -91,26 +91,12 @@ export class ServerDevice {
   }
 
   private onTunnelPacket(data: Uint8Array, host: number, port: number): void {
-    if (data.length < TUNNEL_OVERHEAD) return this.drops.count("tunnel-short");
-    const key = tidKeyAt(data, 2);
-    const peer = this.peers.byTunnelId(key);
-    if (!peer) return this.hold(key, data, host, port);
-    const now = this.clock.mono();
-    const r = peer.session.openInPlace(data, now); // data is a receive slot
-    if (!r.ok) {
-      if (r.reason === "expired") this.removePeer(peer, "expired");
-      return this.drops.count(`tunnel-${r.reason}`);
+    const r = this.path.fromNetwork(data, host, port, this.clock.mono());
+    if (r.kind === "unknown-tid") return this.hold(r.tidKey, data, host, port);
+    if (r.kind === "cookie") return this.drops.count("cookie-from-client");
+    if (r.kind === "dropped" && r.reason === "tunnel-expired" && r.peer) {
+      this.removePeer(r.peer, "expired");
     }
-    peer.lastSeen = now;
-    peer.host = host; // the client may roam; authenticated packets say where it is now
-    peer.port = port;
-    peer.rxPackets++;
-    peer.rxBytes += r.plaintext.length;
-    if (isCookie(r.plaintext)) return this.drops.count("cookie-from-client");
-    if (!translate(r.plaintext, peer.internal, this.config.hostAddress)) {
-      return this.drops.count("inner-not-ipv4");
-    }
-    this.io.writeTun(r.plaintext);
   }
 
   /** Keeps early 0-RTT packets of a tunnel whose handshake is still being decapsulated. */
@@ -225,19 +211,7 @@ export class ServerDevice {
       this.drops.count("no-address");
       return;
     }
-    this.peers.add({
-      session,
-      tidKey,
-      internal,
-      host,
-      port,
-      created: now,
-      lastSeen: now,
-      rxPackets: 0,
-      txPackets: 0,
-      rxBytes: 0,
-      txBytes: 0,
-    });
+    this.peers.add(newPeer(session, internal, host, port, now));
   }
 
   /** Frees room: the least recently used client gets its state back as a cookie. */
@@ -272,20 +246,12 @@ export class ServerDevice {
 
   /** One packet read from the TUN device: into the tunnel of the client it is addressed to. */
   onTunPacket(packet: Uint8Array): void {
-    if (ipv4HeaderLength(packet) === 0) return this.drops.count("tun-not-ipv4");
-    const peer = this.peers.byAddress(ipv4Dst(packet));
-    if (!peer) return this.drops.count("tun-no-peer");
-    const now = this.clock.mono();
-    let wire: Uint8Array;
-    try {
-      wire = peer.session.seal(packet, now, this.io.udpBuffer?.());
-    } catch {
-      this.removePeer(peer, "send keys exhausted");
+    const r = this.path.fromTun(packet, this.clock.mono());
+    if (r.kind === "no-peer") return this.drops.count("tun-no-peer");
+    if (r.kind === "closed") {
+      this.removePeer(r.peer, "its session can send no more");
       return this.drops.count("tun-session-closed");
     }
-    peer.txPackets++;
-    peer.txBytes += packet.length;
-    this.io.sendUdp(wire, peer.host, peer.port);
   }
 
   /** Once a second: expire dead sessions, old cookie keys and replay entries. */

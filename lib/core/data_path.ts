@@ -1,0 +1,216 @@
+// The tunnel data path, one module for both devices: the live tunnels (peers), found by tunnel id
+// (datagrams from the network) and by internal address (packets from the TUN device), and the
+// steps of one packet each way — seal or open, translate the addresses, count. IO goes out
+// through TunnelIo, which the packet loop implements. What a device decides by itself (an
+// unknown tunnel id, a session that can no longer send, a cookie inside the tunnel) comes back
+// to it as a result; every other drop is counted here.
+
+import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "./constants.ts";
+import { tidKeyAt, type TunnelSession } from "./session.ts";
+import { isCookie } from "./cookie.ts";
+import { ipv4Dst, ipv4HeaderLength } from "./ip.ts";
+import { translate } from "./nat.ts";
+import { concat } from "./bytes.ts";
+import type { DropCounters } from "./log.ts";
+
+/** The two wires of a tunnel endpoint. */
+export interface TunnelIo {
+  /** Sends (or queues) one datagram; false when it was refused at once. */
+  sendUdp(data: Uint8Array, host: number, port: number): boolean | void;
+  /** Writes one packet to the TUN device; false when it was refused. */
+  writeTun(packet: Uint8Array): boolean | void;
+  /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
+  udpBuffer?(): Uint8Array | undefined;
+}
+
+/** One live tunnel: the session and where its packets go on either side. */
+export interface Peer {
+  session: TunnelSession;
+  tidKey: string;
+  /** The address that stands for the peer on our TUN side. */
+  internal: number;
+  /** Where the peer's datagrams go (and, with roaming, where they last came from). */
+  host: number;
+  port: number;
+  created: number;
+  /** When an authenticated datagram last arrived. */
+  lastSeen: number;
+  lastSent: number;
+  /** Datagrams sent since the last authenticated one arrived: a silent peer shows here. */
+  unanswered: number;
+  rxPackets: number;
+  txPackets: number;
+  rxBytes: number;
+  txBytes: number;
+  /** A cookie the server handed back: it goes in front of the next datagram, once. */
+  cookie?: Uint8Array;
+}
+
+/** A new peer's record, its counters at zero. */
+export function newPeer(
+  session: TunnelSession,
+  internal: number,
+  host: number,
+  port: number,
+  now: number,
+): Peer {
+  return {
+    session,
+    tidKey: tidKeyAt(session.tid, 0),
+    internal,
+    host,
+    port,
+    created: now,
+    lastSeen: now,
+    lastSent: 0,
+    unanswered: 0,
+    rxPackets: 0,
+    txPackets: 0,
+    rxBytes: 0,
+    txBytes: 0,
+  };
+}
+
+/** The live tunnels by tunnel id and by internal address. */
+export class PeerTable {
+  private readonly byTid = new Map<string, Peer>();
+  private readonly byInternal = new Map<number, Peer>();
+
+  get size(): number {
+    return this.byTid.size;
+  }
+
+  add(peer: Peer): void {
+    this.byTid.set(peer.tidKey, peer);
+    this.byInternal.set(peer.internal, peer);
+  }
+
+  byTunnelId(key: string): Peer | undefined {
+    return this.byTid.get(key);
+  }
+
+  byAddress(internal: number): Peer | undefined {
+    return this.byInternal.get(internal);
+  }
+
+  remove(peer: Peer): void {
+    if (this.byTid.get(peer.tidKey) === peer) this.byTid.delete(peer.tidKey);
+    if (this.byInternal.get(peer.internal) === peer) this.byInternal.delete(peer.internal);
+  }
+
+  /** The peer idle the longest (a linear scan: only needed when the table is full). */
+  leastRecentlyUsed(): Peer | undefined {
+    let lru: Peer | undefined;
+    for (const p of this.byTid.values()) if (!lru || p.lastSeen < lru.lastSeen) lru = p;
+    return lru;
+  }
+
+  all(): IterableIterator<Peer> {
+    return this.byTid.values();
+  }
+}
+
+/** What became of a packet from the TUN device. */
+export type FromTun =
+  | { kind: "sent"; peer: Peer }
+  /** Not IPv4 (counted). */
+  | { kind: "dropped" }
+  /** No live tunnel for its destination. */
+  | { kind: "no-peer"; destination: number }
+  /** The peer's session can no longer send: its receive keys expired or its send keys ran out. */
+  | { kind: "closed"; peer: Peer; destination: number };
+
+/** What became of a tunnel datagram from the network. */
+export type FromNetwork =
+  | { kind: "delivered"; peer: Peer }
+  /** An authenticated cookie inside the tunnel (a view of the receive buffer). */
+  | { kind: "cookie"; peer: Peer; cookie: Uint8Array }
+  /** No live tunnel has this id (not counted: the device may hold the datagram). */
+  | { kind: "unknown-tid"; tidKey: string }
+  /** Refused (counted); `peer` when it was the peer's session that refused it. */
+  | { kind: "dropped"; reason: string; peer?: Peer };
+
+export interface DataPathConfig {
+  /** Where decrypted packets are addressed: the host (server) or the TUN address (client). */
+  deliverTo: number;
+  /** The peer's address follows its authenticated datagrams (a roaming client). */
+  roaming: boolean;
+}
+
+export class DataPath {
+  readonly peers = new PeerTable();
+
+  constructor(
+    private readonly io: TunnelIo,
+    private readonly drops: DropCounters,
+    private readonly config: DataPathConfig,
+  ) {}
+
+  /** One packet read from the TUN device: into the tunnel of the peer it is addressed to. */
+  fromTun(packet: Uint8Array, now: number): FromTun {
+    if (ipv4HeaderLength(packet) === 0) {
+      this.drops.count("tun-not-ipv4");
+      return { kind: "dropped" };
+    }
+    const destination = ipv4Dst(packet);
+    const peer = this.peers.byAddress(destination);
+    if (!peer) return { kind: "no-peer", destination };
+    if (!this.send(peer, packet, now)) return { kind: "closed", peer, destination };
+    return { kind: "sent", peer };
+  }
+
+  /** Seals `packet` into the peer's tunnel and sends it; false when the session cannot send. */
+  send(peer: Peer, packet: Uint8Array, now: number): boolean {
+    if (!peer.session.alive(now)) return false;
+    let wire: Uint8Array;
+    try {
+      wire = peer.session.seal(packet, now, this.io.udpBuffer?.());
+    } catch {
+      return false; // send keys exhausted
+    }
+    if (peer.cookie) {
+      wire = concat(peer.cookie, wire);
+      peer.cookie = undefined;
+    }
+    if (this.io.sendUdp(wire, peer.host, peer.port) === false) this.drops.count("udp-send-failed");
+    peer.lastSent = now;
+    peer.unanswered++;
+    peer.txPackets++;
+    peer.txBytes += packet.length;
+    return true;
+  }
+
+  /**
+   * One tunnel datagram (type already checked) from host:port: opened where it lies (`data`
+   * is a receive slot), translated and written to the TUN device.
+   */
+  fromNetwork(data: Uint8Array, host: number, port: number, now: number): FromNetwork {
+    if (data.length < TUNNEL_OVERHEAD) return this.dropped("tunnel-short");
+    const tidKey = tidKeyAt(data, 2);
+    const peer = this.peers.byTunnelId(tidKey);
+    if (!peer) return { kind: "unknown-tid", tidKey };
+    const r = peer.session.openInPlace(data, now);
+    if (!r.ok) return this.dropped(`tunnel-${r.reason}`, peer);
+    peer.lastSeen = now;
+    peer.unanswered = 0;
+    if (this.config.roaming) {
+      peer.host = host;
+      peer.port = port;
+    }
+    peer.rxPackets++;
+    peer.rxBytes += r.plaintext.length;
+    if (isCookie(r.plaintext)) {
+      return { kind: "cookie", peer, cookie: r.plaintext.subarray(0, COOKIE_BYTES) };
+    }
+    if (!translate(r.plaintext, peer.internal, this.config.deliverTo)) {
+      return this.dropped("inner-not-ipv4", peer);
+    }
+    if (this.io.writeTun(r.plaintext) === false) this.drops.count("tun-write-failed");
+    return { kind: "delivered", peer };
+  }
+
+  private dropped(reason: string, peer?: Peer): FromNetwork {
+    this.drops.count(reason);
+    return { kind: "dropped", reason, peer };
+  }
+}
