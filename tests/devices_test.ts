@@ -12,6 +12,7 @@ import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
 import { CookieKeyring } from "../lib/core/cookie.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
 import { answerKeyRequest } from "../lib/core/keyserver.ts";
+import { parseKeyRequest } from "../lib/core/keymsg.ts";
 import { x25519PublicKey } from "../lib/core/crypto.ts";
 import { DropCounters } from "../lib/core/log.ts";
 import { StderrLogger } from "../lib/runtime/log.ts";
@@ -46,19 +47,26 @@ function udpPacket(src: number, dst: number, payload: Uint8Array): Uint8Array {
 
 /**
  * What arrived at a TUN device, as text. A client sends its first packets again until the
- * server answers (see resendUntilHeard), so a packet may arrive more than once: tests look for
+ * server answers (see resendFirstPackets), so a packet may arrive more than once: tests look for
  * contents, not positions.
  */
 function texts(tun: Uint8Array[]): string[] {
   return tun.map((p) => new TextDecoder().decode(p.subarray(28)));
 }
 
+/** The devices' time and randomness: moved and drawn only by the test. */
 class Clock {
   t = 1000;
   wall = 1_700_000_000;
+  private drawn = 0;
   advance(s: number) {
     this.t += s;
     this.wall += s;
+  }
+  /** Distinct bytes per draw, reproducible from run to run. */
+  random(bytes: number): Uint8Array {
+    this.drawn++;
+    return Uint8Array.from({ length: bytes }, (_, i) => (this.drawn * 131 + i * 7) & 0xff);
   }
 }
 
@@ -110,10 +118,12 @@ function makeClient(
   clock: Clock,
   clientHost: number,
   toServer: () => { device: ServerDevice; ephemeral: EphemeralKeyStore },
-  keyRequests: { count: number },
+  keyRequests: { count: number; ephemeral?: number },
   ports = { crypto: 42424, key: 42425, txt: new Map<string, string[]>() },
 ) {
   const tun: Uint8Array[] = [];
+  /** The times the client asked to be ticked at. */
+  const wakeups: number[] = [];
   const client: ClientDevice = new ClientDevice(
     {
       tunAddress: ipv4ToNumber("10.43.0.1"),
@@ -130,26 +140,27 @@ function makeClient(
         const copy = data.slice();
         setTimeout(() => toServer().device.onDatagram(copy, clientHost, 42423), 0);
       },
-      writeTun: (p) => tun.push(p.slice()),
-      openKeyChannel: (host, port): KeyChannel => {
+      writeTun: (p) => void tun.push(p.slice()),
+      openKeyChannel: (host, port, deliver): KeyChannel => {
         assert.equal(host, SERVER_HOST);
         assert.equal(port, ports.key);
-        const inbox: Uint8Array[] = [];
+        let open = true;
         return {
           send: (d) => {
             keyRequests.count++;
+            if (parseKeyRequest(d)?.kind === "ephemeral") {
+              keyRequests.ephemeral = (keyRequests.ephemeral ?? 0) + 1;
+            }
             const s = toServer();
             const a = answerKeyRequest(d, tree, s.ephemeral, clock.wall);
-            if (a.ok) inbox.push(a.response);
+            // answers arrive later, as from a socket
+            if (a.ok) setTimeout(() => open && deliver(a.response), 0);
           },
-          receive: async (ms) => {
-            if (inbox.length === 0) await new Promise((r) => setTimeout(r, Math.min(ms, 5)));
-            return inbox.splice(0);
-          },
-          close: () => {},
+          close: () => open = false,
         };
       },
       resolveTxt: (name) => Promise.resolve(ports.txt.get(name) ?? []),
+      wakeAt: (time) => wakeups.push(time),
     },
     {
       registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
@@ -159,8 +170,9 @@ function makeClient(
     quiet,
     new DropCounters(),
     () => clock.t,
+    (bytes) => clock.random(bytes),
   );
-  return { client, tun };
+  return { client, tun, wakeups };
 }
 
 /** One scenario: a crypto pool and a clock; what `defer` registers is closed at the end. */
@@ -338,7 +350,7 @@ devicesTest(
     assert.equal(server.device.peers.size, 1, "client 0 was evicted");
     await until(
       "client 0 got its cookie",
-      () => [...clients[0].client.servers][0].cookie !== undefined,
+      () => [...clients[0].client.servers][0].peer?.cookie !== undefined,
     );
     send(0, "a2");
     await until("client 0 resumed from its cookie", () => texts(server.tun).includes("a2"));
@@ -376,5 +388,78 @@ devicesTest(
     const entry = [...c.client.servers][0];
     assert.equal(entry.cryptoPort, 5000);
     assert.equal(entry.keyPort, 5001);
+  },
+);
+
+devicesTest(
+  "devices: the client's tick resends the first packets at 40, 240 and 840 ms until it hears back",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, () => {}); // every answer is lost
+    defer(() => server.device.close());
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const me = ipv4ToNumber("10.43.0.1");
+    c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("syn")));
+    await until("the tunnel is up", () => [...c.client.servers][0].state === "up");
+    await until("the first packet at the server", () => texts(server.tun).includes("syn"));
+    const up = clock.t;
+    assert.ok(Math.abs(c.wakeups.at(-1)! - (up + 0.04)) < 1e-9, "a tick asked for at 40 ms");
+    const copies = () => texts(server.tun).filter((t) => t === "syn").length;
+    const step = async (seconds: number, resent: number) => {
+      clock.advance(seconds);
+      c.client.tick();
+      assert.equal(c.client.resent, resent, `resent after ${(clock.t - up).toFixed(3)} s`);
+      await until(`${resent + 1} copies at the server`, () => copies() === resent + 1);
+    };
+    await step(0.035, 0);
+    await step(0.01, 1);
+    assert.ok(Math.abs(c.wakeups.at(-1)! - (clock.t + 0.2)) < 1e-9, "next tick asked for");
+    await step(0.19, 1);
+    await step(0.02, 2);
+    await step(0.61, 3);
+    await step(5, 3); // three resends, no more
+    assert.equal(server.device.handshakes, 1);
+  },
+);
+
+devicesTest(
+  "devices: the client's tick retries the ephemeral key request, gives up, and waits to retry",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, () => {});
+    defer(() => server.device.close());
+    // A key server without ephemeral keys: static requests are answered, ephemeral ones not.
+    const noEphemeral = { device: server.device, ephemeral: new EphemeralKeyStore() };
+    const requests = { count: 0, ephemeral: 0 };
+    const c = makeClient(pool, clock, clientHost, () => noEphemeral, requests);
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const entry = [...c.client.servers][0];
+    c.client.onTunPacket(
+      udpPacket(ipv4ToNumber("10.43.0.1"), internal, new TextEncoder().encode("x")),
+    );
+    await until("the long-term keys", () => entry.longTerm !== undefined);
+    assert.equal(requests.ephemeral, 1);
+    for (let i = 2; i <= 5; i++) {
+      clock.advance(0.39);
+      c.client.tick();
+      assert.equal(requests.ephemeral, i - 1, "not before 400 ms");
+      clock.advance(0.02);
+      c.client.tick();
+      assert.equal(requests.ephemeral, i, `try ${i} after 400 ms`);
+    }
+    assert.equal(entry.state, "connecting");
+    clock.advance(0.41);
+    c.client.tick();
+    assert.equal(entry.state, "failed", "given up after five tries");
+    assert.equal(c.client.drops.get("held-connect-failed"), 1, "the held packet is dropped");
+    c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+    assert.equal(entry.state, "failed", "no new attempt within 2 s");
+    clock.advance(2);
+    c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+    assert.equal(entry.state, "connecting");
+    assert.equal(requests.ephemeral, 6, "the new attempt asks at once");
   },
 );

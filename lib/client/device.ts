@@ -1,43 +1,44 @@
 // The client's packet logic: one entry per announced server (by key hash), each with an
-// internal address that applications use, the keys learned for it, and its tunnel session.
-// Packets an application sends before the tunnel is up are held and sent once it is, so the
-// first TCP SYN to a new server is not lost. IO and slow crypto come in through interfaces.
+// internal address that applications use, what was learned of it, its connection while one is
+// being made (./connection.ts) and its live tunnel (the shared data path, core/data_path.ts).
+// Packets an application sends before the tunnel is up are held and sent right behind the
+// handshake, so the first TCP SYN to a new server is not lost. Sans-IO like ServerDevice: IO,
+// slow crypto, the clock and randomness come in; every timer runs from tick().
 
-import { concat, hex, wipe } from "../core/bytes.ts";
-import { MSG_TUNNEL, TUNNEL_OVERHEAD } from "../core/constants.ts";
-import { initiate } from "../core/handshake.ts";
-import { tidKeyAt, TunnelSession } from "../core/session.ts";
-import { isCookie } from "../core/cookie.ts";
-import { ephemeralKeyRequest, parseKeyResponse } from "../core/keymsg.ts";
-import { x25519PublicKey } from "../core/crypto.ts";
+import { hex, wipe } from "../core/bytes.ts";
+import { MSG_TUNNEL } from "../core/constants.ts";
+import { TunnelSession } from "../core/session.ts";
 import { AddressPool } from "../core/addresses.ts";
-import { ipv4Dst, ipv4HeaderLength, numberToIpv4, parseIpv4Address } from "../core/ip.ts";
-import { translate } from "../core/nat.ts";
+import { numberToIpv4 } from "../core/ip.ts";
+import { DataPath, newPeer, type Peer, type TunnelIo } from "../core/data_path.ts";
 import type { DropCounters, Logger } from "../core/log.ts";
-import { KeyFetcher } from "./keyfetch.ts";
+import {
+  Connection,
+  type ConnectionTask,
+  type Encapsulation,
+  type KeyConversation,
+  type ServerFacts,
+} from "./connection.ts";
 
-/** A request/response conversation with a key server, from a socket of its own. */
+/** One key-server conversation, from a socket of its own. */
 export interface KeyChannel {
   send(datagram: Uint8Array): void;
-  /** Datagrams that arrived from the key server, waiting at most `timeoutMs` for the first. */
-  receive(timeoutMs: number): Promise<Uint8Array[]>;
   close(): void;
 }
 
-export interface ClientIo {
-  sendUdp(data: Uint8Array, host: number, port: number): void;
-  writeTun(packet: Uint8Array): void;
-  /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
-  udpBuffer?(): Uint8Array | undefined;
-  openKeyChannel(host: number, port: number): KeyChannel;
+export interface ClientIo extends TunnelIo {
+  /** Opens a key channel to host:port; what arrives from there is handed to `deliver`. */
+  openKeyChannel(host: number, port: number, deliver: (datagram: Uint8Array) => void): KeyChannel;
   /** TXT strings at `name`; empty when there are none. */
   resolveTxt(name: string): Promise<string[]>;
+  /** tick() is due at `time` (seconds, the device's clock) or earlier. */
+  wakeAt(time: number): void;
 }
 
 export interface InitiatorCrypto {
   registerMcEliecePk(pk: Uint8Array): Promise<number>;
-  mcelieceEncap(pkId: number): Promise<{ ciphertext: Uint8Array; sharedSecret: Uint8Array }>;
-  sntrupEncap(pk: Uint8Array): Promise<{ ciphertext: Uint8Array; sharedSecret: Uint8Array }>;
+  mcelieceEncap(pkId: number): Promise<Encapsulation>;
+  sntrupEncap(pk: Uint8Array): Promise<Encapsulation>;
 }
 
 export interface ClientConfig {
@@ -53,34 +54,45 @@ export interface ClientConfig {
 
 export type ServerState = "idle" | "connecting" | "up" | "failed";
 
-export interface ServerEntry {
-  keyHash: Uint8Array;
+/** First packets sent again until the server is heard from (see RESEND_DELAYS_SECONDS). */
+interface Resend {
+  peer: Peer;
+  packets: Uint8Array[];
+  attempt: number;
+  at: number;
+}
+
+export interface ServerEntry extends ServerFacts {
   id: string;
-  name: string;
-  realAddress: number;
   internal: number;
-  cryptoPort?: number;
-  keyPort?: number;
-  keyHost?: number;
-  longTerm?: { mceliecePk: Uint8Array; x25519Pk: Uint8Array; pkId: number };
-  ciphertexts: { ciphertext: Uint8Array; sharedSecret: Uint8Array }[];
-  refilling: boolean;
   state: ServerState;
-  session?: TunnelSession;
-  tidKey?: string;
-  connecting?: Promise<void>;
+  /** The connection being made. */
+  connection?: Connection;
+  keyChannels: Map<KeyConversation, KeyChannel>;
+  /** The live tunnel. */
+  peer?: Peer;
+  resend?: Resend;
   /** Earliest time of the next connection attempt after a failure. */
   retryAt: number;
-  held: Uint8Array[];
-  heldBytes: number;
-  cookie?: Uint8Array;
+  held: HeldPackets;
+  ciphertexts: Encapsulation[];
+  refilling: boolean;
   established?: number;
-  lastRx: number;
-  lastTx: number;
-  /** Packets sent since the last one received: a silent server is noticed by this. */
-  unanswered: number;
-  /** Whether anything authenticated came back through the current session. */
-  heardFrom: boolean;
+  tunnels: number;
+  /** Traffic and activity of earlier tunnels (the live one counts its own). */
+  past: { txBytes: number; rxBytes: number; lastActivity: number };
+}
+
+/** One row of `pqconnect status`. */
+export interface ServerStatus {
+  name: string;
+  keyHash: string;
+  external: string;
+  internal: string;
+  state: ServerState;
+  tunnelId: string;
+  age: number | null;
+  lastActivity: number | null;
   txBytes: number;
   rxBytes: number;
   tunnels: number;
@@ -88,26 +100,55 @@ export interface ServerEntry {
 
 const HELD_PACKETS = 64;
 const HELD_BYTES = 256 * 1024;
-const EPHEMERAL_TRIES = 5;
-const EPHEMERAL_TIMEOUT_MS = 400;
 /** A server that has answered nothing for this long while we keep sending is presumed gone. */
 const SILENCE_SECONDS = 3;
 const SILENT_PACKETS = 3;
 const RETRY_SECONDS = 2;
+/** tick() runs at least this often: liveness and expiry need no earlier wakeup. */
+export const TICK_SECONDS = 1;
 /**
- * When the first packets go out again if the server has not been heard from yet. The reference
- * server knows the tunnel a few ms after the handshake arrives, so the first resend is early:
- * the first connection can take most of TCP's 1 s SYN timer already (key download). A server
- * that holds early packets (ours) may then deliver a packet twice, which IP allows.
+ * When the first packets go out again if the server has not been heard from yet, each after
+ * the one before. The reference server knows the tunnel a few ms after the handshake arrives,
+ * so the first resend is early: the first connection can take most of TCP's 1 s SYN timer
+ * already (key download). A server that holds early packets (ours) may then deliver a packet
+ * twice, which IP allows.
  */
-const RESEND_DELAYS_MS = [40, 200, 600];
+const RESEND_DELAYS_SECONDS = [0.04, 0.2, 0.6];
+
+/** Packets waiting for a tunnel, bounded in count and bytes. */
+export class HeldPackets {
+  private packets: Uint8Array[] = [];
+  private bytes = 0;
+
+  get length(): number {
+    return this.packets.length;
+  }
+
+  /** Keeps a copy; false when full. */
+  push(packet: Uint8Array): boolean {
+    if (this.packets.length >= HELD_PACKETS || this.bytes + packet.length > HELD_BYTES) {
+      return false;
+    }
+    this.packets.push(packet.slice());
+    this.bytes += packet.length;
+    return true;
+  }
+
+  /** Everything held, in order; empty afterwards. */
+  take(): Uint8Array[] {
+    const all = this.packets;
+    this.packets = [];
+    this.bytes = 0;
+    return all;
+  }
+}
 
 export class ClientDevice {
   readonly drops: DropCounters;
   private readonly pool: AddressPool;
+  private readonly path: DataPath;
   private readonly byKey = new Map<string, ServerEntry>();
   private readonly byInternal = new Map<number, ServerEntry>();
-  private readonly byTid = new Map<string, ServerEntry>();
   /** First packets sent again because the server had not answered yet. */
   resent = 0;
 
@@ -118,9 +159,11 @@ export class ClientDevice {
     private readonly log: Logger,
     drops: DropCounters,
     private readonly now: () => number,
+    private readonly random: (bytes: number) => Uint8Array,
   ) {
     this.drops = drops;
     this.pool = new AddressPool(config.tunAddress, config.prefix);
+    this.path = new DataPath(io, drops, { deliverTo: config.tunAddress, roaming: false });
   }
 
   get servers(): Iterable<ServerEntry> {
@@ -150,19 +193,14 @@ export class ClientDevice {
         name,
         realAddress,
         internal,
+        state: "idle",
+        keyChannels: new Map(),
+        retryAt: 0,
+        held: new HeldPackets(),
         ciphertexts: [],
         refilling: false,
-        state: "idle",
-        retryAt: 0,
-        held: [],
-        heldBytes: 0,
-        lastRx: 0,
-        lastTx: 0,
-        unanswered: 0,
-        heardFrom: false,
-        txBytes: 0,
-        rxBytes: 0,
         tunnels: 0,
+        past: { txBytes: 0, rxBytes: 0, lastActivity: 0 },
       };
       this.byKey.set(id, entry);
       this.byInternal.set(internal, entry);
@@ -182,140 +220,271 @@ export class ClientDevice {
     return entry.internal;
   }
 
+  /** A packet an application sent to an internal address. */
+  onTunPacket(packet: Uint8Array): void {
+    const now = this.now();
+    const r = this.path.fromTun(packet, now);
+    if (r.kind === "sent" || r.kind === "dropped") return;
+    const entry = this.byInternal.get(r.destination);
+    if (!entry) return this.drops.count("tun-no-server");
+    if (entry.state === "up") {
+      // The session expired while idle: a fresh 0-RTT handshake, the packet waits for it.
+      this.closeTunnel(entry);
+      entry.state = "idle";
+    }
+    if (!entry.held.push(packet)) return this.drops.count("held-overflow");
+    this.connect(entry);
+  }
+
+  /** One datagram on the client port. */
+  onDatagram(data: Uint8Array, host: number, port: number): void {
+    if (data.length < 2 || ((data[0] << 8) | data[1]) !== MSG_TUNNEL) {
+      return this.drops.count("udp-not-tunnel");
+    }
+    const r = this.path.fromNetwork(data, host, port, this.now());
+    if (r.kind === "unknown-tid") return this.drops.count("tunnel-unknown-tid");
+    if (r.kind === "cookie") {
+      // The server handed us our state: it goes back in front of the next packet.
+      r.peer.cookie = r.cookie.slice();
+      r.peer.session.adoptCookieEpoch(this.now());
+      const entry = this.byInternal.get(r.peer.internal);
+      this.log.info(`${entry?.name}: the server handed back our session as a cookie`);
+    }
+  }
+
+  /**
+   * Every timer in one place: connections (key request retransmissions, retries, giving up),
+   * resends of the first packets, liveness and expiry of tunnels. The shell calls it at least
+   * every TICK_SECONDS and at the times the device asks for through io.wakeAt.
+   */
+  tick(): void {
+    const now = this.now();
+    for (const entry of this.byKey.values()) {
+      if (entry.connection) this.drive(entry);
+      if (entry.resend && now >= entry.resend.at) this.resendFirstPackets(entry, now);
+      if (entry.state === "up" && entry.peer) this.checkLiveness(entry, now);
+    }
+  }
+
+  /** The rows of `pqconnect status`. */
+  status(): ServerStatus[] {
+    const now = this.now();
+    return [...this.byKey.values()].map((s) => {
+      const p = s.peer;
+      const last = Math.max(s.past.lastActivity, p?.lastSeen ?? 0, p?.lastSent ?? 0);
+      return {
+        name: s.name,
+        keyHash: s.id,
+        external: numberToIpv4(s.realAddress),
+        internal: numberToIpv4(s.internal),
+        state: s.state,
+        tunnelId: p ? hex(p.session.tid).slice(0, 8) : "",
+        age: s.established === undefined ? null : now - s.established,
+        lastActivity: last === 0 ? null : now - last,
+        txBytes: s.past.txBytes + (p?.txBytes ?? 0),
+        rxBytes: s.past.rxBytes + (p?.rxBytes ?? 0),
+        tunnels: s.tunnels,
+      };
+    });
+  }
+
+  close(): void {
+    for (const entry of this.byKey.values()) {
+      this.endConnection(entry);
+      this.closeTunnel(entry);
+      for (const c of entry.ciphertexts) wipe(c.sharedSecret);
+      entry.ciphertexts = [];
+    }
+  }
+
   /** Starts (once) making a tunnel to `entry`. */
   private connect(entry: ServerEntry): void {
-    if (entry.connecting || this.now() < entry.retryAt) return;
+    const now = this.now();
+    if (entry.connection || now < entry.retryAt) return;
     entry.state = "connecting";
-    const started = this.now();
-    entry.connecting = this.handshake(entry)
-      .then(() => {
-        this.log.info(
-          `${entry.name}: tunnel ${hex(entry.session!.tid).slice(0, 12)} up ` +
-            `(${((this.now() - started) * 1000).toFixed(0)} ms)`,
-        );
-      })
-      .catch((e) => {
-        entry.state = "failed";
-        entry.retryAt = this.now() + RETRY_SECONDS;
-        this.dropHeld(entry, "held-connect-failed");
-        this.log.warn(
-          `${entry.name}: no tunnel to ${numberToIpv4(entry.realAddress)}: ${e.message ?? e}`,
-        );
-      })
-      .finally(() => {
-        entry.connecting = undefined;
-      });
+    entry.connection = new Connection(entry, this.config, this.random(32), now);
+    this.drive(entry);
   }
 
-  private async ports(entry: ServerEntry): Promise<void> {
-    if (entry.cryptoPort !== undefined && entry.keyPort !== undefined) return;
-    // Ports not in the name: the reference publishes them as TXT records.
-    const [crypto, keys] = await Promise.all([
-      this.io.resolveTxt(entry.name).catch(() => []),
-      this.io.resolveTxt(`ks.${entry.name}`).catch(() => []),
-    ]);
-    for (const txt of crypto) {
-      const m = /(?:^|;)\s*p=(\d{1,5})\b/.exec(txt);
-      if (m) entry.cryptoPort = Number(m[1]);
-    }
-    for (const txt of keys) {
-      const p = /(?:^|;)\s*p=(\d{1,5})\b/.exec(txt);
-      if (p) entry.keyPort = Number(p[1]);
-      const ip = /(?:^|;)\s*ip=([0-9.]+)/.exec(txt);
-      const keyHost = ip ? parseIpv4Address(ip[1]) : null;
-      if (keyHost !== null) entry.keyHost = keyHost;
-    }
-    entry.cryptoPort ??= this.config.defaultCryptoPort;
-    entry.keyPort ??= this.config.defaultKeyPort;
+  /** Does what the connection asks for now, and acts on where it got to. */
+  private drive(entry: ServerEntry): void {
+    const conn = entry.connection;
+    if (!conn) return;
+    const now = this.now();
+    for (const task of conn.poll(now)) this.perform(entry, conn, task);
+    if (conn.step === "done") return this.establish(entry, conn);
+    if (conn.step === "failed") return this.connectionFailed(entry, conn);
+    const at = conn.nextDeadline(now);
+    if (at !== Infinity) this.io.wakeAt(at);
   }
 
-  private async longTermKeys(entry: ServerEntry): Promise<void> {
-    if (entry.longTerm) return;
-    const host = entry.keyHost ?? entry.realAddress;
-    const channel = this.io.openKeyChannel(host, entry.keyPort!);
-    const fetcher = new KeyFetcher(entry.keyHash, this.now());
-    try {
-      while (!fetcher.complete) {
-        if (this.now() - fetcher.started > this.config.keyFetchSeconds) {
-          throw new Error(
-            `key download from ${numberToIpv4(host)}:${entry.keyPort} gave up after ` +
-              `${this.config.keyFetchSeconds} s (${fetcher.responsesAccepted} of 937 parts)`,
+  private perform(entry: ServerEntry, conn: Connection, task: ConnectionTask): void {
+    // Answers come back later: they count only while this connection is still the entry's.
+    const current = () => entry.connection === conn;
+    const fail = (e: unknown) => {
+      if (!current()) return;
+      conn.fail((e as Error)?.message ?? String(e));
+      this.drive(entry);
+    };
+    switch (task.kind) {
+      case "resolve-ports":
+        Promise.all([
+          this.io.resolveTxt(task.cryptoName).catch(() => []),
+          this.io.resolveTxt(task.keyName).catch(() => []),
+        ]).then(([cryptoTxt, keyTxt]) => {
+          if (!current()) return;
+          conn.onPorts(cryptoTxt, keyTxt);
+          this.drive(entry);
+        }).catch(fail);
+        return;
+      case "key-request":
+        this.keyChannel(entry, conn, task.conversation, task.host, task.port).send(task.datagram);
+        return;
+      case "register-long-term":
+        this.crypto.registerMcEliecePk(task.mceliecePk).then((pkId) => {
+          if (!current()) return;
+          const f = conn.download!;
+          conn.onLongTermRegistered(pkId);
+          this.log.info(
+            `${entry.name}: long-term keys verified (${f.responsesAccepted} parts, ` +
+              `${f.requestsSent} requests, ` +
+              `${((this.now() - f.started) * 1000).toFixed(0)} ms)`,
           );
-        }
-        for (const req of fetcher.poll(this.now())) channel.send(req);
-        const wait = Math.min(200, Math.max(1, fetcher.nextDeadline(this.now()) * 1000));
-        for (const d of await channel.receive(wait)) fetcher.onResponse(d, this.now());
-      }
-    } finally {
-      channel.close();
+          this.drive(entry);
+        }).catch(fail);
+        return;
+      case "encapsulate":
+        this.encapsulate(entry, task.pkId, task.sntrupPk).then(([mc, nt]) => {
+          if (!current()) return wipe(mc.sharedSecret, nt.sharedSecret);
+          conn.onEncapsulated(mc, nt);
+          this.drive(entry);
+        }).catch(fail);
+        return;
     }
-    const keys = fetcher.keys();
-    const pkId = await this.crypto.registerMcEliecePk(keys.mceliecePk);
-    entry.longTerm = { ...keys, pkId };
+  }
+
+  /** A precomputed McEliece ciphertext if there is one, and a fresh sntrup761 one. */
+  private async encapsulate(
+    entry: ServerEntry,
+    pkId: number,
+    sntrupPk: Uint8Array,
+  ): Promise<[Encapsulation, Encapsulation]> {
+    const mc = entry.ciphertexts.shift() ?? await this.crypto.mcelieceEncap(pkId);
+    try {
+      return [mc, await this.crypto.sntrupEncap(sntrupPk)];
+    } catch (e) {
+      wipe(mc.sharedSecret);
+      throw e;
+    }
+  }
+
+  private keyChannel(
+    entry: ServerEntry,
+    conn: Connection,
+    conversation: KeyConversation,
+    host: number,
+    port: number,
+  ): KeyChannel {
+    let channel = entry.keyChannels.get(conversation);
+    if (!channel) {
+      channel = this.io.openKeyChannel(host, port, (datagram) => {
+        if (entry.connection !== conn) return;
+        conn.onKeyResponse(conversation, datagram, this.now());
+        this.drive(entry);
+      });
+      entry.keyChannels.set(conversation, channel);
+    }
+    return channel;
+  }
+
+  /** The handshake message goes out, the held packets right behind it. */
+  private establish(entry: ServerEntry, conn: Connection): void {
+    const result = conn.result!;
+    this.endConnection(entry);
+    const now = this.now();
+    this.closeTunnel(entry);
+    // The initiator sends with the initiator-to-responder root.
+    const session = TunnelSession.create(result.tid, result.i2r, result.r2i, now);
+    const peer = newPeer(session, entry.internal, entry.realAddress, entry.cryptoPort!, now);
+    this.path.peers.add(peer);
+    entry.peer = peer;
+    if (this.io.sendUdp(result.message, peer.host, peer.port) === false) {
+      this.drops.count("udp-send-failed");
+    }
+    entry.state = "up";
+    entry.established = now;
+    entry.tunnels++;
     this.log.info(
-      `${entry.name}: long-term keys verified (${fetcher.responsesAccepted} parts, ` +
-        `${fetcher.requestsSent} requests, ` +
-        `${((this.now() - fetcher.started) * 1000).toFixed(0)} ms)`,
+      `${entry.name}: tunnel ${hex(session.tid).slice(0, 12)} up ` +
+        `(${((now - conn.started) * 1000).toFixed(0)} ms)`,
+    );
+    const held = entry.held.take();
+    for (const p of held) this.path.send(peer, p, now);
+    if (held.length > 0) {
+      entry.resend = { peer, packets: held, attempt: 0, at: now + RESEND_DELAYS_SECONDS[0] };
+      this.io.wakeAt(entry.resend.at);
+    }
+    this.refill(entry);
+  }
+
+  private connectionFailed(entry: ServerEntry, conn: Connection): void {
+    this.endConnection(entry);
+    entry.state = "failed";
+    entry.retryAt = this.now() + RETRY_SECONDS;
+    for (const _ of entry.held.take()) this.drops.count("held-connect-failed");
+    this.log.warn(
+      `${entry.name}: no tunnel to ${numberToIpv4(entry.realAddress)}: ${conn.failure}`,
     );
   }
 
-  private async ephemeralKeys(
-    entry: ServerEntry,
-  ): Promise<{ sntrupPk: Uint8Array; x25519Pk: Uint8Array }> {
-    const host = entry.keyHost ?? entry.realAddress;
-    const channel = this.io.openKeyChannel(host, entry.keyPort!);
-    try {
-      for (let i = 0; i < EPHEMERAL_TRIES; i++) {
-        channel.send(ephemeralKeyRequest());
-        const deadline = this.now() + EPHEMERAL_TIMEOUT_MS / 1000;
-        while (this.now() < deadline) {
-          for (const d of await channel.receive((deadline - this.now()) * 1000)) {
-            const r = parseKeyResponse(d);
-            if (r?.kind === "ephemeral") {
-              return { sntrupPk: r.sntrupPk.slice(), x25519Pk: r.x25519Pk.slice() };
-            }
-          }
-        }
-      }
-    } finally {
-      channel.close();
-    }
-    throw new Error(`no ephemeral keys from ${numberToIpv4(host)}:${entry.keyPort}`);
+  private endConnection(entry: ServerEntry): void {
+    entry.connection?.fail("stopped");
+    entry.connection = undefined;
+    for (const c of entry.keyChannels.values()) c.close();
+    entry.keyChannels.clear();
   }
 
-  private async handshake(entry: ServerEntry): Promise<void> {
-    await this.ports(entry);
-    const [, eph] = await Promise.all([this.longTermKeys(entry), this.ephemeralKeys(entry)]);
-    const lt = entry.longTerm!;
-    const mc = entry.ciphertexts.shift() ?? await this.crypto.mcelieceEncap(lt.pkId);
-    const nt = await this.crypto.sntrupEncap(eph.sntrupPk);
-    const x25519Sk = crypto.getRandomValues(new Uint8Array(32));
-    const result = initiate({
-      mcelieceCt: mc.ciphertext,
-      mcelieceSs: mc.sharedSecret,
-      clientX25519Sk: x25519Sk,
-      clientX25519Pk: x25519PublicKey(x25519Sk),
-      serverStaticX25519Pk: lt.x25519Pk,
-      serverEphemeralX25519Pk: eph.x25519Pk,
-      sntrupCt: nt.ciphertext,
-      sntrupSs: nt.sharedSecret,
-    });
-    wipe(x25519Sk, mc.sharedSecret, nt.sharedSecret);
-    const now = this.now();
-    this.closeSession(entry);
-    entry.session = TunnelSession.create(result.tid, result.i2r, result.r2i, now);
-    entry.tidKey = tidKeyAt(result.tid, 0);
-    this.byTid.set(entry.tidKey, entry);
-    entry.cookie = undefined;
-    this.io.sendUdp(result.message, entry.realAddress, entry.cryptoPort!);
-    entry.state = "up";
-    entry.established = now;
-    entry.lastRx = now;
-    entry.unanswered = 0;
-    entry.heardFrom = false;
-    entry.tunnels++;
-    this.flushHeld(entry);
-    this.refill(entry);
+  /**
+   * The reference server creates a session only once its handshake threads finish and drops
+   * tunnel packets that overtake that, so the packets sent right behind the handshake are sent
+   * again (fresh counters) a few times until the server is heard from. Duplicates are harmless
+   * to IP; a lost first SYN costs the application a whole second.
+   */
+  private resendFirstPackets(entry: ServerEntry, now: number): void {
+    const r = entry.resend!;
+    if (entry.peer !== r.peer || r.peer.rxPackets > 0 || !r.peer.session.alive(now)) {
+      entry.resend = undefined;
+      return;
+    }
+    this.resent += r.packets.length;
+    for (const p of r.packets) this.path.send(r.peer, p, now);
+    if (++r.attempt < RESEND_DELAYS_SECONDS.length) {
+      r.at = now + RESEND_DELAYS_SECONDS[r.attempt];
+      this.io.wakeAt(r.at);
+    } else {
+      entry.resend = undefined;
+    }
+  }
+
+  /** Expired sessions close; a server that stopped answering gets a new tunnel. */
+  private checkLiveness(entry: ServerEntry, now: number): void {
+    const peer = entry.peer!;
+    if (!peer.session.alive(now)) {
+      this.closeTunnel(entry);
+      entry.state = "idle";
+      return;
+    }
+    const silent = peer.unanswered >= SILENT_PACKETS && now - peer.lastSeen > SILENCE_SECONDS &&
+      now - peer.lastSent < SILENCE_SECONDS;
+    if (silent) {
+      this.log.warn(
+        `${entry.name}: no answer for ${(now - peer.lastSeen).toFixed(0)} s; making a new tunnel`,
+      );
+      this.closeTunnel(entry);
+      entry.state = "idle";
+      entry.retryAt = 0;
+      this.connect(entry);
+    }
   }
 
   /** Keeps a few McEliece ciphertexts ready for this server (in the background, bounded). */
@@ -331,141 +500,15 @@ export class ClientDevice {
       .finally(() => entry.refilling = false);
   }
 
-  private closeSession(entry: ServerEntry): void {
-    if (entry.tidKey && this.byTid.get(entry.tidKey) === entry) this.byTid.delete(entry.tidKey);
-    entry.session?.close();
-    entry.session = undefined;
-    entry.tidKey = undefined;
-  }
-
-  private flushHeld(entry: ServerEntry): void {
-    const held = entry.held;
-    entry.held = [];
-    entry.heldBytes = 0;
-    for (const p of held) this.send(entry, p);
-    if (held.length > 0) this.resendUntilHeard(entry, held);
-  }
-
-  /**
-   * The reference server creates a session only once its handshake threads finish and drops
-   * tunnel packets that overtake that, so the packets sent right behind the handshake are sent
-   * again (fresh counters) a few times until the server is heard from. Duplicates are harmless
-   * to IP; a lost first SYN costs the application a whole second.
-   */
-  private resendUntilHeard(entry: ServerEntry, packets: Uint8Array[]): void {
-    const session = entry.session;
-    let attempt = 0;
-    const again = () => {
-      if (entry.session !== session || entry.heardFrom || !session?.alive(this.now())) return;
-      this.resent += packets.length;
-      for (const p of packets) this.send(entry, p);
-      if (++attempt < RESEND_DELAYS_MS.length) schedule(RESEND_DELAYS_MS[attempt]);
-    };
-    const schedule = (ms: number) => Deno.unrefTimer(setTimeout(again, ms));
-    schedule(RESEND_DELAYS_MS[0]);
-  }
-
-  private dropHeld(entry: ServerEntry, reason: string): void {
-    for (const _ of entry.held) this.drops.count(reason);
-    entry.held = [];
-    entry.heldBytes = 0;
-  }
-
-  private send(entry: ServerEntry, packet: Uint8Array): void {
-    const now = this.now();
-    let wire = entry.session!.seal(packet, now, this.io.udpBuffer?.());
-    if (entry.cookie) {
-      // The server handed us our state: it comes back in front of the next packet.
-      wire = concat(entry.cookie, wire);
-      entry.cookie = undefined;
-    }
-    this.io.sendUdp(wire, entry.realAddress, entry.cryptoPort!);
-    entry.lastTx = now;
-    entry.unanswered++;
-    entry.txBytes += packet.length;
-  }
-
-  /** A packet an application sent to an internal address. */
-  onTunPacket(packet: Uint8Array): void {
-    if (ipv4HeaderLength(packet) === 0) return this.drops.count("tun-not-ipv4");
-    const entry = this.byInternal.get(ipv4Dst(packet));
-    if (!entry) return this.drops.count("tun-no-server");
-    const now = this.now();
-    if (entry.state === "up" && entry.session?.alive(now)) {
-      try {
-        return this.send(entry, packet);
-      } catch {
-        this.closeSession(entry);
-      }
-    }
-    if (entry.state === "up") {
-      // The session expired while idle: a fresh 0-RTT handshake, the packet waits for it.
-      this.closeSession(entry);
-      entry.state = "idle";
-    }
-    if (entry.held.length >= HELD_PACKETS || entry.heldBytes + packet.length > HELD_BYTES) {
-      return this.drops.count("held-overflow");
-    }
-    entry.held.push(packet.slice());
-    entry.heldBytes += packet.length;
-    this.connect(entry);
-  }
-
-  /** One datagram on the client port. */
-  onDatagram(data: Uint8Array, _host: number, _port: number): void {
-    if (data.length < TUNNEL_OVERHEAD || ((data[0] << 8) | data[1]) !== MSG_TUNNEL) {
-      return this.drops.count("udp-not-tunnel");
-    }
-    const entry = this.byTid.get(tidKeyAt(data, 2));
-    if (!entry || !entry.session) return this.drops.count("tunnel-unknown-tid");
-    const now = this.now();
-    const r = entry.session.openInPlace(data, now); // data is a receive slot
-    if (!r.ok) return this.drops.count(`tunnel-${r.reason}`);
-    entry.lastRx = now;
-    entry.unanswered = 0;
-    entry.heardFrom = true;
-    entry.rxBytes += r.plaintext.length;
-    if (isCookie(r.plaintext)) {
-      entry.cookie = r.plaintext.slice(0, 144);
-      entry.session.adoptCookieEpoch(now);
-      this.log.info(`${entry.name}: the server handed back our session as a cookie`);
-      return;
-    }
-    if (!translate(r.plaintext, entry.internal, this.config.tunAddress)) {
-      return this.drops.count("inner-not-ipv4");
-    }
-    this.io.writeTun(r.plaintext);
-  }
-
-  /** Once a second: notice servers that went silent or sessions that expired. */
-  tick(): void {
-    const now = this.now();
-    for (const entry of this.byKey.values()) {
-      if (entry.state !== "up" || !entry.session) continue;
-      if (!entry.session.alive(now)) {
-        this.closeSession(entry);
-        entry.state = "idle";
-        continue;
-      }
-      const silent = entry.unanswered >= SILENT_PACKETS && now - entry.lastRx > SILENCE_SECONDS &&
-        now - entry.lastTx < SILENCE_SECONDS;
-      if (silent) {
-        this.log.warn(
-          `${entry.name}: no answer for ${(now - entry.lastRx).toFixed(0)} s; making a new tunnel`,
-        );
-        this.closeSession(entry);
-        entry.state = "idle";
-        entry.retryAt = 0;
-        this.connect(entry);
-      }
-    }
-  }
-
-  close(): void {
-    for (const entry of this.byKey.values()) {
-      this.closeSession(entry);
-      for (const c of entry.ciphertexts) wipe(c.sharedSecret);
-      entry.ciphertexts = [];
-    }
+  private closeTunnel(entry: ServerEntry): void {
+    const peer = entry.peer;
+    if (!peer) return;
+    this.path.peers.remove(peer);
+    peer.session.close();
+    entry.past.txBytes += peer.txBytes;
+    entry.past.rxBytes += peer.rxBytes;
+    entry.past.lastActivity = Math.max(entry.past.lastActivity, peer.lastSeen, peer.lastSent);
+    entry.peer = undefined;
+    entry.resend = undefined;
   }
 }

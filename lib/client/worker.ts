@@ -20,8 +20,8 @@ import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { waitReadable } from "../../ffi/libc.ts";
 import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
+import { TickLoop } from "../runtime/tick_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
-import { hex } from "../core/bytes.ts";
 
 export interface WorkerOptions {
   tunFd: number;
@@ -50,8 +50,19 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const now = () => (performance.now() - t0) / 1000;
   const drops = new DropCounters();
   const tunAddress = ipv4ToNumber(opts.tunAddress);
-  const keySockets = new Set<UdpSocket>();
-  const dataPath = new TunnelLoop({ tun, sock });
+  const shutdown = new Shutdown(log);
+  const running = () => shutdown.running;
+  const stop = (why: string) => shutdown.stop(why);
+  const keyChannels = new Set<KeyChannel>();
+  const loop = new TunnelLoop({ tun, sock });
+  let seconds = 0;
+  const ticks = new TickLoop("pqconnect-client", now, () => {
+    device.tick();
+    if (now() - seconds >= 30) {
+      seconds = now();
+      drops.report(log);
+    }
+  });
   const device = new ClientDevice(
     {
       tunAddress,
@@ -62,18 +73,16 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
       precomputed: opts.precomputed,
     },
     {
-      sendUdp: (data, host, port) => {
-        if (!dataPath.sendUdp(data, host, port)) drops.count("udp-send-failed");
-      },
-      writeTun: (packet) => {
-        if (!dataPath.writeTun(packet)) drops.count("tun-write-failed");
-      },
-      udpBuffer: () => dataPath.udpBuffer(),
-      openKeyChannel: (host, port) => openKeyChannel(host, port, keySockets),
+      sendUdp: (data, host, port) => loop.sendUdp(data, host, port),
+      writeTun: (packet) => loop.writeTun(packet),
+      udpBuffer: () => loop.udpBuffer(),
+      openKeyChannel: (host, port, deliver) =>
+        openKeyChannel(host, port, deliver, running, keyChannels),
       resolveTxt: async (name) => {
         const records = await Deno.resolveDns(name, "TXT");
         return records.map((parts) => parts.join(""));
       },
+      wakeAt: (time) => ticks.wakeAt(time),
     },
     {
       registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
@@ -83,6 +92,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     log,
     drops,
     now,
+    (bytes) => crypto.getRandomValues(new Uint8Array(bytes)),
   );
   const rewriter = new DnsRewriter({
     parseName: parsePq1Name,
@@ -93,28 +103,11 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     },
   });
 
-  const shutdown = new Shutdown(log);
-  const running = () => shutdown.running;
-  const stop = (why: string) => shutdown.stop(why);
   const control = serveControl(opts.controlSocket, () => ({
     interface: tun.name,
     address: opts.tunAddress,
     now: now(),
-    servers: [...device.servers].map((s) => ({
-      name: s.name,
-      keyHash: s.id,
-      external: numberToIpv4(s.realAddress),
-      internal: numberToIpv4(s.internal),
-      state: s.state,
-      tunnelId: s.session ? hex(s.session.tid).slice(0, 8) : "",
-      age: s.established === undefined ? null : now() - s.established,
-      lastActivity: Math.max(s.lastRx, s.lastTx) === 0
-        ? null
-        : now() - Math.max(s.lastRx, s.lastTx),
-      txBytes: s.txBytes,
-      rxBytes: s.rxBytes,
-      tunnels: s.tunnels,
-    })),
+    servers: device.status(),
     dropped: drops.snapshot(),
     dns: rewriter.stats,
   }), log);
@@ -127,7 +120,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
 
   try {
     await Promise.all([
-      dataPath.run(
+      loop.run(
         "pqconnect-client",
         running,
         (p) => device.onTunPacket(p),
@@ -148,20 +141,13 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
           if (!dns.trySend(verdict)) drops.count("channel-full");
         }
       }),
-      (async () => {
-        let seconds = 0;
-        while (running()) {
-          await new Promise((r) => setTimeout(r, 1000));
-          device.tick();
-          if (++seconds % 30 === 0) drops.report(log);
-        }
-      })(),
+      ticks.run(running),
     ]);
   } finally {
     shutdown.dispose();
     control.close();
     device.close();
-    for (const s of keySockets) s.close();
+    for (const c of keyChannels) c.close();
     sock.close();
     await pool.close().catch(() => {});
     dns.close();
@@ -171,25 +157,34 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   return 0;
 }
 
-/** A UDP socket of its own for one key-server conversation, closed when done. */
-function openKeyChannel(host: number, port: number, open: Set<UdpSocket>): KeyChannel {
+/**
+ * A UDP socket of its own for one key-server conversation: a pump hands what arrives from
+ * host:port to `deliver` until the channel is closed, and then closes the socket.
+ */
+function openKeyChannel(
+  host: number,
+  port: number,
+  deliver: (datagram: Uint8Array) => void,
+  running: () => boolean,
+  open: Set<KeyChannel>,
+): KeyChannel {
   const s = UdpSocket.bind(0, 0, { maxDatagram: 2048, batch: 64 });
-  open.add(s);
-  return {
+  let closed = false;
+  const channel: KeyChannel = {
     send: (d) => {
-      s.sendTo(d, host, port);
-    },
-    receive: async (timeoutMs) => {
-      const got = s.recvBatch().filter((d) => d.addr === host && d.port === port);
-      if (got.length === 0 && await s.waitReadable(Math.max(1, Math.ceil(timeoutMs)))) {
-        got.push(...s.recvBatch().filter((d) => d.addr === host && d.port === port));
-      }
-      // The socket's receive slots are reused: hand out copies.
-      return got.map((d) => d.data.slice());
+      if (!closed) s.sendTo(d, host, port);
     },
     close: () => {
-      open.delete(s);
-      s.close();
+      closed = true;
+      open.delete(channel);
     },
   };
+  open.add(channel);
+  pump("pqconnect-client", () => !closed && running(), (ms) => s.waitReadable(ms), () => {
+    for (const d of s.recvBatch()) {
+      // The socket's receive slots are reused: hand out copies.
+      if (!closed && d.addr === host && d.port === port) deliver(d.data.slice());
+    }
+  }).finally(() => s.close());
+  return channel;
 }

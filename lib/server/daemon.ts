@@ -20,6 +20,7 @@ import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
 import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
+import { TickLoop } from "../runtime/tick_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 
 export interface ServerOptions {
@@ -140,6 +141,19 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     const running = () => shutdown.running;
 
     const keyDrops = device.drops;
+    let reported = clock.mono();
+    const ticks = new TickLoop("pqconnect-server", clock.mono, async () => {
+      try {
+        await makeEphemeralKeys();
+        device.tick(crypto.getRandomValues(new Uint8Array(32)));
+      } catch (e) {
+        log.error(`periodic maintenance failed: ${e}`);
+      }
+      if (clock.mono() - reported >= 30) {
+        reported = clock.mono();
+        device.drops.report(log);
+      }
+    });
     const pumps = [
       loop.run(
         "pqconnect-server",
@@ -155,20 +169,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
           else keyDrops.count(`key-${answer.reason}`);
         }
       }),
-      (async () => {
-        let seconds = 0;
-        while (running()) {
-          await sleep(1000);
-          if (!running()) break;
-          try {
-            await makeEphemeralKeys();
-            device.tick(crypto.getRandomValues(new Uint8Array(32)));
-          } catch (e) {
-            log.error(`periodic maintenance failed: ${e}`);
-          }
-          if (++seconds % 30 === 0) device.drops.report(log);
-        }
-      })(),
+      ticks.run(running),
     ];
     await Promise.all(pumps);
     device.drops.report(log);
@@ -177,8 +178,4 @@ export async function runServer(opts: ServerOptions): Promise<number> {
   } finally {
     await closeAll();
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
