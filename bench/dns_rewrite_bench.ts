@@ -2,7 +2,8 @@
 // rewrite of an announcement, and the per-packet address rewrite of the tunnel.
 import dnsPacket from "dns-packet";
 import { DnsRewriter } from "../lib/core/dns_rewrite.ts";
-import { ipv4ToNumber, rewriteAddresses } from "../lib/core/ip.ts";
+import { ipv4ToNumber } from "../lib/core/ip.ts";
+import { rewriteAddresses } from "../lib/core/nat.ts";
 import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { udpPacket } from "../tests/helpers/udp_packet.ts";
 

@@ -7,20 +7,20 @@ import {
   ipv4HeaderLength,
   ipv4ToNumber,
   numberToIpv4,
-  parseIpv4,
   parseIpv4Address,
+  parseIpv4Header,
   parseSubnet,
   PROTO_ICMP,
   PROTO_TCP,
   PROTO_UDP,
-  rewriteAddresses,
   subnetAddress,
   subnetBroadcast,
   subnetSize,
 } from "../lib/core/ip.ts";
+import { rewriteAddresses } from "../lib/core/nat.ts";
 
 // ---------------------------------------------------------------- independent reference code
-// Deliberately written differently from lib/ip.ts: DataView reads, a fold after every add.
+// Deliberately written differently from lib/core/ip.ts and nat.ts: DataView reads, a fold after every add.
 
 function refSum(chunks: Uint8Array[]): number {
   let sum = 0;
@@ -213,9 +213,9 @@ Deno.test("RFC 1624 incremental update matches recomputation", () => {
   }
 });
 
-Deno.test("parseIpv4 reads every field", () => {
+Deno.test("parseIpv4Header reads every field", () => {
   const p = build({ proto: PROTO_UDP, src: "198.18.0.1", dst: "198.18.0.2", payload: rand(5) });
-  const h = parseIpv4(p);
+  const h = parseIpv4Header(p);
   assert.ok(h);
   assert.equal(h.headerLength, 20);
   assert.equal(h.totalLength, p.length);
@@ -230,7 +230,7 @@ Deno.test("parseIpv4 reads every field", () => {
   // trailing link-layer padding is allowed
   const padded = new Uint8Array(p.length + 6);
   padded.set(p);
-  assert.equal(parseIpv4(padded)?.totalLength, p.length);
+  assert.equal(parseIpv4Header(padded)?.totalLength, p.length);
 });
 
 Deno.test("malformed IPv4 is rejected and never rewritten", () => {
@@ -245,7 +245,7 @@ Deno.test("malformed IPv4 is rejected and never rewritten", () => {
     ["total > buffer", good.slice(0, good.length - 1)],
   ];
   for (const [what, p] of bad) {
-    assert.equal(parseIpv4(p), null, what);
+    assert.equal(parseIpv4Header(p), null, what);
     assert.equal(ipv4HeaderLength(p), 0, what);
     const before = p.slice();
     assert.equal(rewriteAddresses(p, NEW_SRC, NEW_DST), false, what);
@@ -285,7 +285,7 @@ Deno.test("rewrite UDP: checksum updated; a zero checksum stays zero", () => {
       payload: rand(Math.floor(Math.random() * 600)),
     });
     assert.equal(rewriteAddresses(p, NEW_SRC, NEW_DST), true);
-    assert.equal(numberToIpv4(parseIpv4(p)!.src), "10.42.0.7");
+    assert.equal(numberToIpv4(parseIpv4Header(p)!.src), "10.42.0.7");
     assert.ok(ipHeaderValid(p));
     assert.ok(l4Valid(p));
     assert.notEqual((p[26] << 8) | p[27], 0);
@@ -340,7 +340,7 @@ Deno.test("rewrite ICMP: checksum untouched and still valid", () => {
   assert.deepEqual(p.slice(20), icmpBefore);
   assert.ok(icmpValid(p));
   assert.ok(ipHeaderValid(p));
-  assert.equal(numberToIpv4(parseIpv4(p)!.dst), "192.168.77.1");
+  assert.equal(numberToIpv4(parseIpv4Header(p)!.dst), "192.168.77.1");
 });
 
 Deno.test("rewrite fragments: first carries the L4 checksum, later ones only the IP header", () => {
@@ -353,7 +353,7 @@ Deno.test("rewrite fragments: first carries the L4 checksum, later ones only the
     for (const f of frags) assert.equal(rewriteAddresses(f, NEW_SRC, NEW_DST), true);
     for (const f of frags) {
       assert.ok(ipHeaderValid(f));
-      assert.equal(numberToIpv4(parseIpv4(f)!.src), "10.42.0.7");
+      assert.equal(numberToIpv4(parseIpv4Header(f)!.src), "10.42.0.7");
     }
     frags.slice(1).forEach((f, i) => assert.deepEqual(f.slice(20), tails[i]));
     assert.ok(l4Valid(reassemble(frags)), `reassembled ${proto} datagram checksum`);

@@ -1,6 +1,6 @@
 // `pqconnect announce`: the DNS records that make a server's name announce PQConnect.
 
-import { type Command, parseDnsName, parseIpv4, parseOptions, parsePort } from "./common.ts";
+import { type Command, parseDnsName, parseIpv4Option, parseOptions, parsePort } from "./common.ts";
 import { CRYPTO_PORT, DEFAULT_KEY_DIR, KEY_PORT } from "../core/constants.ts";
 import { KeyTree } from "../core/keytree.ts";
 import { formatPq1Label } from "../core/names.ts";
@@ -53,7 +53,7 @@ Options:
       return Promise.resolve(0);
     }
     const name = parseDnsName(values.name, "--name");
-    const ip = parseIpv4(values.ip, "--ip");
+    const ip = parseIpv4Option(values.ip, "--ip");
     const ports = {
       crypto: parsePort(values.port, CRYPTO_PORT, "--port"),
       key: parsePort(values.keyport, KEY_PORT, "--keyport"),

@@ -3,7 +3,7 @@
 import {
   type Command,
   parseInterfaceName,
-  parseIpv4,
+  parseIpv4Option,
   parseNumber,
   parseOptions,
   parsePort,
@@ -62,7 +62,7 @@ Options:
     const name = parseInterfaceName(values.interface!);
     const options = {
       port: parsePort(values.port, CLIENT_PORT, "--port"),
-      tunAddress: parseIpv4(values.addr, "--addr"),
+      tunAddress: parseIpv4Option(values.addr, "--addr"),
       prefix,
       interfaceName: name,
       user: values.user!,
@@ -110,7 +110,7 @@ export const clientWorkerCommand: Command = {
       tunFd: parseNumber(values["tun-fd"], 3, 0, 1 << 20, "--tun-fd"),
       dnsFd: parseNumber(values["dns-fd"], 4, 0, 1 << 20, "--dns-fd"),
       port: parsePort(values.port, CLIENT_PORT, "--port"),
-      tunAddress: parseIpv4(values.addr ?? CLIENT_TUN_ADDRESS, "--addr"),
+      tunAddress: parseIpv4Option(values.addr ?? CLIENT_TUN_ADDRESS, "--addr"),
       prefix: parsePrefix(values.mask, TUN_PREFIX),
       user: values.user,
       controlSocket: values.control,

@@ -34,7 +34,7 @@ export function parsePort(value: string | undefined, fallback: number, what: str
   return Number(value);
 }
 
-export function parseIpv4(value: string | undefined, what: string): string {
+export function parseIpv4Option(value: string | undefined, what: string): string {
   if (value === undefined) throw new UsageError(`${what} is required`);
   if (parseIpv4Address(value) === null) {
     throw new UsageError(`${what} must be an IPv4 address like 192.0.2.7, not "${value}"`);

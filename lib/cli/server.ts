@@ -3,7 +3,7 @@
 import {
   type Command,
   parseInterfaceName,
-  parseIpv4,
+  parseIpv4Option,
   parseNumber,
   parseOptions,
   parsePort,
@@ -77,12 +77,12 @@ Options:
       keyDir: values.keydir!,
       port,
       keyPort,
-      tunAddress: parseIpv4(values.addr, "--addr"),
+      tunAddress: parseIpv4Option(values.addr, "--addr"),
       prefix,
       interfaceName: name,
       hostAddress: values["host-ip"] === undefined
         ? undefined
-        : parseIpv4(values["host-ip"], "--host-ip"),
+        : parseIpv4Option(values["host-ip"], "--host-ip"),
       user: values.user!,
       mtu,
       maxPeers,

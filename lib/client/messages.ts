@@ -7,6 +7,8 @@
 //                                02 || u32be id || 01 || packet  (replace with packet)
 //   worker → supervisor  READY   03                              (privileges dropped, serving)
 
+import { readU32be, writeU32be } from "../core/bytes.ts";
+
 export const MSG_DNS = 1;
 export const MSG_VERDICT = 2;
 export const MSG_READY = 3;
@@ -14,7 +16,7 @@ export const MSG_READY = 3;
 export function encodeDns(id: number, packet: Uint8Array): Uint8Array {
   const m = new Uint8Array(5 + packet.length);
   m[0] = MSG_DNS;
-  new DataView(m.buffer).setUint32(1, id >>> 0);
+  writeU32be(m, 1, id >>> 0);
   m.set(packet, 5);
   return m;
 }
@@ -22,7 +24,7 @@ export function encodeDns(id: number, packet: Uint8Array): Uint8Array {
 export function encodeVerdict(id: number, replacement: Uint8Array | null): Uint8Array {
   const m = new Uint8Array(6 + (replacement?.length ?? 0));
   m[0] = MSG_VERDICT;
-  new DataView(m.buffer).setUint32(1, id >>> 0);
+  writeU32be(m, 1, id >>> 0);
   if (replacement) {
     m[5] = 1;
     m.set(replacement, 6);
@@ -39,7 +41,7 @@ export type ChannelMessage =
 export function decodeMessage(m: Uint8Array): ChannelMessage | null {
   if (m.length === 1 && m[0] === MSG_READY) return { type: "ready" };
   if (m.length < 5) return null;
-  const id = new DataView(m.buffer, m.byteOffset, m.byteLength).getUint32(1);
+  const id = readU32be(m, 1);
   if (m[0] === MSG_DNS) return { type: "dns", id, packet: m.subarray(5) };
   if (m[0] === MSG_VERDICT && m.length >= 6) {
     if (m[5] === 0 && m.length === 6) return { type: "verdict", id, replacement: null };

@@ -58,9 +58,20 @@ export function writeU32be(b: Uint8Array, o: number, v: number): void {
   b[o + 3] = v & 0xff;
 }
 
+/** A u64 (a cookie's timestamp), as a bigint: it may exceed 2^53. */
+export function readU64be(b: Uint8Array, o: number): bigint {
+  return (BigInt(readU32be(b, o)) << 32n) | BigInt(readU32be(b, o + 4));
+}
+
 export function u16be(v: number): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(2);
   writeU16be(b, 0, v);
+  return b;
+}
+
+export function u32be(v: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(4);
+  writeU32be(b, 0, v);
   return b;
 }
 
@@ -70,6 +81,7 @@ export function u16le(v: number): Uint8Array<ArrayBuffer> {
 
 export function u64be(v: bigint): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, v);
+  writeU32be(b, 0, Number((v >> 32n) & 0xffffffffn));
+  writeU32be(b, 4, Number(v & 0xffffffffn));
   return b;
 }

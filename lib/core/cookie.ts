@@ -8,7 +8,7 @@
 // randomness) and the slot's key is that state; keys older than 120 s are erased. Only the
 // server that made a cookie ever opens it, so its timestamps are its own clock's slots.
 
-import { concat, equalBytes, readU32be, u64be, wipe } from "./bytes.ts";
+import { concat, equalBytes, readU32be, readU64be, u32be, u64be, wipe } from "./bytes.ts";
 import { open, seal } from "./crypto.ts";
 import { kdf } from "./kdf.ts";
 import {
@@ -40,9 +40,7 @@ export function buildCookie(
   timestamp: number,
   c: CookieContents,
 ): Uint8Array {
-  const epoch = new Uint8Array(4);
-  new DataView(epoch.buffer).setUint32(0, c.epoch);
-  const plain = concat(c.tid, epoch, c.sendRoot, c.recvRoot);
+  const plain = concat(c.tid, u32be(c.epoch), c.sendRoot, c.recvRoot);
   const ts = u64be(BigInt(timestamp));
   const boxed = seal(key, nonce, plain, ts);
   wipe(plain);
@@ -52,7 +50,7 @@ export function buildCookie(
 /** Splits a cookie's clear parts; null unless it has the exact cookie shape. */
 export function cookieTimestamp(cookie: Uint8Array): number | null {
   if (cookie.length !== COOKIE_BYTES || !isCookie(cookie)) return null;
-  const ts = new DataView(cookie.buffer, cookie.byteOffset + 8, 8).getBigUint64(0);
+  const ts = readU64be(cookie, 8);
   return ts > BigInt(Number.MAX_SAFE_INTEGER) ? null : Number(ts);
 }
 

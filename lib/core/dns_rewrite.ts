@@ -25,6 +25,7 @@ import {
   setIpv4HeaderChecksum,
   type Subnet,
 } from "./ip.ts";
+import { readU16be as u16 } from "./bytes.ts";
 
 /** What a pq1 label says (the shape `parsePq1Name` of lib/names.ts returns). */
 export interface Pq1Announcement {
@@ -264,10 +265,6 @@ interface DnsMessage {
   authorities: DnsRecord[];
   additionals: DnsRecord[];
   [k: string]: unknown;
-}
-
-function u16(p: Uint8Array, o: number): number {
-  return (p[o] << 8) | p[o + 1];
 }
 
 /**

@@ -1,27 +1,15 @@
-// IPv4 packet helpers shared by client and server: header parsing, the internet checksum and
-// in-place address rewriting. Pure functions over Uint8Array; nothing here allocates per packet
-// except `parseIpv4`, which returns a summary object for callers that want one.
+// IPv4 helpers shared by client and server: header parsing, the internet checksum, address text
+// and subnets. Rewriting addresses in packets is nat.ts's job. Pure functions over Uint8Array;
+// nothing here allocates per packet except `parseIpv4Header`, which returns a summary object
+// for callers that want one.
+
+import { readU16be, readU32be, writeU16be } from "./bytes.ts";
 
 export const PROTO_ICMP = 1;
 export const PROTO_TCP = 6;
 export const PROTO_UDP = 17;
 export const PROTO_DCCP = 33;
 export const PROTO_UDPLITE = 136;
-
-/** Offset of the checksum inside the L4 header for protocols whose checksum covers the
- * IPv4 pseudo-header (source and destination address), or -1 for all others. */
-function l4ChecksumOffset(protocol: number): number {
-  switch (protocol) {
-    case PROTO_TCP:
-      return 16;
-    case PROTO_UDP:
-    case PROTO_DCCP:
-    case PROTO_UDPLITE:
-      return 6;
-    default:
-      return -1;
-  }
-}
 
 /**
  * Validates the IPv4 header of `p` and returns its length in bytes, or 0 when the packet is
@@ -35,7 +23,7 @@ export function ipv4HeaderLength(p: Uint8Array): number {
   if (vihl >> 4 !== 4) return 0;
   const hl = (vihl & 0x0f) * 4;
   if (hl < 20 || hl > p.length) return 0;
-  const total = (p[2] << 8) | p[3];
+  const total = readU16be(p, 2);
   if (total < hl || total > p.length) return 0;
   return hl;
 }
@@ -57,56 +45,37 @@ export interface Ipv4Header {
 }
 
 /** Parses the IPv4 header with bounds checks; null on anything malformed. */
-export function parseIpv4(p: Uint8Array): Ipv4Header | null {
+export function parseIpv4Header(p: Uint8Array): Ipv4Header | null {
   const hl = ipv4HeaderLength(p);
   if (hl === 0) return null;
-  const frag = (p[6] << 8) | p[7];
+  const frag = readU16be(p, 6);
   return {
     headerLength: hl,
-    totalLength: (p[2] << 8) | p[3],
-    id: (p[4] << 8) | p[5],
+    totalLength: readU16be(p, 2),
+    id: readU16be(p, 4),
     dontFragment: (frag & 0x4000) !== 0,
     moreFragments: (frag & 0x2000) !== 0,
     fragmentOffset: (frag & 0x1fff) * 8,
     ttl: p[8],
     protocol: p[9],
-    checksum: (p[10] << 8) | p[11],
-    src: readU32(p, 12),
-    dst: readU32(p, 16),
+    checksum: readU16be(p, 10),
+    src: readU32be(p, 12),
+    dst: readU32be(p, 16),
   };
 }
 
-export function ipv4Src(p: Uint8Array): number {
-  return readU32(p, 12);
-}
-
 export function ipv4Dst(p: Uint8Array): number {
-  return readU32(p, 16);
-}
-
-export function ipv4Protocol(p: Uint8Array): number {
-  return p[9];
+  return readU32be(p, 16);
 }
 
 /** Fragment offset in bytes (0 for an unfragmented packet or a first fragment). */
 export function ipv4FragmentOffset(p: Uint8Array): number {
-  return (((p[6] << 8) | p[7]) & 0x1fff) * 8;
+  return (readU16be(p, 6) & 0x1fff) * 8;
 }
 
 /** True when the packet is any fragment (first, middle or last) of a larger datagram. */
 export function ipv4IsFragment(p: Uint8Array): boolean {
-  return (((p[6] << 8) | p[7]) & 0x3fff) !== 0;
-}
-
-function readU32(p: Uint8Array, o: number): number {
-  return ((p[o] << 24) | (p[o + 1] << 16) | (p[o + 2] << 8) | p[o + 3]) >>> 0;
-}
-
-function writeU32(p: Uint8Array, o: number, v: number): void {
-  p[o] = v >>> 24;
-  p[o + 1] = (v >>> 16) & 0xff;
-  p[o + 2] = (v >>> 8) & 0xff;
-  p[o + 3] = v & 0xff;
+  return (readU16be(p, 6) & 0x3fff) !== 0;
 }
 
 /**
@@ -117,7 +86,7 @@ export function onesComplementSum(p: Uint8Array, start = 0, end = p.length, init
   // Plain addition is exact in a double far beyond any packet size; fold once at the end.
   let sum = initial;
   const even = start + ((end - start) & ~1);
-  for (let i = start; i < even; i += 2) sum += (p[i] << 8) | p[i + 1];
+  for (let i = start; i < even; i += 2) sum += readU16be(p, i);
   if (even < end) sum += p[even] << 8;
   while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
   return sum;
@@ -144,11 +113,8 @@ export function ipv4HeaderChecksumOk(p: Uint8Array): boolean {
 /** Recomputes the IPv4 header checksum in place. */
 export function setIpv4HeaderChecksum(p: Uint8Array): void {
   const hl = (p[0] & 0x0f) * 4;
-  p[10] = 0;
-  p[11] = 0;
-  const c = internetChecksum(p, 0, hl);
-  p[10] = c >> 8;
-  p[11] = c & 0xff;
+  writeU16be(p, 10, 0);
+  writeU16be(p, 10, internetChecksum(p, 0, hl));
 }
 
 /**
@@ -170,54 +136,6 @@ export function checksumAdjust32(checksum: number, oldValue: number, newValue: n
   sum = (sum & 0xffff) + (sum >>> 16);
   sum = (sum & 0xffff) + (sum >>> 16);
   return ~sum & 0xffff;
-}
-
-/**
- * Rewrites source and destination address of the IPv4 packet `p` in place, keeping the IP
- * header checksum and the TCP/UDP (also DCCP, UDP-Lite) checksum valid by incremental update.
- *
- * - A UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as 0xffff.
- * - ICMP (and any protocol without a pseudo-header) keeps its checksum: it does not cover the
- *   addresses.
- * - Only a first fragment (offset 0) carries the L4 header; later fragments get the IP header
- *   rewrite only. The L4 checksum covers the whole datagram, but an address change moves it by
- *   the same delta whatever the payload, so updating it in the first fragment is correct.
- *
- * Returns false, leaving `p` untouched, when the packet is malformed or the L4 checksum field
- * lies outside this packet (a truncated or tiny first fragment).
- */
-export function rewriteAddresses(p: Uint8Array, newSrc: number, newDst: number): boolean {
-  const hl = ipv4HeaderLength(p);
-  if (hl === 0) return false;
-  newSrc >>>= 0;
-  newDst >>>= 0;
-  const oldSrc = readU32(p, 12);
-  const oldDst = readU32(p, 16);
-
-  const csOff = ipv4FragmentOffset(p) === 0 ? l4ChecksumOffset(p[9]) : -1;
-  if (csOff >= 0) {
-    const at = hl + csOff;
-    const total = (p[2] << 8) | p[3];
-    if (at + 2 > total) return false;
-    const old = (p[at] << 8) | p[at + 1];
-    if (!(old === 0 && p[9] === PROTO_UDP)) {
-      let c = checksumAdjust32(old, oldSrc, newSrc);
-      c = checksumAdjust32(c, oldDst, newDst);
-      // In ones' complement 0 and 0xffff are both zero; UDP reserves 0 for "no checksum".
-      if (c === 0 && p[9] === PROTO_UDP) c = 0xffff;
-      p[at] = c >> 8;
-      p[at + 1] = c & 0xff;
-    }
-  }
-
-  let ipc = (p[10] << 8) | p[11];
-  ipc = checksumAdjust32(ipc, oldSrc, newSrc);
-  ipc = checksumAdjust32(ipc, oldDst, newDst);
-  p[10] = ipc >> 8;
-  p[11] = ipc & 0xff;
-  writeU32(p, 12, newSrc);
-  writeU32(p, 16, newDst);
-  return true;
 }
 
 /** Parses a dotted-quad IPv4 address strictly (four decimal octets 0..255, no leading
@@ -275,10 +193,6 @@ export function parseSubnet(cidr: string): Subnet {
   return { network: (ipv4ToNumber(cidr.slice(0, slash)) & mask) >>> 0, prefix, mask };
 }
 
-export function formatSubnet(s: Subnet): string {
-  return `${numberToIpv4(s.network)}/${s.prefix}`;
-}
-
 export function inSubnet(address: number, s: Subnet): boolean {
   return ((address & s.mask) >>> 0) === s.network;
 }
@@ -291,7 +205,7 @@ export function subnetSize(s: Subnet): number {
 /** The address at `index` inside the subnet (0 is the network address); throws when outside. */
 export function subnetAddress(s: Subnet, index: number): number {
   if (!Number.isInteger(index) || index < 0 || index >= subnetSize(s)) {
-    throw new RangeError(`index ${index} outside ${formatSubnet(s)}`);
+    throw new RangeError(`index ${index} outside ${numberToIpv4(s.network)}/${s.prefix}`);
   }
   return (s.network + index) >>> 0;
 }

@@ -1,5 +1,5 @@
 // Test helper: wraps a UDP payload in an IPv4/UDP packet with valid checksums, and checks
-// such packets, using code independent of lib/ip.ts.
+// such packets, using code independent of lib/core/ip.ts and lib/core/nat.ts.
 
 function sum16(parts: Uint8Array[]): number {
   let s = 0;
