@@ -49,6 +49,8 @@ export interface ClientConfig {
   keyFetchSeconds: number;
   /** McEliece ciphertexts kept ready per server, so later tunnels need no key download. */
   precomputed: number;
+  /** Where packets from servers are delivered (-H); the TUN address when absent. */
+  hostAddress?: number;
 }
 
 export type ServerState = "idle" | "connecting" | "up" | "failed";
@@ -431,7 +433,8 @@ export class ClientDevice {
       this.log.info(`${entry.name}: the server handed back our session as a cookie`);
       return;
     }
-    if (!translate(r.plaintext, entry.internal, this.config.tunAddress)) {
+    const to = this.config.hostAddress ?? this.config.tunAddress;
+    if (!translate(r.plaintext, entry.internal, to)) {
       return this.drops.count("inner-not-ipv4");
     }
     this.io.writeTun(r.plaintext);
