@@ -5,6 +5,8 @@ import { keygenCommand } from "./lib/cli/keygen.ts";
 import { announceCommand } from "./lib/cli/announce.ts";
 import { serverCommand } from "./lib/cli/server.ts";
 import { clientCommand, clientWorkerCommand, statusCommand } from "./lib/cli/client.ts";
+import { checkCommand } from "./lib/cli/check.ts";
+import { versionLine } from "./lib/cli/version.ts";
 import { KeyFileError } from "./lib/runtime/keyfiles.ts";
 
 const COMMANDS: Command[] = [
@@ -13,6 +15,7 @@ const COMMANDS: Command[] = [
   keygenCommand,
   announceCommand,
   statusCommand,
+  checkCommand,
 ];
 /** Not listed in the help: started by another command. */
 const INTERNAL: Command[] = [clientWorkerCommand];
@@ -37,10 +40,19 @@ export async function main(args: string[]): Promise<number> {
     console.log(mainUsage());
     return name === undefined ? 2 : 0;
   }
+  if (name === "--version" || name === "version") {
+    console.log(versionLine());
+    return 0;
+  }
   const command = [...COMMANDS, ...INTERNAL].find((c) => c.name === name);
   if (!command) {
     console.error(`pqconnect: unknown command "${name}"\n\n${mainUsage()}`);
     return 2;
+  }
+  // Every command answers --version (as the reference's do), before its options are checked.
+  if (rest.includes("--version")) {
+    console.log(versionLine());
+    return 0;
   }
   try {
     return await command.run(rest);

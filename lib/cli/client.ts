@@ -2,6 +2,7 @@
 
 import {
   type Command,
+  interfaceOption,
   parseInterfaceName,
   parseIpv4Option,
   parseNumber,
@@ -11,11 +12,64 @@ import {
   UsageError,
 } from "./common.ts";
 import { CLIENT_PORT, CLIENT_TUN_ADDRESS, PRIVSEP_USER, TUN_PREFIX } from "../core/constants.ts";
-import { CONTROL_SOCKET, runClient } from "../client/supervisor.ts";
+import { type ClientOptions, CONTROL_SOCKET, runClient } from "../client/supervisor.ts";
 import { runClientWorker } from "../client/worker.ts";
 import { queryControl } from "../client/control.ts";
 
 export const DEFAULT_RUNTIME_DIR = "/run/pqconnect-ts";
+
+/** What `pqconnect client ARGS` asks for, before anything is touched (tested alias by alias). */
+export type ClientRequest =
+  | { kind: "help" }
+  | { kind: "show"; runtimeDir: string }
+  | { kind: "run"; options: ClientOptions };
+
+export function parseClientArgs(args: string[]): ClientRequest {
+  const { values } = parseOptions(args, {
+    port: { type: "string", short: "p" },
+    addr: { type: "string", short: "a", default: CLIENT_TUN_ADDRESS },
+    mask: { type: "string", short: "m" },
+    interface: { type: "string", short: "i" },
+    // The reference's spelling of --interface.
+    "interface-name": { type: "string" },
+    "host-ip": { type: "string", short: "H" },
+    user: { type: "string", default: PRIVSEP_USER },
+    mtu: { type: "string" },
+    queue: { type: "string" },
+    "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
+    precompute: { type: "string" },
+    verbose: { type: "boolean", short: "v", default: false },
+    // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
+    "very-verbose": { type: "boolean", default: false },
+    // The reference's `pqconnect --show`: the same as `pqconnect status`.
+    show: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) return { kind: "help" };
+  if (values.show) return { kind: "show", runtimeDir: values["runtime-dir"]! };
+  const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
+  const name = parseInterfaceName(
+    interfaceOption(values.interface, values["interface-name"]) ?? "pqccli0",
+  );
+  return {
+    kind: "run",
+    options: {
+      port: parsePort(values.port, CLIENT_PORT, "--port"),
+      tunAddress: parseIpv4Option(values.addr, "--addr"),
+      prefix,
+      interfaceName: name,
+      user: values.user!,
+      mtu: parseNumber(values.mtu, 1400, 576, 65000, "--mtu"),
+      queueNum: parseNumber(values.queue, 4242, 0, 65535, "--queue"),
+      runtimeDir: values["runtime-dir"]!,
+      precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
+      verbose: values.verbose! || values["very-verbose"]!,
+      hostAddress: values["host-ip"] === undefined
+        ? undefined
+        : parseIpv4Option(values["host-ip"], "--host-ip"),
+    },
+  };
+}
 
 export const clientCommand: Command = {
   name: "client",
@@ -32,50 +86,31 @@ Options:
   -p, --port P            client UDP port (default ${CLIENT_PORT})
   -a, --addr A.B.C.D      TUN device address (default ${CLIENT_TUN_ADDRESS})
   -m, --mask N            TUN prefix length, 8..24 (default ${TUN_PREFIX})
-  -i, --interface NAME    TUN device name (default pqccli0)
+  -i, --interface NAME    TUN device name (default pqccli0); also --interface-name
+  -H, --host-ip A.B.C.D   address packets from servers are delivered to (default:
+                          the TUN address), for a client on a router or VM
       --user NAME         unprivileged user to run as (default ${PRIVSEP_USER})
       --mtu N             TUN MTU (default 1400)
       --queue N           netfilter queue number for DNS answers (default 4242)
       --runtime-dir DIR   where the control socket lives (default ${DEFAULT_RUNTIME_DIR})
       --precompute N      McEliece ciphertexts kept ready per server (default 8)
-  -v, --verbose           log every tunnel event
-  -h, --help              show this help`,
+  -v, --verbose           log every tunnel event (also -vv, --very-verbose)
+      --show              show the running client's tunnels (as pqconnect status)
+  -h, --help              show this help
+      --version           show the version`,
   async run(args) {
-    const { values } = parseOptions(args, {
-      port: { type: "string", short: "p" },
-      addr: { type: "string", short: "a", default: CLIENT_TUN_ADDRESS },
-      mask: { type: "string", short: "m" },
-      interface: { type: "string", short: "i", default: "pqccli0" },
-      user: { type: "string", default: PRIVSEP_USER },
-      mtu: { type: "string" },
-      queue: { type: "string" },
-      "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
-      precompute: { type: "string" },
-      verbose: { type: "boolean", short: "v", default: false },
-      help: { type: "boolean", short: "h" },
-    });
-    if (values.help) {
+    const request = parseClientArgs(args);
+    if (request.kind === "help") {
       console.log(this.usage);
       return 0;
     }
-    const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
-    const name = parseInterfaceName(values.interface!);
-    const options = {
-      port: parsePort(values.port, CLIENT_PORT, "--port"),
-      tunAddress: parseIpv4Option(values.addr, "--addr"),
-      prefix,
-      interfaceName: name,
-      user: values.user!,
-      mtu: parseNumber(values.mtu, 1400, 576, 65000, "--mtu"),
-      queueNum: parseNumber(values.queue, 4242, 0, 65535, "--queue"),
-      runtimeDir: values["runtime-dir"]!,
-      precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
-      verbose: values.verbose!,
-    };
+    if (request.kind === "show") {
+      return await statusCommand.run(["--runtime-dir", request.runtimeDir]);
+    }
     if (Deno.uid() !== 0) {
       throw new Error("must be started as root (it creates a TUN device and a DNS queue rule)");
     }
-    return await runClient(options);
+    return await runClient(request.options);
   },
 };
 
@@ -94,6 +129,7 @@ export const clientWorkerCommand: Command = {
       user: { type: "string" },
       control: { type: "string" },
       precompute: { type: "string" },
+      "host-ip": { type: "string" },
       verbose: { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
     });
@@ -116,6 +152,9 @@ export const clientWorkerCommand: Command = {
       controlSocket: values.control,
       precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
       verbose: values.verbose!,
+      hostAddress: values["host-ip"] === undefined
+        ? undefined
+        : parseIpv4Option(values["host-ip"], "--host-ip"),
     });
   },
 };

@@ -73,6 +73,14 @@ export function parseInterfaceName(value: string): string {
   return value;
 }
 
+/** -i/--interface and the reference's --interface-name name the same thing: one at a time. */
+export function interfaceOption(native?: string, reference?: string): string | undefined {
+  if (native !== undefined && reference !== undefined && native !== reference) {
+    throw new UsageError("--interface and --interface-name name different devices");
+  }
+  return native ?? reference;
+}
+
 /** A DNS name as it may appear in a zone file (labels of letters, digits, hyphens). */
 export function parseDnsName(value: string | undefined, what: string): string {
   if (value === undefined) throw new UsageError(`${what} is required`);

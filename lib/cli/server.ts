@@ -2,6 +2,7 @@
 
 import {
   type Command,
+  interfaceOption,
   parseInterfaceName,
   parseIpv4Option,
   parseNumber,
@@ -18,7 +19,59 @@ import {
   SERVER_TUN_ADDRESS,
   TUN_PREFIX,
 } from "../core/constants.ts";
-import { runServer } from "../server/daemon.ts";
+import { runServer, type ServerOptions } from "../server/daemon.ts";
+
+/** What `pqconnect server ARGS` asks for, before anything is touched (tested alias by alias). */
+export function parseServerArgs(
+  args: string[],
+): { help: true } | { help: false; options: ServerOptions } {
+  const { values } = parseOptions(args, {
+    keydir: { type: "string", short: "d", default: DEFAULT_KEY_DIR },
+    port: { type: "string", short: "p" },
+    keyport: { type: "string", short: "k" },
+    addr: { type: "string", short: "a", default: SERVER_TUN_ADDRESS },
+    mask: { type: "string", short: "m" },
+    interface: { type: "string", short: "i" },
+    // The reference's spelling of --interface.
+    "interface-name": { type: "string" },
+    "host-ip": { type: "string", short: "H" },
+    user: { type: "string", default: PRIVSEP_USER },
+    mtu: { type: "string" },
+    "max-peers": { type: "string" },
+    verbose: { type: "boolean", short: "v", default: false },
+    // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
+    "very-verbose": { type: "boolean", default: false },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) return { help: true };
+  const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
+  const port = parsePort(values.port, CRYPTO_PORT, "--port");
+  const keyPort = parsePort(values.keyport, KEY_PORT, "--keyport");
+  if (port === keyPort) throw new UsageError("--port and --keyport must differ");
+  const mtu = parseNumber(values.mtu, 1400, 576, 65000, "--mtu");
+  const maxPeers = parseNumber(values["max-peers"], 65536, 1, 1 << 24, "--max-peers");
+  const name = parseInterfaceName(
+    interfaceOption(values.interface, values["interface-name"]) ?? "pqcserv0",
+  );
+  return {
+    help: false,
+    options: {
+      keyDir: values.keydir!,
+      port,
+      keyPort,
+      tunAddress: parseIpv4Option(values.addr, "--addr"),
+      prefix,
+      interfaceName: name,
+      hostAddress: values["host-ip"] === undefined
+        ? undefined
+        : parseIpv4Option(values["host-ip"], "--host-ip"),
+      user: values.user!,
+      mtu,
+      maxPeers,
+      verbose: values.verbose! || values["very-verbose"]!,
+    },
+  };
+}
 
 export const serverCommand: Command = {
   name: "server",
@@ -36,57 +89,24 @@ Options:
   -k, --keyport K         key server UDP port (default ${KEY_PORT})
   -a, --addr A.B.C.D      TUN device address (default ${SERVER_TUN_ADDRESS})
   -m, --mask N            TUN prefix length, 8..24 (default ${TUN_PREFIX})
-  -i, --interface NAME    TUN device name (default pqcserv0)
+  -i, --interface NAME    TUN device name (default pqcserv0); also --interface-name
   -H, --host-ip A.B.C.D   address decrypted traffic is delivered to
                           (default: the TUN address)
       --user NAME         unprivileged user to run as (default ${PRIVSEP_USER})
       --mtu N             TUN MTU (default 1400)
       --max-peers N       tunnels kept before the idlest gets a cookie (default 65536)
-  -v, --verbose           log every tunnel event
-  -h, --help              show this help`,
+  -v, --verbose           log every tunnel event (also -vv, --very-verbose)
+  -h, --help              show this help
+      --version           show the version`,
   async run(args) {
-    const { values } = parseOptions(args, {
-      keydir: { type: "string", short: "d", default: DEFAULT_KEY_DIR },
-      port: { type: "string", short: "p" },
-      keyport: { type: "string", short: "k" },
-      addr: { type: "string", short: "a", default: SERVER_TUN_ADDRESS },
-      mask: { type: "string", short: "m" },
-      interface: { type: "string", short: "i", default: "pqcserv0" },
-      "host-ip": { type: "string", short: "H" },
-      user: { type: "string", default: PRIVSEP_USER },
-      mtu: { type: "string" },
-      "max-peers": { type: "string" },
-      verbose: { type: "boolean", short: "v", default: false },
-      help: { type: "boolean", short: "h" },
-    });
-    if (values.help) {
+    const request = parseServerArgs(args);
+    if (request.help) {
       console.log(this.usage);
       return 0;
     }
-    const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
-    const port = parsePort(values.port, CRYPTO_PORT, "--port");
-    const keyPort = parsePort(values.keyport, KEY_PORT, "--keyport");
-    if (port === keyPort) throw new UsageError("--port and --keyport must differ");
-    const mtu = parseNumber(values.mtu, 1400, 576, 65000, "--mtu");
-    const maxPeers = parseNumber(values["max-peers"], 65536, 1, 1 << 24, "--max-peers");
-    const name = parseInterfaceName(values.interface!);
     if (Deno.uid() !== 0) {
       throw new Error("must be started as root (it creates a TUN device, then drops privileges)");
     }
-    return await runServer({
-      keyDir: values.keydir!,
-      port,
-      keyPort,
-      tunAddress: parseIpv4Option(values.addr, "--addr"),
-      prefix,
-      interfaceName: name,
-      hostAddress: values["host-ip"] === undefined
-        ? undefined
-        : parseIpv4Option(values["host-ip"], "--host-ip"),
-      user: values.user!,
-      mtu,
-      maxPeers,
-      verbose: values.verbose!,
-    });
+    return await runServer(request.options);
   },
 };

@@ -50,6 +50,8 @@ export interface ClientConfig {
   keyFetchSeconds: number;
   /** McEliece ciphertexts kept ready per server, so later tunnels need no key download. */
   precomputed: number;
+  /** Where packets from servers are delivered (-H); the TUN address when absent. */
+  hostAddress?: number;
 }
 
 export type ServerState = "idle" | "connecting" | "up" | "failed";
@@ -163,7 +165,7 @@ export class ClientDevice {
   ) {
     this.drops = drops;
     this.pool = new AddressPool(config.tunAddress, config.prefix);
-    this.path = new DataPath(io, drops, { deliverTo: config.tunAddress, roaming: false });
+    this.path = new DataPath(io, drops, { deliverTo: config.hostAddress ?? config.tunAddress, roaming: false });
   }
 
   get servers(): Iterable<ServerEntry> {

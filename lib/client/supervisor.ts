@@ -40,6 +40,9 @@ export interface ClientOptions {
   runtimeDir: string;
   precomputed: number;
   verbose: boolean;
+  /** -H: where packets from servers are delivered (default the TUN address), as the
+   * reference client's --host-ip: for a client running on a router or VM for other hosts. */
+  hostAddress?: string;
 }
 
 /** An answer the worker has not judged within this time passes unchanged (fail open). */
@@ -228,6 +231,7 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
     `--user=${opts.user}`,
     `--control=${controlPath}`,
     `--precompute=${opts.precomputed}`,
+    ...(opts.hostAddress ? [`--host-ip=${opts.hostAddress}`] : []),
     ...(opts.verbose ? ["--verbose"] : []),
   ];
   const main = new URL("../../main.ts", import.meta.url);

@@ -33,6 +33,7 @@ export interface WorkerOptions {
   controlSocket: string;
   precomputed: number;
   verbose: boolean;
+  hostAddress?: string;
 }
 
 export async function runClientWorker(opts: WorkerOptions): Promise<number> {
@@ -71,6 +72,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
       defaultKeyPort: KEY_PORT,
       keyFetchSeconds: 20,
       precomputed: opts.precomputed,
+      hostAddress: opts.hostAddress === undefined ? undefined : ipv4ToNumber(opts.hostAddress),
     },
     {
       sendUdp: (data, host, port) => loop.sendUdp(data, host, port),
