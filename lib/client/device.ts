@@ -165,7 +165,10 @@ export class ClientDevice {
   ) {
     this.drops = drops;
     this.pool = new AddressPool(config.tunAddress, config.prefix);
-    this.path = new DataPath(io, drops, { deliverTo: config.hostAddress ?? config.tunAddress, roaming: false });
+    this.path = new DataPath(io, drops, {
+      deliverTo: config.hostAddress ?? config.tunAddress,
+      roaming: false,
+    });
   }
 
   get servers(): Iterable<ServerEntry> {
