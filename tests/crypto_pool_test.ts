@@ -28,26 +28,29 @@ const vectors: { kem_decaps: Record<string, { cases: Case[] }> } = JSON.parse(
 const mcCases = vectors.kem_decaps.mceliece6960119.cases;
 const snCases = vectors.kem_decaps.sntrup761.cases;
 
-Deno.test("server key: vectors decapsulate in the worker, concurrently, matched by id", async () => {
-  const sk = fixture("mceliece_sk");
-  const before = sk.slice();
-  await using pool = await CryptoPool.start({ mcelieceSecretKey: sk });
-  // The caller's copy is neither detached nor altered by handing it to the worker.
-  assert.deepEqual(sk, before);
+for (const kem of ["wasm", "native"] as const) {
+  Deno.test(`${kem}: server key: vectors decapsulate in the worker, concurrently, matched by id`, async () => {
+    const sk = fixture("mceliece_sk");
+    const before = sk.slice();
+    await using pool = await CryptoPool.start({ mcelieceSecretKey: sk, kem });
+    assert.equal(pool.backend, kem);
+    // The caller's copy is neither detached nor altered by handing it to the worker.
+    assert.deepEqual(sk, before);
 
-  const cts = mcCases.map((c) => hex(c.ct));
-  const got = await Promise.all([...cts, ...cts].map((ct) => pool.mcelieceDecap(ct)));
-  assert.deepEqual(got, [...mcCases, ...mcCases].map((c) => hex(c.ss)));
-  assert.equal(cts[0].length, 194, "input buffers stay with the caller");
-  assert.equal(got[0].buffer.byteLength, 32, "each result owns its buffer");
-  assert.deepEqual(pool.stats, {
-    submitted: 6,
-    completed: 6,
-    failed: 0,
-    rejectedFull: 0,
-    pending: 0,
+    const cts = mcCases.map((c) => hex(c.ct));
+    const got = await Promise.all([...cts, ...cts].map((ct) => pool.mcelieceDecap(ct)));
+    assert.deepEqual(got, [...mcCases, ...mcCases].map((c) => hex(c.ss)));
+    assert.equal(cts[0].length, 194, "input buffers stay with the caller");
+    assert.equal(got[0].buffer.byteLength, 32, "each result owns its buffer");
+    assert.deepEqual(pool.stats, {
+      submitted: 6,
+      completed: 6,
+      failed: 0,
+      rejectedFull: 0,
+      pending: 0,
+    });
   });
-});
+}
 
 Deno.test("registered public key: precomputed ciphertexts open with the server key", async () => {
   await using pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });

@@ -1,7 +1,16 @@
 // KEM adapter tests against the reference's own keys and ciphertexts (libmceliece /
-// libntruprime via PQConnect 1.2.2). Needs --allow-read for tests/fixtures only.
+// libntruprime via PQConnect 1.2.2), under both backends: liboqs's WebAssembly build and the
+// native libraries through FFI. CI installs the native libraries (scripts/ensure-deps.sh), so
+// their absence fails here rather than passing quietly on the fallback.
+// Needs --allow-read for tests/fixtures and --allow-ffi for the native libraries.
 import assert from "node:assert/strict";
 import { type Kem, KemRejectedError, loadMcEliece6960119, loadSntrup761 } from "../wasm/kem.ts";
+import {
+  type KemBackend,
+  loadKemBackend,
+  nativeKemBackend,
+  wasmKemBackend,
+} from "../lib/runtime/kem_backend.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 
@@ -79,13 +88,65 @@ Deno.test("loaders are memoized", async () => {
   assert.equal(await loadSntrup761(), await loadSntrup761());
 });
 
-const KEMS = [
-  ["mceliece6960119", loadMcEliece6960119],
-  ["sntrup761", loadSntrup761],
-] as const;
+function native(): KemBackend {
+  const b = nativeKemBackend();
+  assert.ok(b, "libmceliece/libntruprime must load (scripts/ensure-deps.sh installs them)");
+  return b;
+}
 
-for (const [alg, load] of KEMS) {
-  Deno.test(`${alg}: reference kem_decaps vectors decapsulate exactly`, async () => {
+const BACKENDS: [string, () => Promise<KemBackend>][] = [
+  ["wasm", wasmKemBackend],
+  ["native", () => Promise.resolve(native())],
+];
+
+const KEMS: [string, () => Promise<Kem>][] = [];
+for (const [backend, load] of BACKENDS) {
+  KEMS.push([`${backend} mceliece6960119`, async () => (await load()).mceliece]);
+  KEMS.push([`${backend} sntrup761`, async () => (await load()).sntrup]);
+}
+
+Deno.test("the backends load as chosen, auto prefers native", async () => {
+  assert.equal((await loadKemBackend("wasm")).name, "wasm");
+  assert.equal((await loadKemBackend("native")).name, "native");
+  assert.equal((await loadKemBackend("auto")).name, "native");
+});
+
+Deno.test("native sizes match the reference's", () => {
+  const b = native();
+  for (const k of [b.mceliece, b.sntrup]) {
+    const r = vectors.sizes[k.name];
+    assert.deepEqual(
+      [k.publicKeyBytes, k.secretKeyBytes, k.ciphertextBytes, k.sharedSecretBytes],
+      [r.pk, r.sk, r.ct, r.ss],
+    );
+  }
+});
+
+Deno.test("each backend decapsulates the other's ciphertexts", async () => {
+  const w = await wasmKemBackend();
+  const n = native();
+  for (const pick of [(b: KemBackend) => b.mceliece, (b: KemBackend) => b.sntrup]) {
+    const section = vectors.kem_decaps[pick(w).name];
+    const pk = fixture(section.pk_file);
+    const sk = fixture(section.sk_file);
+    for (const [from, to] of [[w, n], [n, w]]) {
+      for (let i = 0; i < 3; i++) {
+        const e = pick(from).encapsulate(pk);
+        assert.deepEqual(pick(to).decapsulate(e.ciphertext, sk), e.sharedSecret);
+      }
+    }
+  }
+  // Ephemeral sntrup761 keys made by one open ciphertexts made by the other.
+  for (const [from, to] of [[w, n], [n, w]]) {
+    const kp = from.sntrup.keypair();
+    const e = to.sntrup.encapsulate(kp.publicKey);
+    assert.deepEqual(from.sntrup.decapsulate(e.ciphertext, kp.secretKey), e.sharedSecret);
+  }
+});
+
+for (const [label, load] of KEMS) {
+  const alg = label.split(" ")[1];
+  Deno.test(`${label}: reference kem_decaps vectors decapsulate exactly`, async () => {
     const kem = await load();
     const section = vectors.kem_decaps[alg];
     const sk = fixture(section.sk_file);
@@ -99,7 +160,7 @@ for (const [alg, load] of KEMS) {
     }
   });
 
-  Deno.test(`${alg}: encapsulation to the reference public key opens with its secret key`, async () => {
+  Deno.test(`${label}: encapsulation to the reference public key opens with its secret key`, async () => {
     const kem = await load();
     const section = vectors.kem_decaps[alg];
     const pk = fixture(section.pk_file);
@@ -116,7 +177,7 @@ for (const [alg, load] of KEMS) {
     assert.equal(seen.size, 5, "encapsulation must be randomized");
   });
 
-  Deno.test(`${alg}: corrupted ciphertext gives an implicit-rejection secret, not an error`, async () => {
+  Deno.test(`${label}: corrupted ciphertext gives an implicit-rejection secret, not an error`, async () => {
     const kem = await load();
     const section = vectors.kem_decaps[alg];
     const sk = fixture(section.sk_file);
@@ -140,7 +201,7 @@ for (const [alg, load] of KEMS) {
     assert.deepEqual(dec.decapsulate(ct), real);
   });
 
-  Deno.test(`${alg}: invalid inputs are rejected with clear errors`, async () => {
+  Deno.test(`${label}: invalid inputs are rejected with clear errors`, async () => {
     const kem = await load();
     const section = vectors.kem_decaps[alg];
     const sk = fixture(section.sk_file);
@@ -173,7 +234,7 @@ for (const [alg, load] of KEMS) {
     assert.deepEqual(dec.decapsulate(ct), hex(section.cases[0].ss));
   });
 
-  Deno.test(`${alg}: resident keys refuse use after dispose`, async () => {
+  Deno.test(`${label}: resident keys refuse use after dispose`, async () => {
     const kem = await load();
     const section = vectors.kem_decaps[alg];
     const dec = kem.decapsulator(fixture(section.sk_file));
@@ -187,32 +248,36 @@ for (const [alg, load] of KEMS) {
   });
 }
 
-Deno.test("mceliece6960119: padding bits set are an explicit rejection, never a key", async () => {
-  const mc = await loadMcEliece6960119();
-  const section = vectors.kem_decaps.mceliece6960119;
-  const ct = hex(section.cases[0].ct);
-  using dec = mc.decapsulator(fixture(section.sk_file));
-  for (let bit = 1547; bit < 1552; bit++) {
-    assert.throws(() => dec.decapsulate(flipBit(ct, bit)), KemRejectedError);
-  }
-  assert.deepEqual(dec.decapsulate(ct), hex(section.cases[0].ss));
+for (const [backend, load] of BACKENDS) {
+  Deno.test(`${backend} mceliece6960119: padding bits set are an explicit rejection, never a key`, async () => {
+    const mc = (await load()).mceliece;
+    const section = vectors.kem_decaps.mceliece6960119;
+    const ct = hex(section.cases[0].ct);
+    using dec = mc.decapsulator(fixture(section.sk_file));
+    for (let bit = 1547; bit < 1552; bit++) {
+      assert.throws(() => dec.decapsulate(flipBit(ct, bit)), KemRejectedError);
+    }
+    assert.deepEqual(dec.decapsulate(ct), hex(section.cases[0].ss));
 
-  // Likewise a public key with a bit set past column 5413 of a row (last byte of row 0).
-  const pk = fixture(section.pk_file);
-  pk[676] |= 0x80;
-  assert.throws(() => mc.encapsulate(pk), /public key rejected/);
-  using enc = mc.encapsulator(pk);
-  assert.throws(() => enc.encapsulate(), KemRejectedError);
-});
+    // Likewise a public key with a bit set past column 5413 of a row (last byte of row 0).
+    const pk = fixture(section.pk_file);
+    pk[676] |= 0x80;
+    assert.throws(() => mc.encapsulate(pk), /public key rejected/);
+    using enc = mc.encapsulator(pk);
+    assert.throws(() => enc.encapsulate(), KemRejectedError);
+  });
 
-Deno.test("handshake vector: server-side decapsulations reproduce the client's secrets", async () => {
-  const mc = await loadMcEliece6960119();
-  const sn = await loadSntrup761();
-  const c = vectors.handshake.client;
-  assert.deepEqual(mc.decapsulate(hex(c.mceliece_ct), fixture("mceliece_sk")), hex(c.mceliece_ss));
-  const esk = fixture(vectors.handshake.server_ephemeral.sntrup761_sk_file);
-  assert.deepEqual(sn.decapsulate(hex(c.sntrup_ct), esk), hex(c.sntrup_ss));
-});
+  Deno.test(`${backend}: handshake vector: server-side decapsulations reproduce the client's secrets`, async () => {
+    const { mceliece: mc, sntrup: sn } = await load();
+    const c = vectors.handshake.client;
+    assert.deepEqual(
+      mc.decapsulate(hex(c.mceliece_ct), fixture("mceliece_sk")),
+      hex(c.mceliece_ss),
+    );
+    const esk = fixture(vectors.handshake.server_ephemeral.sntrup761_sk_file);
+    assert.deepEqual(sn.decapsulate(hex(c.sntrup_ct), esk), hex(c.sntrup_ss));
+  });
+}
 
 Deno.test("mceliece6960119: reference key files have the expected serialisation", () => {
   assertMcElieceKeyFormat(fixture("mceliece_pk"), fixture("mceliece_sk"));
@@ -252,4 +317,17 @@ Deno.test({
     const e = enc.encapsulate();
     assert.notDeepEqual(mc.decapsulate(e.ciphertext, fixture("mceliece_sk")), e.sharedSecret);
   },
+});
+
+Deno.test("mceliece6960119: a fresh native key pair has the reference format and opens WASM ciphertexts", async () => {
+  const n = native().mceliece;
+  const w = (await wasmKemBackend()).mceliece;
+  const { publicKey, secretKey } = n.keypair();
+  assertMcElieceKeyFormat(publicKey, secretKey);
+  using dec = n.decapsulator(secretKey);
+  for (let i = 0; i < 3; i++) {
+    const e = w.encapsulate(publicKey);
+    assert.deepEqual(dec.decapsulate(e.ciphertext), e.sharedSecret);
+  }
+  secretKey.fill(0);
 });

@@ -1,5 +1,6 @@
 /**
- * Module worker that runs KEM operations off the packet path (spawned by lib/crypto_pool.ts).
+ * Module worker that runs KEM operations off the packet path (spawned by
+ * lib/runtime/crypto_pool.ts), with the native or the WASM KEMs as the init message asks.
  *
  * Holds the server's McEliece secret key resident in WASM memory (given once in the init
  * message, zeroed on shutdown) and any McEliece public keys registered for precomputing
@@ -7,22 +8,19 @@
  * request id. Result buffers are transferred, not copied, and secret inputs that arrived in
  * this worker are zeroed once used.
  *
- * Loading it needs --allow-read for this file and wasm/kem.ts (Deno checks worker modules'
- * local imports against the parent's permissions); the liboqs package itself needs nothing.
+ * Loading it needs --allow-read for this file and the modules it imports (Deno checks worker
+ * modules' local imports against the parent's permissions); the liboqs package itself needs
+ * nothing. The native KEMs need --allow-ffi for their libraries (ffi/kem_native.ts).
  */
-import {
-  type Decapsulator,
-  type Encapsulator,
-  type Kem,
-  KemRejectedError,
-  loadMcEliece6960119,
-  loadSntrup761,
-} from "./kem.ts";
+import { type Decapsulator, type Encapsulator, type Kem, KemRejectedError } from "./kem.ts";
+import { type KemBackendName, type KemChoice, loadKemBackend } from "../lib/runtime/kem_backend.ts";
 
 /** First message from the pool. The key's buffer is transferred here and wiped after loading. */
 export interface InitMessage {
   op: "init";
   mcelieceSecretKey: Uint8Array | null;
+  /** Which KEM implementation to load (lib/runtime/kem_backend.ts). */
+  kem: KemChoice;
 }
 
 export type WorkerRequest =
@@ -68,7 +66,7 @@ export interface ResultOf {
 }
 
 export type WorkerReply =
-  | { op: "ready" }
+  | { op: "ready"; backend: KemBackendName }
   | { op: "initFailed"; error: string }
   | { op: "reply"; id: number; ok: true; result: ResultOf[WorkerOp] }
   | { op: "reply"; id: number; ok: false; error: string; rejected: boolean };
@@ -103,9 +101,11 @@ function wipeAll(): void {
 
 async function init(msg: InitMessage): Promise<void> {
   try {
-    [mceliece, sntrup] = await Promise.all([loadMcEliece6960119(), loadSntrup761()]);
+    const backend = await loadKemBackend(msg.kem);
+    mceliece = backend.mceliece;
+    sntrup = backend.sntrup;
     if (msg.mcelieceSecretKey) serverKey = mceliece.decapsulator(msg.mcelieceSecretKey);
-    scope.postMessage({ op: "ready" });
+    scope.postMessage({ op: "ready", backend: backend.name });
   } catch (e) {
     scope.postMessage({ op: "initFailed", error: e instanceof Error ? e.message : String(e) });
   } finally {

@@ -5,6 +5,7 @@ import {
   interfaceOption,
   parseInterfaceName,
   parseIpv4Option,
+  parseKemOption,
   parseNumber,
   parseOptions,
   parsePort,
@@ -38,6 +39,7 @@ export function parseClientArgs(args: string[]): ClientRequest {
     queue: { type: "string" },
     "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
     precompute: { type: "string" },
+    kem: { type: "string", default: "auto" },
     verbose: { type: "boolean", short: "v", default: false },
     // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
     "very-verbose": { type: "boolean", default: false },
@@ -63,6 +65,7 @@ export function parseClientArgs(args: string[]): ClientRequest {
       queueNum: parseNumber(values.queue, 4242, 0, 65535, "--queue"),
       runtimeDir: values["runtime-dir"]!,
       precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
+      kem: parseKemOption(values.kem!),
       verbose: values.verbose! || values["very-verbose"]!,
       hostAddress: values["host-ip"] === undefined
         ? undefined
@@ -94,6 +97,8 @@ Options:
       --queue N           netfilter queue number for DNS answers (default 4242)
       --runtime-dir DIR   where the control socket lives (default ${DEFAULT_RUNTIME_DIR})
       --precompute N      McEliece ciphertexts kept ready per server (default 8)
+      --kem auto|native|wasm
+                          KEM implementation (default auto: native when loadable)
   -v, --verbose           log every tunnel event (also -vv, --very-verbose)
       --show              show the running client's tunnels (as pqconnect status)
   -h, --help              show this help
@@ -129,6 +134,7 @@ export const clientWorkerCommand: Command = {
       user: { type: "string" },
       control: { type: "string" },
       precompute: { type: "string" },
+      kem: { type: "string", default: "auto" },
       "host-ip": { type: "string" },
       verbose: { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
@@ -151,6 +157,7 @@ export const clientWorkerCommand: Command = {
       user: values.user,
       controlSocket: values.control,
       precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
+      kem: parseKemOption(values.kem!),
       verbose: values.verbose!,
       hostAddress: values["host-ip"] === undefined
         ? undefined

@@ -2,6 +2,7 @@
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { parseIpv4Address } from "../core/ip.ts";
+import { type KemChoice, parseKemChoice } from "../runtime/kem_backend.ts";
 
 /** Bad command-line input: printed with the command's usage, exit status 2. */
 export class UsageError extends Error {
@@ -90,4 +91,11 @@ export function parseDnsName(value: string | undefined, what: string): string {
     labels.every((l) => /^[A-Za-z0-9_](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l));
   if (!ok) throw new UsageError(`${what} must be a DNS name like www.example.org, not "${value}"`);
   return name.toLowerCase();
+}
+
+/** --kem auto|native|wasm */
+export function parseKemOption(value: string): KemChoice {
+  const choice = parseKemChoice(value);
+  if (choice === null) throw new UsageError(`--kem must be auto, native or wasm, not ${value}`);
+  return choice;
 }

@@ -5,6 +5,7 @@ import {
   interfaceOption,
   parseInterfaceName,
   parseIpv4Option,
+  parseKemOption,
   parseNumber,
   parseOptions,
   parsePort,
@@ -38,6 +39,7 @@ export function parseServerArgs(
     user: { type: "string", default: PRIVSEP_USER },
     mtu: { type: "string" },
     "max-peers": { type: "string" },
+    kem: { type: "string", default: "auto" },
     verbose: { type: "boolean", short: "v", default: false },
     // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
     "very-verbose": { type: "boolean", default: false },
@@ -68,6 +70,7 @@ export function parseServerArgs(
       user: values.user!,
       mtu,
       maxPeers,
+      kem: parseKemOption(values.kem!),
       verbose: values.verbose! || values["very-verbose"]!,
     },
   };
@@ -95,6 +98,9 @@ Options:
       --user NAME         unprivileged user to run as (default ${PRIVSEP_USER})
       --mtu N             TUN MTU (default 1400)
       --max-peers N       tunnels kept before the idlest gets a cookie (default 65536)
+      --kem auto|native|wasm
+                          KEM implementation: native libmceliece/libntruprime, or
+                          the WebAssembly build (default auto: native when loadable)
   -v, --verbose           log every tunnel event (also -vv, --very-verbose)
   -h, --help              show this help
       --version           show the version`,

@@ -28,6 +28,8 @@ import {
 import { lookupUser } from "../../ffi/privdrop.ts";
 import { libcPath, waitReadable } from "../../ffi/libc.ts";
 import { sodiumPath } from "../../ffi/sodium.ts";
+import { kemLibraryPaths } from "../../ffi/kem_native.ts";
+import type { KemChoice } from "../runtime/kem_backend.ts";
 
 export interface ClientOptions {
   port: number;
@@ -39,6 +41,7 @@ export interface ClientOptions {
   queueNum: number;
   runtimeDir: string;
   precomputed: number;
+  kem: KemChoice;
   verbose: boolean;
   /** -H: where packets from servers are delivered (default the TUN address), as the
    * reference client's --host-ip: for a client running on a router or VM for other hosts. */
@@ -232,6 +235,7 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
     `--control=${controlPath}`,
     `--precompute=${opts.precomputed}`,
     ...(opts.hostAddress ? [`--host-ip=${opts.hostAddress}`] : []),
+    `--kem=${opts.kem}`,
     ...(opts.verbose ? ["--verbose"] : []),
   ];
   const main = new URL("../../main.ts", import.meta.url);
@@ -242,7 +246,9 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
     "run",
     "--no-prompt",
     `--config=${root}/deno.json`,
-    `--allow-ffi=${[libcPath(), sodiumPath()].filter((p) => p !== null).join(",")}`,
+    `--allow-ffi=${
+      [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p) => p !== null).join(",")
+    }`,
     `--allow-read=${root},${opts.runtimeDir}`,
     `--allow-write=${opts.runtimeDir}`,
     "--allow-net",

@@ -13,6 +13,7 @@ import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
 import { DropCounters } from "../core/log.ts";
 import { StderrLogger } from "../runtime/log.ts";
 import { installAeadBackend } from "../runtime/aead_backend.ts";
+import type { KemChoice } from "../runtime/kem_backend.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
@@ -32,6 +33,7 @@ export interface WorkerOptions {
   user: string;
   controlSocket: string;
   precomputed: number;
+  kem: KemChoice;
   verbose: boolean;
   hostAddress?: string;
 }
@@ -44,7 +46,8 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const dns = new SeqPacketChannel(opts.dnsFd);
   // The worker is not told the TUN MTU (--mtu goes to the supervisor): take any datagram.
   const sock = UdpSocket.bind(0, opts.port, { maxDatagram: MAX_UDP_PAYLOAD });
-  const pool = await CryptoPool.start({});
+  const pool = await CryptoPool.start({ kem: opts.kem });
+  log.info(`KEM backend: ${pool.backend}`);
   dropPrivileges(user.uid, user.gid);
 
   const t0 = performance.now();

@@ -8,8 +8,9 @@
  * work. Inputs are copied into fresh buffers that are transferred (moved) to the worker, so no
  * second copy of a secret lingers in this thread; results come back transferred too.
  *
- * Permissions: --allow-read for wasm/crypto_worker.ts and wasm/kem.ts (worker modules are
- * loaded under the parent's read permission). `sandboxWorker` additionally drops every
+ * Permissions: --allow-read for wasm/crypto_worker.ts and the modules it imports (wasm/kem.ts,
+ * lib/runtime/kem_backend.ts, ffi/kem_native.ts: worker modules are loaded under the parent's
+ * read permission); for the native KEMs --allow-ffi naming ffi/kem_native.ts's libraries. `sandboxWorker` additionally drops every
  * permission inside the worker but needs --unstable-worker-options.
  */
 import type {
@@ -22,6 +23,7 @@ import type {
   WorkerReply,
 } from "../../wasm/crypto_worker.ts";
 import { KemRejectedError } from "../../wasm/kem.ts";
+import type { KemBackendName, KemChoice } from "./kem_backend.ts";
 
 const MCELIECE_PK = 1047319;
 const MCELIECE_SK = 13948;
@@ -38,6 +40,8 @@ export interface CryptoPoolOptions {
    * you accept: a full queue of McEliece decapsulations is maxPending × ~decap time.
    */
   maxPending?: number;
+  /** Which KEMs the worker runs (default "auto": native when the libraries load, else WASM). */
+  kem?: KemChoice;
   /** Drop all permissions inside the worker (Deno: needs --unstable-worker-options). */
   sandboxWorker?: boolean;
   /** How long start() waits for the worker to load WASM and the key (default 30 s). */
@@ -100,6 +104,7 @@ export class CryptoPool implements AsyncDisposable {
   #closed: Promise<void> | undefined;
   #dead: Error | undefined;
   #stats = { submitted: 0, completed: 0, failed: 0, rejectedFull: 0 };
+  #backend: KemBackendName = "wasm";
 
   private constructor(worker: Worker, maxPending: number, hasServerKey: boolean) {
     this.#worker = worker;
@@ -136,8 +141,10 @@ export class CryptoPool implements AsyncDisposable {
           timeoutMs,
         );
         worker.onmessage = (ev: MessageEvent<WorkerReply>) => {
-          if (ev.data.op === "ready") resolve();
-          else if (ev.data.op === "initFailed") {
+          if (ev.data.op === "ready") {
+            pool.#backend = ev.data.backend;
+            resolve();
+          } else if (ev.data.op === "initFailed") {
             reject(new CryptoPoolError(`crypto worker failed to start: ${ev.data.error}`));
           }
         };
@@ -146,7 +153,11 @@ export class CryptoPool implements AsyncDisposable {
           reject(new CryptoPoolError(`crypto worker failed to start: ${ev.message}`));
         };
         const key = sk === undefined ? null : movable(sk);
-        const init: InitMessage = { op: "init", mcelieceSecretKey: key };
+        const init: InitMessage = {
+          op: "init",
+          mcelieceSecretKey: key,
+          kem: options.kem ?? "auto",
+        };
         worker.postMessage(init, key ? [key.buffer] : []);
       });
     } catch (e) {
@@ -164,6 +175,11 @@ export class CryptoPool implements AsyncDisposable {
       pool.#die(new CryptoPoolClosedError("crypto worker sent an unreadable message"));
     };
     return pool;
+  }
+
+  /** The KEM implementation the worker runs. */
+  get backend(): KemBackendName {
+    return this.#backend;
   }
 
   get stats(): CryptoPoolStats {

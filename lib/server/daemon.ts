@@ -19,6 +19,7 @@ import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
+import type { KemChoice } from "../runtime/kem_backend.ts";
 import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
@@ -34,6 +35,7 @@ export interface ServerOptions {
   user: string;
   mtu: number;
   maxPeers: number;
+  kem: KemChoice;
   verbose: boolean;
 }
 
@@ -75,8 +77,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     closers.push(() => cryptoSock.close());
     const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 16 });
     closers.push(() => keySock.close());
-    const pool = await CryptoPool.start({ mcelieceSecretKey: keys.mcelieceSk });
+    const pool = await CryptoPool.start({ mcelieceSecretKey: keys.mcelieceSk, kem: opts.kem });
     closers.push(() => pool.close());
+    log.info(`KEM backend: ${pool.backend}`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
     const x25519Sk = keys.x25519Sk.slice();
     wipeServerKeys(keys);
