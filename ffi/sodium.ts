@@ -1,4 +1,5 @@
-// libsodium through FFI: the tunnel's ChaCha20-Poly1305 and the kdf's ChaCha20 in native code.
+// libsodium through FFI: the tunnel's ChaCha20-Poly1305, the kdf's ChaCha20 and the handshake's
+// X25519 in native code.
 //
 // Optional by design: when the library is absent, or this process may not load it (a narrowed
 // --allow-ffi that does not name it), sodium() returns null and callers use the JS code. The
@@ -52,6 +53,13 @@ const SYMBOLS = {
     parameters: ["buffer", "buffer", "u64", "buffer", "u64", "buffer"],
     result: "i32",
   },
+  // (q, n, p): X25519; -1 when the result is all zeros (a low-order p)
+  crypto_scalarmult_curve25519: {
+    parameters: ["buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  // (q, n): X25519 with the base point
+  crypto_scalarmult_curve25519_base: { parameters: ["buffer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Sodium = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];

@@ -3,11 +3,12 @@
 // the zero-copy packet paths (seal into a buffer, open in place).
 
 import assert from "node:assert/strict";
-import { fromHex, vectors } from "./fixtures.ts";
+import { fixture, fromHex, vectors } from "./fixtures.ts";
 import { hex } from "../lib/core/bytes.ts";
 import { aeadBackend, type AeadBackendName, aeadOpen, aeadSeal } from "../lib/core/aead.ts";
 import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
-import { open, seal } from "../lib/core/crypto.ts";
+import { open, seal, x25519Backend, x25519PublicKey, x25519Shared } from "../lib/core/crypto.ts";
+import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/core/handshake.ts";
 import { kdf } from "../lib/core/kdf.ts";
 import { TunnelSession } from "../lib/core/session.ts";
 import { buildCookie, CookieKeyring, openCookie } from "../lib/core/cookie.ts";
@@ -131,6 +132,45 @@ for (const name of BACKENDS) {
         assert.ok(r.ok);
         assert.deepEqual([...r.plaintext], new Array(100).fill(7));
         assert.deepEqual(b.openInPlace(genuine.slice(), 1), { ok: false, reason: "no-key" });
+      }),
+  );
+
+  Deno.test(
+    {
+      name: `[${name}] X25519 vector, low-order points refused, handshake vector both ways`,
+      ignore,
+    },
+    () =>
+      under(name, () => {
+        assert.equal(x25519Backend(), name);
+        const t = vectors.x25519;
+        assert.equal(hex(x25519PublicKey(fromHex(t.sk))), t.pk);
+        assert.equal(hex(x25519Shared(fromHex(t.sk), fromHex(t.peer_pk))), t.shared);
+        // The all-zero point and the order-2 point (1) give an all-zero secret: refused.
+        const one = new Uint8Array(32);
+        one[0] = 1;
+        for (const p of [new Uint8Array(32), one]) {
+          assert.throws(() => x25519Shared(fromHex(t.sk), p), /low-order/);
+        }
+        const hv = vectors.handshake;
+        const c = hv.client;
+        const sent = initiate({
+          mcelieceCt: fromHex(c.mceliece_ct),
+          mcelieceSs: fromHex(c.mceliece_ss),
+          clientX25519Sk: fromHex(c.x25519_eph_sk),
+          clientX25519Pk: fromHex(c.x25519_eph_pk),
+          serverStaticX25519Pk: fixture("x25519_pk"),
+          serverEphemeralX25519Pk: fromHex(hv.server_ephemeral.x25519_pk),
+          sntrupCt: fromHex(c.sntrup_ct),
+          sntrupSs: fromHex(c.sntrup_ss),
+        });
+        assert.equal(hex(sent.message), hv.message);
+        const msg = parseInitiation(fromHex(hv.message))!;
+        const slots = [{ x25519Sk: fromHex(hv.server_ephemeral.x25519_sk), id: 5 }];
+        const pending = respondOpen(msg, fromHex(c.mceliece_ss), fixture("x25519_sk"), slots);
+        assert.ok(pending);
+        const r = respondFinish(msg, pending, fromHex(c.sntrup_ss));
+        assert.equal(hex(r.tid), hv.tid);
       }),
   );
 }

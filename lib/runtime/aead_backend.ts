@@ -1,4 +1,5 @@
-// Chooses the AEAD implementation for this process and hands it to the core. libsodium through
+// Chooses the AEAD implementation (and with it the handshake's X25519) for this process and hands
+// it to the core. libsodium through
 // FFI when this process may load it, else the core's JS one. PQCONNECT_AEAD=js|libsodium (when the
 // process may read it) overrides the automatic choice. Every daemon and tool calls
 // `installAeadBackend` once at start.
@@ -6,6 +7,7 @@
 import { type AeadBackend, type AeadBackendName, jsAead, setAeadBackend } from "../core/aead.ts";
 import { TAG_BYTES } from "../core/constants.ts";
 import { type Sodium, sodium } from "../../ffi/sodium.ts";
+import { jsX25519, setX25519Backend, type X25519Backend } from "../core/crypto.ts";
 
 export type AeadChoice = AeadBackendName | "auto";
 
@@ -41,6 +43,23 @@ function sodiumAead(s: Sodium): AeadBackend {
   };
 }
 
+function sodiumX25519(s: Sodium): X25519Backend {
+  const mult = s.crypto_scalarmult_curve25519;
+  const base = s.crypto_scalarmult_curve25519_base;
+  return {
+    name: "libsodium",
+    publicKey(sk) {
+      const pk = new Uint8Array(32);
+      base(pk, sk);
+      return pk;
+    },
+    shared(sk, pk) {
+      const q = new Uint8Array(32);
+      return mult(q, sk, pk) === 0 ? q : null;
+    },
+  };
+}
+
 function envChoice(): AeadChoice {
   try {
     const granted = Deno.permissions.querySync({ name: "env", variable: "PQCONNECT_AEAD" });
@@ -62,9 +81,19 @@ export function aeadBackendFor(choice: AeadChoice): AeadBackend {
   return jsAead;
 }
 
-/** Installs the backend for `choice` (default: PQCONNECT_AEAD, else automatic) and names it. */
+/** X25519 from the same library as the AEAD backend: libsodium's with it, else noble's. */
+export function x25519BackendFor(aead: AeadBackendName): X25519Backend {
+  const s = aead === "libsodium" ? sodium() : null;
+  return s ? sodiumX25519(s) : jsX25519;
+}
+
+/**
+ * Installs the backend for `choice` (default: PQCONNECT_AEAD, else automatic) and names it. The
+ * handshake's X25519 follows it: libsodium's with the libsodium AEAD.
+ */
 export function installAeadBackend(choice: AeadChoice = envChoice()): AeadBackendName {
   const backend = aeadBackendFor(choice);
   setAeadBackend(backend);
+  setX25519Backend(x25519BackendFor(backend.name));
   return backend.name;
 }

@@ -11,6 +11,7 @@
 import dgram from "node:dgram";
 import type { Buffer } from "node:buffer";
 import { libcPath } from "../../ffi/libc.ts";
+import { kemLibraryPaths } from "../../ffi/kem_native.ts";
 import { sodiumPath } from "../../ffi/sodium.ts";
 import { findTool } from "../../lib/runtime/firewall.ts";
 import { fromHex, hex } from "../../lib/core/bytes.ts";
@@ -112,17 +113,21 @@ export async function removeStaleTempDirs(prefixes: string[]): Promise<void> {
 
 /**
  * `pqconnect server`: libc for every system call (TUN, sockets, privilege drop) and libsodium for
- * the tunnel's AEAD when installed (without it the server quietly uses its JS code), the crypto
- * worker's modules (wasm/) and the key directory, and the uid check. Nothing else: no net
- * (sockets are FFI), no env, no write, no run.
+ * the tunnel's AEAD when installed (without it the server quietly uses its JS code), the native
+ * KEM libraries, the crypto worker's modules (wasm/ and the KEM backend choice) and the key
+ * directory, and the uid check. Nothing else: no net (sockets are FFI), no env, no write, no run.
  */
 export function serverPermissions(keyDir: string): string[] {
-  const ffi = [libcPath(), sodiumPath()].filter((p): p is string => p !== null);
+  const ffi = [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p): p is string =>
+    p !== null
+  );
+  const workerModules = ["wasm", "lib/runtime/kem_backend.ts", "ffi/kem_native.ts"]
+    .map((p) => `${PROJECT_DIR}/${p}`);
   return [
     "--no-prompt",
     `--config=${PROJECT_DIR}/deno.json`,
     `--allow-ffi=${ffi.join(",")}`,
-    `--allow-read=${PROJECT_DIR}/wasm,${keyDir}`,
+    `--allow-read=${workerModules.join(",")},${keyDir}`,
     "--allow-sys=uid",
   ];
 }
