@@ -154,7 +154,8 @@ Deno.test("close: drains submitted work, then refuses; idempotent", async () => 
 });
 
 Deno.test("close: a timeout terminates the worker and fails what is left", async () => {
-  const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+  // WASM: 40 decapsulations take seconds there, so the 1 ms timeout surely cuts some off.
+  const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk"), kem: "wasm" });
   const ct = hex(mcCases[0].ct);
   const work = Array.from({ length: 40 }, () => pool.mcelieceDecap(ct));
   await pool.close(1);
@@ -168,4 +169,27 @@ Deno.test("close: a timeout terminates the worker and fails what is left", async
   );
   assert.equal(pool.stats.pending, 0);
   assert.equal(pool.stats.completed + pool.stats.failed, 40);
+});
+
+Deno.test("several workers: each holds the key, work spreads, registered keys stay put", async () => {
+  await using pool = await CryptoPool.start({
+    mcelieceSecretKey: fixture("mceliece_sk"),
+    workers: 3,
+    kem: "native",
+  });
+  assert.equal(pool.workers, 3);
+  const cts = mcCases.map((c) => hex(c.ct));
+  const many = Array.from({ length: 30 }, (_, i) => cts[i % cts.length]);
+  const got = await Promise.all(many.map((ct) => pool.mcelieceDecap(ct)));
+  assert.deepEqual(got, many.map((_, i) => hex(mcCases[i % mcCases.length].ss)));
+  const ids = await Promise.all(
+    [1, 2, 3, 4].map(() => pool.registerMcEliecePublicKey(fixture("mceliece_pk"))),
+  );
+  for (const id of ids) {
+    const e = await pool.mcelieceEncap(id);
+    assert.deepEqual(await pool.mcelieceDecap(e.ciphertext), e.sharedSecret);
+  }
+  assert.equal(pool.stats.pending, 0);
+  assert.equal(pool.stats.failed, 0);
+  await assert.rejects(CryptoPool.start({ workers: 0 }), RangeError);
 });

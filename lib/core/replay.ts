@@ -4,6 +4,13 @@
 
 import { EPOCH_LIFETIME_SECONDS } from "./constants.ts";
 
+/** A map key for a c0: 32 bytes of a 194-byte ciphertext are as unique as the whole. */
+export function replayKey(c0: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < 32 && i < c0.length; i++) s += String.fromCharCode(c0[i]);
+  return s + String(c0.length);
+}
+
 export class ReplayCache {
   private readonly seen = new Map<string, number>();
 
@@ -12,16 +19,9 @@ export class ReplayCache {
     private readonly lifetime = EPOCH_LIFETIME_SECONDS,
   ) {}
 
-  private static key(c0: Uint8Array): string {
-    // 32 bytes of a 194-byte ciphertext are as unique as the whole and cheaper to keep.
-    let s = "";
-    for (let i = 0; i < 32 && i < c0.length; i++) s += String.fromCharCode(c0[i]);
-    return s + String(c0.length);
-  }
-
   has(c0: Uint8Array, now: number): boolean {
     this.prune(now);
-    return this.seen.has(ReplayCache.key(c0));
+    return this.seen.has(replayKey(c0));
   }
 
   add(c0: Uint8Array, now: number): void {
@@ -30,7 +30,7 @@ export class ReplayCache {
       const oldest = this.seen.keys().next().value;
       if (oldest !== undefined) this.seen.delete(oldest);
     }
-    this.seen.set(ReplayCache.key(c0), now + this.lifetime);
+    this.seen.set(replayKey(c0), now + this.lifetime);
   }
 
   /** Entries are in insertion order, so expired ones are at the front. */

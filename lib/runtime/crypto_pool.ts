@@ -1,17 +1,18 @@
 /**
- * Runs KEM work in a dedicated module worker so that McEliece decapsulation (tens of ms in
- * WASM) and key generation never block the packet path.
+ * Runs KEM work in module workers so that McEliece decapsulation (tens of ms in WASM, a tenth
+ * of one natively) and key generation never block the packet path.
  *
- * One worker, one request at a time inside it, replies matched by id. The number of requests
- * outstanding is bounded: past `maxPending` a call rejects at once with CryptoPoolFullError
- * and the refusal is counted, so a flood of handshakes sheds load instead of queueing minutes of
- * work. Inputs are copied into fresh buffers that are transferred (moved) to the worker, so no
+ * One or more workers (a server: one per core), one request at a time inside each, replies
+ * matched by id. The number of requests outstanding is bounded: past `maxPending` a call rejects
+ * at once with CryptoPoolFullError and the refusal is counted, so a flood of handshakes sheds
+ * load instead of queueing minutes of work. Inputs are copied into fresh buffers that are transferred (moved) to the worker, so no
  * second copy of a secret lingers in this thread; results come back transferred too.
  *
  * Permissions: --allow-read for wasm/crypto_worker.ts and the modules it imports (wasm/kem.ts,
  * lib/runtime/kem_backend.ts, ffi/kem_native.ts: worker modules are loaded under the parent's
- * read permission); for the native KEMs --allow-ffi naming ffi/kem_native.ts's libraries. `sandboxWorker` additionally drops every
- * permission inside the worker but needs --unstable-worker-options.
+ * read permission); for the native KEMs --allow-ffi naming ffi/kem_native.ts's libraries.
+ * `sandboxWorker` additionally drops every permission inside the worker but needs
+ * --unstable-worker-options.
  */
 import type {
   EncapResult,
@@ -40,6 +41,11 @@ export interface CryptoPoolOptions {
    * you accept: a full queue of McEliece decapsulations is maxPending × ~decap time.
    */
   maxPending?: number;
+  /**
+   * Workers, each with its own copy of the server key (default 1). A server gives one per core
+   * so handshakes use every core while the packet loop stays free.
+   */
+  workers?: number;
   /** Which KEMs the worker runs (default "auto": native when the libraries load, else WASM). */
   kem?: KemChoice;
   /** Drop all permissions inside the worker (Deno: needs --unstable-worker-options). */
@@ -92,98 +98,140 @@ function movable(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
   return bytes.slice();
 }
 
-/** All methods validate inputs and report every failure as a rejected promise. */
+/** One worker and the requests it has not answered yet. */
+class Lane {
+  readonly pending = new Map<number, Pending>();
+  shutdownId = 0;
+  constructor(readonly worker: Worker) {}
+}
+
+/** Starts one worker and resolves with its backend once its KEMs (and key, if any) are loaded. */
+async function startWorker(
+  options: CryptoPoolOptions,
+  index: number,
+): Promise<{ worker: Worker; backend: KemBackendName }> {
+  const workerOptions: WorkerOptions & { deno?: { permissions: "none" } } = {
+    type: "module",
+    name: `pqconnect-crypto-${index}`,
+  };
+  if (options.sandboxWorker) workerOptions.deno = { permissions: "none" };
+  const worker = new Worker(new URL("../../wasm/crypto_worker.ts", import.meta.url), workerOptions);
+  const timeoutMs = options.startTimeoutMs ?? 30_000;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const backend = await new Promise<KemBackendName>((resolve, reject) => {
+      timer = setTimeout(
+        () => reject(new CryptoPoolError(`crypto worker not ready after ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      worker.onmessage = (ev: MessageEvent<WorkerReply>) => {
+        if (ev.data.op === "ready") resolve(ev.data.backend);
+        else if (ev.data.op === "initFailed") {
+          reject(new CryptoPoolError(`crypto worker failed to start: ${ev.data.error}`));
+        }
+      };
+      worker.onerror = (ev) => {
+        ev.preventDefault();
+        reject(new CryptoPoolError(`crypto worker failed to start: ${ev.message}`));
+      };
+      // Each worker gets its own copy of the key, moved there and wiped by it on shutdown.
+      const sk = options.mcelieceSecretKey;
+      const key = sk === undefined ? null : movable(sk);
+      const init: InitMessage = { op: "init", mcelieceSecretKey: key, kem: options.kem ?? "auto" };
+      worker.postMessage(init, key ? [key.buffer] : []);
+    });
+    return { worker, backend };
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * All methods validate inputs and report every failure as a rejected promise. Work goes to the
+ * worker with the fewest requests outstanding; a registered public key stays with one worker.
+ */
 export class CryptoPool implements AsyncDisposable {
-  readonly #worker: Worker;
+  readonly #lanes: Lane[];
   readonly #maxPending: number;
   readonly #hasServerKey: boolean;
-  readonly #pending = new Map<number, Pending>();
+  readonly #backend: KemBackendName;
+  #outstanding = 0;
   #nextId = 1;
   #nextPkId = 1;
-  #shutdownId = 0;
   #closed: Promise<void> | undefined;
   #dead: Error | undefined;
   #stats = { submitted: 0, completed: 0, failed: 0, rejectedFull: 0 };
-  #backend: KemBackendName = "wasm";
 
-  private constructor(worker: Worker, maxPending: number, hasServerKey: boolean) {
-    this.#worker = worker;
+  private constructor(
+    workers: Worker[],
+    backend: KemBackendName,
+    maxPending: number,
+    hasServerKey: boolean,
+  ) {
+    this.#lanes = workers.map((w) => new Lane(w));
+    this.#backend = backend;
     this.#maxPending = maxPending;
     this.#hasServerKey = hasServerKey;
   }
 
-  /** Spawns the worker and resolves once its WASM modules (and key, if any) are loaded. */
+  /** Spawns the workers and resolves once each has loaded its KEMs (and key, if any). */
   static async start(options: CryptoPoolOptions = {}): Promise<CryptoPool> {
     const maxPending = options.maxPending ?? 128;
     if (!Number.isInteger(maxPending) || maxPending < 1) {
       throw new RangeError(`maxPending must be a positive integer, got ${maxPending}`);
     }
+    const count = options.workers ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > 64) {
+      throw new RangeError(`workers must be an integer 1..64, got ${count}`);
+    }
     const sk = options.mcelieceSecretKey;
     if (sk !== undefined) checkLength("McEliece secret key", sk, MCELIECE_SK);
 
-    const workerOptions: WorkerOptions & { deno?: { permissions: "none" } } = {
-      type: "module",
-      name: "pqconnect-crypto",
-    };
-    if (options.sandboxWorker) workerOptions.deno = { permissions: "none" };
-    const worker = new Worker(
-      new URL("../../wasm/crypto_worker.ts", import.meta.url),
-      workerOptions,
+    const started = await Promise.allSettled(
+      Array.from({ length: count }, (_, i) => startWorker(options, i)),
     );
-    const pool = new CryptoPool(worker, maxPending, sk !== undefined);
-
-    const timeoutMs = options.startTimeoutMs ?? 30_000;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        timer = setTimeout(
-          () => reject(new CryptoPoolError(`crypto worker not ready after ${timeoutMs} ms`)),
-          timeoutMs,
-        );
-        worker.onmessage = (ev: MessageEvent<WorkerReply>) => {
-          if (ev.data.op === "ready") {
-            pool.#backend = ev.data.backend;
-            resolve();
-          } else if (ev.data.op === "initFailed") {
-            reject(new CryptoPoolError(`crypto worker failed to start: ${ev.data.error}`));
-          }
-        };
-        worker.onerror = (ev) => {
-          ev.preventDefault();
-          reject(new CryptoPoolError(`crypto worker failed to start: ${ev.message}`));
-        };
-        const key = sk === undefined ? null : movable(sk);
-        const init: InitMessage = {
-          op: "init",
-          mcelieceSecretKey: key,
-          kem: options.kem ?? "auto",
-        };
-        worker.postMessage(init, key ? [key.buffer] : []);
-      });
-    } catch (e) {
-      worker.terminate();
-      throw e;
-    } finally {
-      clearTimeout(timer);
+    const failed = started.find((r) => r.status === "rejected");
+    if (failed) {
+      for (const r of started) if (r.status === "fulfilled") r.value.worker.terminate();
+      throw (failed as PromiseRejectedResult).reason;
     }
-    worker.onmessage = (ev: MessageEvent<WorkerReply>) => pool.#onReply(ev.data);
-    worker.onerror = (ev) => {
-      ev.preventDefault();
-      pool.#die(new CryptoPoolClosedError(`crypto worker crashed: ${ev.message}`));
-    };
-    worker.onmessageerror = () => {
-      pool.#die(new CryptoPoolClosedError("crypto worker sent an unreadable message"));
-    };
+    const ok = started.map((r) =>
+      (r as PromiseFulfilledResult<{ worker: Worker; backend: KemBackendName }>).value
+    );
+    const pool = new CryptoPool(
+      ok.map((r) => r.worker),
+      ok[0].backend,
+      maxPending,
+      sk !== undefined,
+    );
+    for (const lane of pool.#lanes) {
+      lane.worker.onmessage = (ev: MessageEvent<WorkerReply>) => pool.#onReply(lane, ev.data);
+      lane.worker.onerror = (ev) => {
+        ev.preventDefault();
+        pool.#die(new CryptoPoolClosedError(`crypto worker crashed: ${ev.message}`));
+      };
+      lane.worker.onmessageerror = () => {
+        pool.#die(new CryptoPoolClosedError("crypto worker sent an unreadable message"));
+      };
+    }
     return pool;
   }
 
-  /** The KEM implementation the worker runs. */
+  /** The KEM implementation the workers run. */
   get backend(): KemBackendName {
     return this.#backend;
   }
 
+  /** How many workers (each with its own copy of the server key). */
+  get workers(): number {
+    return this.#lanes.length;
+  }
+
   get stats(): CryptoPoolStats {
-    return { ...this.#stats, pending: this.#pending.size };
+    return { ...this.#stats, pending: this.#outstanding };
   }
 
   /** Decapsulates a handshake's c0 with the server key given to start(). */
@@ -197,24 +245,24 @@ export class CryptoPool implements AsyncDisposable {
   }
 
   /**
-   * Keeps a server's McEliece public key resident in the worker and returns its id for
+   * Keeps a server's McEliece public key resident in one worker and returns its id for
    * mcelieceEncap(). Register once per server; unregister when the key is no longer wanted.
    */
   async registerMcEliecePublicKey(publicKey: Uint8Array): Promise<number> {
     checkLength("McEliece public key", publicKey, MCELIECE_PK);
     const pkId = this.#nextPkId++;
     const pk = movable(publicKey);
-    await this.#call({ op: "registerMcEliecePk", pkId, pk }, [pk.buffer]);
+    await this.#call({ op: "registerMcEliecePk", pkId, pk }, [pk.buffer], this.#laneOf(pkId));
     return pkId;
   }
 
   async unregisterMcEliecePublicKey(pkId: number): Promise<void> {
-    await this.#call({ op: "unregisterMcEliecePk", pkId }, []);
+    await this.#call({ op: "unregisterMcEliecePk", pkId }, [], this.#laneOf(pkId));
   }
 
   /** One (c0, k0) for a registered server key, e.g. to refill a precomputed stock. */
   async mcelieceEncap(pkId: number): Promise<EncapResult> {
-    return await this.#call({ op: "mcelieceEncap", pkId }, []);
+    return await this.#call({ op: "mcelieceEncap", pkId }, [], this.#laneOf(pkId));
   }
 
   async sntrupKeypair(): Promise<KeypairResult> {
@@ -238,9 +286,9 @@ export class CryptoPool implements AsyncDisposable {
   }
 
   /**
-   * Stops accepting work, lets the worker finish what was already submitted, has it zero its
-   * keys, then terminates it. After `timeoutMs` the worker is terminated regardless and
-   * anything unanswered is rejected with CryptoPoolClosedError. Idempotent.
+   * Stops accepting work, lets the workers finish what was already submitted, has each zero its
+   * keys, then terminates them. After `timeoutMs` they are terminated regardless and anything
+   * unanswered is rejected with CryptoPoolClosedError. Idempotent.
    */
   close(timeoutMs = 10_000): Promise<void> {
     this.#closed ??= this.#shutdown(timeoutMs);
@@ -254,8 +302,10 @@ export class CryptoPool implements AsyncDisposable {
   async #shutdown(timeoutMs: number): Promise<void> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     if (!this.#dead) {
-      // Messages are handled in order, so this is answered after everything before it.
-      const done = this.#send({ op: "shutdown" }, [], true).catch(() => {});
+      // Messages are handled in order, so each is answered after everything before it.
+      const done = Promise.all(
+        this.#lanes.map((lane) => this.#send(lane, { op: "shutdown" }, [], true).catch(() => {})),
+      );
       const expired = new Promise<void>((resolve) => timer = setTimeout(resolve, timeoutMs));
       await Promise.race([done, expired]);
       clearTimeout(timer);
@@ -265,27 +315,49 @@ export class CryptoPool implements AsyncDisposable {
 
   #die(reason: Error): void {
     this.#dead ??= reason;
-    this.#worker.terminate();
-    const pending = [...this.#pending];
-    this.#pending.clear();
-    for (const [id, p] of pending) {
-      if (id !== this.#shutdownId) this.#stats.failed++;
-      p.reject(reason);
+    for (const lane of this.#lanes) {
+      lane.worker.terminate();
+      const pending = [...lane.pending];
+      lane.pending.clear();
+      for (const [id, p] of pending) {
+        if (id !== lane.shutdownId) {
+          this.#stats.failed++;
+          this.#outstanding--;
+        }
+        p.reject(reason);
+      }
     }
+  }
+
+  #laneOf(pkId: number): Lane {
+    return this.#lanes[pkId % this.#lanes.length];
+  }
+
+  /** The worker with the fewest requests outstanding. */
+  #idlest(): Lane {
+    let best = this.#lanes[0];
+    for (const lane of this.#lanes) if (lane.pending.size < best.pending.size) best = lane;
+    return best;
   }
 
   #call<Op extends WorkerOp>(
     req: RequestBody & { op: Op },
     transfer: ArrayBuffer[],
+    lane?: Lane,
   ): Promise<ResultOf[Op]> {
     if (this.#closed || this.#dead) {
       return Promise.reject(this.#dead ?? new CryptoPoolClosedError("crypto pool is closing"));
     }
-    return this.#send(req, transfer, false) as Promise<ResultOf[Op]>;
+    return this.#send(lane ?? this.#idlest(), req, transfer, false) as Promise<ResultOf[Op]>;
   }
 
-  #send(req: RequestBody, transfer: ArrayBuffer[], internal: boolean): Promise<unknown> {
-    if (!internal && this.#pending.size >= this.#maxPending) {
+  #send(
+    lane: Lane,
+    req: RequestBody,
+    transfer: ArrayBuffer[],
+    internal: boolean,
+  ): Promise<unknown> {
+    if (!internal && this.#outstanding >= this.#maxPending) {
       this.#stats.rejectedFull++;
       return Promise.reject(
         new CryptoPoolFullError(`crypto pool full (${this.#maxPending} requests outstanding)`),
@@ -294,21 +366,27 @@ export class CryptoPool implements AsyncDisposable {
     const id = this.#nextId++;
     const message = { ...req, id };
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      if (internal) this.#shutdownId = id;
-      else this.#stats.submitted++;
-      this.#worker.postMessage(message, transfer);
+      lane.pending.set(id, { resolve, reject });
+      if (internal) lane.shutdownId = id;
+      else {
+        this.#stats.submitted++;
+        this.#outstanding++;
+      }
+      lane.worker.postMessage(message, transfer);
     });
   }
 
-  #onReply(reply: WorkerReply): void {
+  #onReply(lane: Lane, reply: WorkerReply): void {
     if (reply.op !== "reply") return;
-    const p = this.#pending.get(reply.id);
+    const p = lane.pending.get(reply.id);
     if (!p) return;
-    this.#pending.delete(reply.id);
-    if (reply.id === this.#shutdownId) {
+    lane.pending.delete(reply.id);
+    if (reply.id === lane.shutdownId) {
       p.resolve(undefined);
-    } else if (reply.ok) {
+      return;
+    }
+    this.#outstanding--;
+    if (reply.ok) {
       this.#stats.completed++;
       p.resolve(reply.result);
     } else {

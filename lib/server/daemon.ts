@@ -39,6 +39,9 @@ export interface ServerOptions {
   verbose: boolean;
 }
 
+/** Handshakes in decapsulation per worker: enough to keep it busy between replies. */
+const HANDSHAKES_PER_WORKER = 4;
+
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");
   log.info(`AEAD backend: ${installAeadBackend()}`);
@@ -77,9 +80,17 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     closers.push(() => cryptoSock.close());
     const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 16 });
     closers.push(() => keySock.close());
-    const pool = await CryptoPool.start({ mcelieceSecretKey: keys.mcelieceSk, kem: opts.kem });
+    // One crypto worker per core, each with its own copy of the McEliece secret key (wiped when
+    // the pool closes); the packet loop only posts work to them and never waits.
+    const workers = Math.max(1, Math.min(16, navigator.hardwareConcurrency || 1));
+    const pool = await CryptoPool.start({
+      mcelieceSecretKey: keys.mcelieceSk,
+      kem: opts.kem,
+      workers,
+      maxPending: workers * HANDSHAKES_PER_WORKER * 2 + 16,
+    });
     closers.push(() => pool.close());
-    log.info(`KEM backend: ${pool.backend}`);
+    log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
     const x25519Sk = keys.x25519Sk.slice();
     wipeServerKeys(keys);
@@ -106,7 +117,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         prefix: opts.prefix,
         hostAddress,
         maxPeers: opts.maxPeers,
-        maxPendingHandshakes: 32,
+        maxPendingHandshakes: workers * HANDSHAKES_PER_WORKER,
       },
       loop,
       {

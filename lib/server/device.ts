@@ -14,7 +14,9 @@ import {
   isCookie,
   openCookie,
 } from "../core/cookie.ts";
-import { ReplayCache } from "../core/replay.ts";
+import { ReplayCache, replayKey } from "../core/replay.ts";
+import { HandshakeQueue, InitiationLimiter } from "../core/admission.ts";
+import type { Initiation } from "../core/handshake.ts";
 import type { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { AddressPool } from "../core/addresses.ts";
 import { numberToIpv4 } from "../core/ip.ts";
@@ -38,21 +40,50 @@ export interface ServerConfig {
   /** Where decrypted packets are addressed (-H); default the TUN address. */
   hostAddress: number;
   maxPeers: number;
-  /** Handshakes waiting for decapsulation at once; more are dropped. */
+  /** Handshakes being decapsulated at once (a few per crypto worker); the rest wait in a queue. */
   maxPendingHandshakes: number;
+  /** Handshakes waiting for a decapsulation slot (default 512); more are dropped. */
+  handshakeQueue?: number;
+  /** Initiations per second per source address (default 5), and the burst allowed (10). */
+  initiationRate?: number;
+  initiationBurst?: number;
 }
 
-/** Packets for a tunnel id whose handshake is still being processed (0-RTT data). */
-const HELD_PACKETS_MAX = 256;
+/** Early (0-RTT) packets from a client whose handshake is queued or being processed. */
+const HELD_PER_CLIENT = 8;
 const HELD_SECONDS = 2;
+/** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
+const QUEUE_MAX_AGE = HELD_SECONDS / 2;
+
+/** One initiation between admission and the end of its decapsulation. */
+interface HandshakeJob {
+  data: Uint8Array;
+  msg: Initiation;
+  host: number;
+  port: number;
+  source: string;
+  c0Key: string;
+  arrived: number;
+}
+
+interface HeldPacket {
+  tidKey: string;
+  data: Uint8Array;
+  until: number;
+}
 
 export class ServerDevice {
   readonly drops = new DropCounters();
   private readonly path: DataPath;
   readonly replay = new ReplayCache();
   private readonly pool: AddressPool;
-  private pending = 0;
-  private held: { key: string; data: Uint8Array; host: number; port: number; until: number }[] = [];
+  private readonly limiter: InitiationLimiter;
+  private readonly queue: HandshakeQueue<HandshakeJob>;
+  /** c0 of every queued or running handshake: a replayed copy is refused before any work. */
+  private readonly inFlightC0 = new Set<string>();
+  /** Per client address "host:port": its handshakes not yet finished, and its held packets. */
+  private readonly clients = new Map<string, { handshakes: number; held: HeldPacket[] }>();
+  private running = 0;
   handshakes = 0;
 
   constructor(
@@ -67,10 +98,17 @@ export class ServerDevice {
   ) {
     this.pool = new AddressPool(config.tunAddress, config.prefix);
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
+    this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
+    this.queue = new HandshakeQueue(config.handshakeQueue ?? 512, QUEUE_MAX_AGE);
   }
 
   get peers(): PeerTable {
     return this.path.peers;
+  }
+
+  /** Handshakes waiting, and being decapsulated. */
+  get handshakeLoad(): { queued: number; running: number } {
+    return { queued: this.queue.length, running: this.running };
   }
 
   /** One datagram from the crypto port. */
@@ -78,14 +116,7 @@ export class ServerDevice {
     if (data.length < 2) return this.drops.count("short");
     const type = (data[0] << 8) | data[1];
     if (type === MSG_TUNNEL) return this.onTunnelPacket(data, host, port);
-    if (type === MSG_INITIATION) {
-      this.onInitiation(data, host, port).catch((e) => {
-        // e.g. a McEliece ciphertext with padding bits set: the KEM refuses it
-        this.drops.count("handshake-rejected");
-        this.log.debug(`handshake from ${numberToIpv4(host)}:${port} rejected: ${e}`);
-      });
-      return;
-    }
+    if (type === MSG_INITIATION) return this.onInitiation(data, host, port);
     if (isCookie(data)) return this.onCookie(data, host, port);
     this.drops.count("unknown-type");
   }
@@ -99,34 +130,86 @@ export class ServerDevice {
     }
   }
 
-  /** Keeps early 0-RTT packets of a tunnel whose handshake is still being decapsulated. */
+  /**
+   * Keeps early 0-RTT packets of a client whose handshake is queued or running, a few per
+   * client address, so a flood of packets for unknown tunnels cannot crowd out a real client's.
+   */
   private hold(key: string, data: Uint8Array, host: number, port: number): void {
-    if (this.pending === 0) return this.drops.count("tunnel-unknown-tid");
+    const client = this.clients.get(`${host}:${port}`);
+    if (!client) return this.drops.count("tunnel-unknown-tid");
+    if (client.held.length >= HELD_PER_CLIENT) return this.drops.count("tunnel-held-overflow");
+    client.held.push({ tidKey: key, data: data.slice(), until: this.clock.mono() + HELD_SECONDS });
+  }
+
+  /** Admission: parse, replay check, rate limit, queue. No decapsulation happens here. */
+  private onInitiation(data: Uint8Array, host: number, port: number): void {
+    const parsed = parseInitiation(data);
+    if (!parsed) return this.drops.count("handshake-malformed");
     const now = this.clock.mono();
-    const kept = this.held.filter((h) => h.until > now);
-    for (let i = kept.length; i < this.held.length; i++) this.drops.count("tunnel-held-expired");
-    this.held = kept;
-    if (this.held.length >= HELD_PACKETS_MAX) return this.drops.count("tunnel-held-overflow");
-    this.held.push({ key, data: data.slice(), host, port, until: now + HELD_SECONDS });
+    // Replays first: refusing one costs a lookup, and it should not spend the sender's tokens.
+    if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
+    const c0Key = replayKey(parsed.c0);
+    if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
+    if (!this.limiter.allow(host, now)) return this.drops.count("handshake-rate-limited");
+    const copy = data.slice(); // the receive buffer is reused
+    const msg = parseInitiation(copy)!;
+    const source = `${host}:${port}`;
+    const job = { data: copy, msg, host, port, source, c0Key, arrived: now };
+    if (!this.queue.push(job, now)) return this.drops.count("handshake-busy");
+    this.inFlightC0.add(c0Key);
+    const client = this.clients.get(source);
+    if (client) client.handshakes++;
+    else this.clients.set(source, { handshakes: 1, held: [] });
+    this.startHandshakes();
   }
 
-  private releaseHeld(key: string): void {
-    const mine = this.held.filter((h) => h.key === key);
-    if (mine.length === 0) return;
-    this.held = this.held.filter((h) => h.key !== key);
-    for (const h of mine) this.onTunnelPacket(h.data, h.host, h.port);
-  }
-
-  private async onInitiation(data: Uint8Array, host: number, port: number): Promise<void> {
-    const msg = parseInitiation(data);
-    if (!msg) return this.drops.count("handshake-malformed");
-    const started = this.clock.mono();
-    if (this.replay.has(msg.c0, started)) return this.drops.count("handshake-replay");
-    if (this.pending >= this.config.maxPendingHandshakes) {
-      return this.drops.count("handshake-busy");
+  /** Fills the decapsulation slots from the queue; stale entries are dropped unstarted. */
+  private startHandshakes(): void {
+    while (this.running < this.config.maxPendingHandshakes) {
+      const job = this.queue.take(this.clock.mono(), (stale) => {
+        this.drops.count("handshake-expired");
+        this.endHandshake(stale);
+      });
+      if (!job) return;
+      this.running++;
+      this.respond(job).catch((e) => {
+        // e.g. a McEliece ciphertext with padding bits set: the KEM refuses it
+        this.drops.count("handshake-rejected");
+        this.log.debug(`handshake from ${numberToIpv4(job.host)}:${job.port} rejected: ${e}`);
+      }).finally(() => {
+        this.running--;
+        this.endHandshake(job);
+        this.startHandshakes();
+      });
     }
-    const copy = parseInitiation(data.slice())!; // the receive buffer is reused
-    this.pending++;
+  }
+
+  /** A handshake is over: forget its c0, and its client's held packets once none is left. */
+  private endHandshake(job: HandshakeJob): void {
+    this.inFlightC0.delete(job.c0Key);
+    const client = this.clients.get(job.source);
+    if (!client || --client.handshakes > 0) return;
+    this.clients.delete(job.source);
+    for (const _ of client.held) this.drops.count("tunnel-held-unmatched");
+  }
+
+  /** Hands the held packets of a new tunnel to it, in arrival order. */
+  private releaseHeld(source: string, tidKey: string): void {
+    const client = this.clients.get(source);
+    if (!client) return;
+    const now = this.clock.mono();
+    const mine = client.held.filter((h) => h.tidKey === tidKey);
+    client.held = client.held.filter((h) => h.tidKey !== tidKey);
+    const [host, port] = source.split(":").map(Number);
+    for (const h of mine) {
+      if (h.until > now) this.onTunnelPacket(h.data, host, port);
+      else this.drops.count("tunnel-held-expired");
+    }
+  }
+
+  private async respond(job: HandshakeJob): Promise<void> {
+    const { msg: copy, host, port } = job;
+    const started = job.arrived;
     let mcelieceSs: Uint8Array | null = null;
     let sntrupSs: Uint8Array | null = null;
     try {
@@ -148,15 +231,15 @@ export class ServerDevice {
       this.replay.add(copy.c0, now);
       // The responder sends with the responder-to-initiator root.
       const session = TunnelSession.create(result.tid, result.r2i, result.i2r, now);
-      this.addSession(session, tidKeyAt(result.tid, 0), host, port, now);
+      const tidKey = tidKeyAt(result.tid, 0);
+      this.addSession(session, tidKey, host, port, now);
       this.handshakes++;
       this.log.info(
         `tunnel ${hex(result.tid).slice(0, 12)} up with ${numberToIpv4(host)}:${port} ` +
           `(${((now - started) * 1000).toFixed(0)} ms)`,
       );
-      this.releaseHeld(tidKeyAt(result.tid, 0));
+      this.releaseHeld(job.source, tidKey);
     } finally {
-      this.pending--;
       wipe(mcelieceSs, sntrupSs);
     }
   }

@@ -1,0 +1,54 @@
+// Valid pq1 initiations made here, as a client would make them, for tests and the load generator:
+// the McEliece encapsulation to the server's long-term key, a fresh X25519 key, the sntrup761
+// encapsulation to one of the server's ephemeral keys, and the session that results.
+
+import { initiate } from "../../lib/core/handshake.ts";
+import { x25519PublicKey } from "../../lib/core/crypto.ts";
+import { TunnelSession } from "../../lib/core/session.ts";
+import type { Encapsulator, Kem } from "../../wasm/kem.ts";
+import { wipe } from "../../lib/core/bytes.ts";
+
+export interface ServerPublicKeys {
+  x25519Pk: Uint8Array;
+  ephemeralX25519Pk: Uint8Array;
+  ephemeralSntrupPk: Uint8Array;
+}
+
+export interface PreparedInitiation {
+  message: Uint8Array;
+  /** The initiator's session: seal the 0-RTT packets with it. */
+  session: TunnelSession;
+}
+
+/** One initiation with a fresh ciphertext each time. */
+export function prepareInitiation(
+  mceliece: Encapsulator,
+  sntrup: Kem,
+  server: ServerPublicKeys,
+): PreparedInitiation {
+  const mc = mceliece.encapsulate();
+  const sn = sntrup.encapsulate(server.ephemeralSntrupPk);
+  const sk = crypto.getRandomValues(new Uint8Array(32));
+  const r = initiate({
+    mcelieceCt: mc.ciphertext,
+    mcelieceSs: mc.sharedSecret,
+    clientX25519Sk: sk,
+    clientX25519Pk: x25519PublicKey(sk),
+    serverStaticX25519Pk: server.x25519Pk,
+    serverEphemeralX25519Pk: server.ephemeralX25519Pk,
+    sntrupCt: sn.ciphertext,
+    sntrupSs: sn.sharedSecret,
+  });
+  wipe(sk, mc.sharedSecret, sn.sharedSecret);
+  return { message: r.message, session: TunnelSession.create(r.tid, r.i2r, r.r2i, 0) };
+}
+
+/** An initiation-shaped datagram with random contents: costs a decapsulation, opens nothing. */
+export function randomInitiation(): Uint8Array {
+  const m = crypto.getRandomValues(new Uint8Array(1299));
+  m[0] = 0x01;
+  m[1] = 0x00;
+  // A c0 with padding bits set is refused by the KEM at once; keep it well-formed.
+  m[2 + 193] &= 0x07;
+  return m;
+}
