@@ -67,6 +67,10 @@ export class HandshakeQueue<T> {
     return this.count;
   }
 
+  get full(): boolean {
+    return this.count >= this.capacity;
+  }
+
   /** False when full: the caller drops `item`. */
   push(item: T, now: number): boolean {
     if (this.count >= this.capacity) return false;

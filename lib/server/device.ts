@@ -151,11 +151,11 @@ export class ServerDevice {
     const c0Key = replayKey(parsed.c0);
     if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
     if (!this.limiter.allow(host, now)) return this.drops.count("handshake-rate-limited");
+    if (this.queue.full) return this.drops.count("handshake-busy");
     const copy = data.slice(); // the receive buffer is reused
     const msg = parseInitiation(copy)!;
     const source = `${host}:${port}`;
-    const job = { data: copy, msg, host, port, source, c0Key, arrived: now };
-    if (!this.queue.push(job, now)) return this.drops.count("handshake-busy");
+    this.queue.push({ data: copy, msg, host, port, source, c0Key, arrived: now }, now);
     this.inFlightC0.add(c0Key);
     const client = this.clients.get(source);
     if (client) client.handshakes++;

@@ -7,6 +7,7 @@ import { x25519PublicKey } from "../../lib/core/crypto.ts";
 import { TunnelSession } from "../../lib/core/session.ts";
 import type { Encapsulator, Kem } from "../../wasm/kem.ts";
 import { wipe } from "../../lib/core/bytes.ts";
+import { internetChecksum } from "../../lib/core/ip.ts";
 
 export interface ServerPublicKeys {
   x25519Pk: Uint8Array;
@@ -25,6 +26,8 @@ export function prepareInitiation(
   mceliece: Encapsulator,
   sntrup: Kem,
   server: ServerPublicKeys,
+  /** The session clock (seconds) at which the session starts. */
+  now = 0,
 ): PreparedInitiation {
   const mc = mceliece.encapsulate();
   const sn = sntrup.encapsulate(server.ephemeralSntrupPk);
@@ -40,7 +43,7 @@ export function prepareInitiation(
     sntrupSs: sn.sharedSecret,
   });
   wipe(sk, mc.sharedSecret, sn.sharedSecret);
-  return { message: r.message, session: TunnelSession.create(r.tid, r.i2r, r.r2i, 0) };
+  return { message: r.message, session: TunnelSession.create(r.tid, r.i2r, r.r2i, now) };
 }
 
 /** An initiation-shaped datagram with random contents: costs a decapsulation, opens nothing. */
@@ -51,4 +54,27 @@ export function randomInitiation(): Uint8Array {
   // A c0 with padding bits set is refused by the KEM at once; keep it well-formed.
   m[2 + 193] &= 0x07;
   return m;
+}
+
+/**
+ * An ICMP echo request (28 bytes, valid checksums) from `src` to `dst`: the 0-RTT packet whose
+ * answer proves a tunnel works end to end. The server rewrites the source to the client's
+ * internal address.
+ */
+export function icmpEcho(src: number, dst: number, id: number, seq: number): Uint8Array {
+  const p = new Uint8Array(28);
+  const v = new DataView(p.buffer);
+  p[0] = 0x45;
+  v.setUint16(2, 28);
+  v.setUint16(4, id & 0xffff);
+  p[8] = 64;
+  p[9] = 1;
+  v.setUint32(12, src >>> 0);
+  v.setUint32(16, dst >>> 0);
+  v.setUint16(10, internetChecksum(p, 0, 20));
+  p[20] = 8;
+  v.setUint16(24, id & 0xffff);
+  v.setUint16(26, seq & 0xffff);
+  v.setUint16(22, internetChecksum(p, 20, 28));
+  return p;
 }

@@ -1,0 +1,269 @@
+// Handshake capacity, as root: `deno task bench:handshakes [options]`.
+//
+// Builds a two-namespace lab (pqts-hsl-srv / pqts-hsl-cli) whose client side has many source
+// addresses, then in one run offers valid handshakes at rising rates to our server (native
+// KEMs, then WebAssembly KEMs) and to the reference server, each handshake followed by one
+// 0-RTT ICMP echo that the server's host answers through the new tunnel. Per step it prints
+// offered/s, answered/s and the p50/p99 time from initiation to echo reply; per server the
+// capacity (best answered/s) and what it still answers when offered 5× that; at the end the
+// ratios between the servers. The generator (tests/helpers/handshake_gen.ts) runs in the client
+// namespace on the same machine and prepares each step's initiations before its window.
+//
+// Options:
+//   --window N        seconds of sending per step (default 1)
+//   --no-wasm         skip our server with WebAssembly KEMs
+//   --no-reference    skip the reference server
+//   --json FILE       also write the figures as JSON
+//   --profile DIR     run our server with --cpu-prof, the profiles land in DIR
+
+import {
+  createLab,
+  destroyLab,
+  type Lab,
+  type LabProcess,
+  run,
+  spawn,
+} from "../tests/lab/netns.ts";
+import type { StepResult } from "../tests/helpers/handshake_gen.ts";
+
+const PREFIX = "pqts-hsl";
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+const GENERATOR = `${ROOT}/tests/helpers/handshake_gen.ts`;
+/** The generator's source addresses: 198.18.16.0/21 on the client's loopback, routed. */
+const SOURCE_NET = "198.18.16.0/21";
+const SOURCES = 2000;
+
+interface Options {
+  window: number;
+  wasm: boolean;
+  reference: boolean;
+  json: string | null;
+  profile: string | null;
+}
+
+function parseArgs(args: string[]): Options {
+  const o: Options = { window: 1, wasm: true, reference: true, json: null, profile: null };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--window") o.window = Number(args[++i]);
+    else if (a === "--no-wasm") o.wasm = false;
+    else if (a === "--no-reference") o.reference = false;
+    else if (a === "--json") o.json = args[++i];
+    else if (a === "--profile") o.profile = args[++i];
+    else throw new Error(`unknown option ${a}`);
+  }
+  if (!(o.window > 0 && o.window <= 10)) throw new Error("--window must be in (0, 10]");
+  return o;
+}
+
+export function sourceAddresses(count: number): string[] {
+  return Array.from({ length: count }, (_, i) => `198.18.${16 + (i >> 8)}.${(i & 255) + 1}`)
+    .filter((a) => !a.endsWith(".256"));
+}
+
+/** Many source addresses on the client's loopback, and the server's route back to them. */
+export async function addSources(lab: Lab, sources: string[]): Promise<void> {
+  const batch = sources.map((a) => `addr add ${a}/32 dev lo`).join("\n") + "\n";
+  const file = await Deno.makeTempFile({ prefix: "pqts-hsl-addrs-" });
+  try {
+    await Deno.writeTextFile(file, batch);
+    await run(lab.clientNs, ["ip", "-batch", file]);
+  } finally {
+    await Deno.remove(file).catch(() => {});
+  }
+  await run(lab.serverNs, ["ip", "route", "add", SOURCE_NET, "via", lab.clientAddr]);
+}
+
+interface ServerRun {
+  name: string;
+  steps: StepResult[];
+  capacity: number;
+  overload: StepResult | null;
+  notes: string[];
+}
+
+/** Runs the generator in the client namespace against the server now listening. */
+export async function generate(
+  lab: Lab,
+  plan: Record<string, unknown>,
+  onLine: (line: Record<string, unknown>) => void,
+): Promise<void> {
+  const gen = spawn(lab.clientNs, [
+    Deno.execPath(),
+    "run",
+    "-A",
+    GENERATOR,
+    JSON.stringify(plan),
+  ], { name: "handshake generator" });
+  let seen = 0;
+  const status = await gen.status;
+  for (const line of gen.output().split("\n")) {
+    if (!line.startsWith("{")) continue;
+    onLine(JSON.parse(line));
+    seen++;
+  }
+  if (!status.success || seen === 0) {
+    throw new Error(`generator exited ${status.code}:\n${gen.output().slice(-3000)}`);
+  }
+}
+
+async function measureServer(
+  lab: Lab,
+  name: string,
+  steps: number[],
+  opts: Options,
+  start: () => Promise<{ stop: () => Promise<void>; log: () => string }>,
+): Promise<ServerRun> {
+  console.log(`\n== ${name}`);
+  const server = await start();
+  const result: ServerRun = { name, steps: [], capacity: 0, overload: null, notes: [] };
+  try {
+    await generate(lab, {
+      mode: "load",
+      target: lab.serverAddr,
+      port: 42424,
+      keyPort: 42425,
+      sources: sourceAddresses(SOURCES),
+      steps,
+      window: opts.window,
+      drain: 2.5,
+      adaptive: true,
+    }, (line) => {
+      const s = line.step as StepResult | undefined;
+      if (!s) return;
+      result.steps.push(s);
+      console.log(
+        `offered ${s.offeredRate.toFixed(0).padStart(6)}/s  answered ${
+          s.answeredRate.toFixed(0).padStart(6)
+        }/s  (${s.answered}/${s.offered})  p50 ${ms(s.p50)}  p99 ${ms(s.p99)}` +
+          `  [prepared in ${s.prepareSeconds.toFixed(1)} s, sent in ${s.sendSeconds.toFixed(2)} s]`,
+      );
+    });
+  } catch (e) {
+    result.notes.push(String(e));
+    console.log(`failed: ${e}\n${server.log().slice(-2000)}`);
+  } finally {
+    await server.stop();
+  }
+  // The last step is the overload one (5× the best answered rate); capacity is the best rate
+  // answered by the steps before it.
+  const rising = result.steps.slice(0, -1);
+  result.overload = result.steps.at(-1) ?? null;
+  result.capacity = Math.max(0, ...rising.map((s) => s.answeredRate));
+  const drops = server.log().match(/dropped: .*$/gm)?.at(-1);
+  if (drops) result.notes.push(drops);
+  return result;
+}
+
+function ms(v: number | null): string {
+  return v === null ? "     —" : `${v.toFixed(1).padStart(6)} ms`;
+}
+
+function startOurServer(
+  lab: Lab,
+  kem: string,
+  opts: Options,
+): Promise<{ stop: () => Promise<void>; log: () => string }> {
+  const p: LabProcess = spawn(lab.serverNs, [
+    Deno.execPath(),
+    "run",
+    "-A",
+    ...(opts.profile === null ? [] : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
+    `${ROOT}/main.ts`,
+    "server",
+    "-d",
+    `${ROOT}/tests/fixtures`,
+    "-H",
+    lab.serverAddr,
+    "--kem",
+    kem,
+  ], { name: `our server (${kem})` });
+  return p.waitFor("serving", 60_000).then(() => ({
+    stop: async () => void await p.stop("SIGTERM", 10_000),
+    log: () => p.output(),
+  }));
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(Deno.args);
+  if (Deno.uid() !== 0) throw new Error("run as root (it builds network namespaces)");
+  const lab = await createLab({ prefix: PREFIX });
+  const runs: ServerRun[] = [];
+  const load = await Deno.readTextFile("/proc/loadavg");
+  try {
+    await addSources(lab, sourceAddresses(SOURCES));
+    runs.push(
+      await measureServer(
+        lab,
+        "ours, native KEMs",
+        [250, 500, 1000, 2000, 3000, 4000, 6000],
+        opts,
+        () => startOurServer(lab, "native", opts),
+      ),
+    );
+    if (opts.wasm) {
+      runs.push(
+        await measureServer(
+          lab,
+          "ours, WebAssembly KEMs",
+          [5, 10, 20, 40, 80],
+          opts,
+          () => startOurServer(lab, "wasm", opts),
+        ),
+      );
+    }
+    if (opts.reference) {
+      const ref = await import("../tests/lab/reference.ts");
+      await ref.prepareReferenceRoot();
+      try {
+        await ref.installServerKeys(`${ROOT}/tests/fixtures/`);
+        runs.push(
+          await measureServer(lab, "reference server", [25, 50, 100, 200], opts, async () => {
+            const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
+            return { stop: () => p.stop(), log: () => p.log() };
+          }),
+        );
+      } finally {
+        await ref.restoreReferenceKeys();
+        await ref.releaseReferenceRoot();
+      }
+    }
+  } finally {
+    await destroyLab(lab);
+  }
+
+  console.log(`\nload average before the run: ${load.trim()}`);
+  console.log("\nserver                     capacity/s   offered 5×: answered/s (of capacity)");
+  for (const r of runs) {
+    const o = r.overload;
+    console.log(
+      `${r.name.padEnd(26)} ${r.capacity.toFixed(0).padStart(10)}   ` +
+        (o
+          ? `${o.offeredRate.toFixed(0)}/s: ${o.answeredRate.toFixed(0)}/s (${
+            r.capacity ? ((o.answeredRate / r.capacity) * 100).toFixed(0) : "—"
+          } %)`
+          : "—"),
+    );
+    for (const n of r.notes) console.log(`  note: ${n}`);
+  }
+  const ref = runs.find((r) => r.name === "reference server");
+  const native = runs.find((r) => r.name === "ours, native KEMs");
+  const wasm = runs.find((r) => r.name === "ours, WebAssembly KEMs");
+  if (ref?.capacity) {
+    for (const r of [native, wasm]) {
+      if (r) console.log(`${r.name} / reference: ${(r.capacity / ref.capacity).toFixed(1)}×`);
+    }
+  }
+  if (opts.json) {
+    await Deno.writeTextFile(opts.json, JSON.stringify({ opts, load, runs }, null, 2) + "\n");
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`handshake load bench failed: ${(e as Error).stack ?? e}`);
+    Deno.exit(1);
+  }
+}

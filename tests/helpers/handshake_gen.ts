@@ -1,0 +1,247 @@
+// A handshake load generator, run inside a lab namespace (bench/handshake_load.ts and
+// tests/flood_test.ts start it there):
+//
+//   deno run -A tests/helpers/handshake_gen.ts JSON
+//
+// JSON: { mode: "load", target, port, keyPort, sources: [addr...], steps: [rate...],
+//         window, drain, adaptive }  offers valid handshakes at each rate for `window` seconds,
+//         each followed by one 0-RTT ICMP echo through the new tunnel, and counts the echo
+//         replies that come back through it. Prints one JSON line per step.
+//       { mode: "flood", target, port, sources, rate, seconds }  sends initiation-shaped junk
+//         (random c0, and truncated ones) from all `sources`; prints one JSON line at the end.
+//
+// The initiations of a step are prepared before its window (fresh ciphertexts each, native
+// KEMs), so the window itself costs two sends per handshake. Each source address has one UDP
+// socket (ffi/udp.ts: a sendto is one synchronous call; one poll() finds the sockets with
+// replies); the server's per-address rate limit decides how many sources a rate needs.
+
+import { fixture } from "../fixtures.ts";
+import { installAeadBackend } from "../../lib/runtime/aead_backend.ts";
+import { loadKemBackend } from "../../lib/runtime/kem_backend.ts";
+import { ephemeralKeyRequest, parseKeyResponse } from "../../lib/core/keymsg.ts";
+import { tidKeyAt, type TunnelSession } from "../../lib/core/session.ts";
+import { ipv4ToNumber } from "../../lib/core/ip.ts";
+import { UdpSocket } from "../../ffi/udp.ts";
+import { libc } from "../../ffi/libc.ts";
+import { icmpEcho, prepareInitiation, randomInitiation } from "./initiations.ts";
+
+interface LoadPlan {
+  mode: "load";
+  target: string;
+  port: number;
+  keyPort: number;
+  sources: string[];
+  steps: number[];
+  window: number;
+  drain: number;
+  /** Stop rising once a step answers < 90 %, then offer 5× the best answered rate once. */
+  adaptive: boolean;
+  /** Largest rate offered (the generator's own budget), default 20000/s. */
+  maxRate?: number;
+}
+
+interface FloodPlan {
+  mode: "flood";
+  target: string;
+  port: number;
+  sources: string[];
+  rate: number;
+  seconds: number;
+}
+
+export interface StepResult {
+  offered: number;
+  offeredRate: number;
+  answered: number;
+  answeredRate: number;
+  p50: number | null;
+  p99: number | null;
+  sendSeconds: number;
+  prepareSeconds: number;
+}
+
+const t0 = performance.now();
+const now = () => (performance.now() - t0) / 1000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function percentile(sorted: number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** One socket per source address, and a poll() over all of them. */
+class Sockets {
+  readonly socks: UdpSocket[];
+  readonly #pfds: Uint8Array;
+  readonly #view: DataView;
+
+  constructor(sources: string[]) {
+    this.socks = sources.map((a) =>
+      UdpSocket.bind(ipv4ToNumber(a), 0, { batch: 8, maxDatagram: 2048, bufferBytes: 1 << 16 })
+    );
+    this.#pfds = new Uint8Array(8 * this.socks.length);
+    this.#view = new DataView(this.#pfds.buffer);
+    this.socks.forEach((s, i) => {
+      this.#view.setInt32(8 * i, s.fd, true);
+      this.#view.setInt16(8 * i + 4, 1, /* POLLIN */ true);
+    });
+  }
+
+  /** Hands every datagram waiting now to `handle`; never blocks. */
+  drain(handle: (data: Uint8Array) => void): void {
+    const n = libc().poll(this.#pfds, BigInt(this.socks.length), 0);
+    if (n <= 0) return;
+    for (let i = 0; i < this.socks.length; i++) {
+      if (this.#view.getInt16(8 * i + 6, true) === 0) continue;
+      for (const d of this.socks[i].recvBatch()) handle(d.data);
+    }
+  }
+
+  close(): void {
+    for (const s of this.socks) s.close();
+  }
+}
+
+async function fetchEphemeral(socks: Sockets, plan: LoadPlan) {
+  const target = ipv4ToNumber(plan.target);
+  for (let attempt = 0; attempt < 20; attempt++) {
+    socks.socks[0].sendTo(ephemeralKeyRequest(), target, plan.keyPort);
+    for (let i = 0; i < 50; i++) {
+      await sleep(10);
+      let found: ReturnType<typeof parseKeyResponse> = null;
+      socks.drain((d) => {
+        const r = parseKeyResponse(d);
+        if (r?.kind === "ephemeral") found = r;
+      });
+      if (found) return found as { sntrupPk: Uint8Array; x25519Pk: Uint8Array };
+    }
+  }
+  throw new Error("no ephemeral key from the server");
+}
+
+interface Pending {
+  session: TunnelSession;
+  sentAt: number;
+  answeredAt: number | null;
+}
+
+async function load(plan: LoadPlan): Promise<void> {
+  installAeadBackend();
+  const kems = await loadKemBackend("auto");
+  const enc = kems.mceliece.encapsulator(fixture("mceliece_pk"));
+  const x25519Pk = fixture("x25519_pk");
+  const socks = new Sockets(plan.sources);
+  const target = ipv4ToNumber(plan.target);
+  const pending = new Map<string, Pending>();
+  // A datagram whose tunnel id we sent, and that opens with its session, is an answer.
+  const onReply = (d: Uint8Array) => {
+    if (d.length < 36) return;
+    const p = pending.get(tidKeyAt(d, 2));
+    if (!p || p.answeredAt !== null) return;
+    if (p.session.open(d, now()).ok) p.answeredAt = now();
+  };
+  const src = ipv4ToNumber("10.43.0.2");
+  const dst = ipv4ToNumber(plan.target);
+  let best = 0;
+  let overloadDone = false;
+  const rates = [...plan.steps];
+  for (let i = 0; i < rates.length; i++) {
+    const rate = Math.min(rates[i], plan.maxRate ?? 20000);
+    const count = Math.max(1, Math.round(rate * plan.window));
+    // Prepare: a fresh ephemeral key (slots turn every 30 s), then every initiation.
+    const eph = await fetchEphemeral(socks, plan);
+    const server = { x25519Pk, ephemeralX25519Pk: eph.x25519Pk, ephemeralSntrupPk: eph.sntrupPk };
+    const p0 = now();
+    const batch = Array.from({ length: count }, (_, j) => {
+      const hs = prepareInitiation(enc, kems.sntrup, server, now());
+      const ping = hs.session.seal(icmpEcho(src, dst, j, i), now());
+      return { hs, ping, sock: socks.socks[j % socks.socks.length] };
+    });
+    const prepareSeconds = now() - p0;
+    pending.clear();
+    // Send, spread evenly over the window in 1 ms ticks, reading replies in between.
+    const start = now();
+    let sent = 0;
+    while (sent < count) {
+      const due = Math.min(count, Math.ceil((now() - start) * rate) + 1);
+      for (; sent < due; sent++) {
+        const b = batch[sent];
+        pending.set(tidKeyAt(b.ping, 2), {
+          session: b.hs.session,
+          sentAt: now(),
+          answeredAt: null,
+        });
+        b.sock.sendTo(b.hs.message, target, plan.port);
+        b.sock.sendTo(b.ping, target, plan.port);
+      }
+      socks.drain(onReply);
+      if (sent < count) await sleep(1);
+    }
+    const sendSeconds = now() - start;
+    const drainUntil = now() + plan.drain;
+    while (now() < drainUntil) {
+      socks.drain(onReply);
+      await sleep(2);
+    }
+    const answered = [...pending.values()].filter((p) => p.answeredAt !== null);
+    const lat = answered.map((p) => (p.answeredAt! - p.sentAt) * 1000).sort((a, b) => a - b);
+    // Answers per second from the first send to the last answer: what the server sustained,
+    // not counting the queue it drains after the window as if it came in the window.
+    const lastAnswer = Math.max(start + sendSeconds, ...answered.map((p) => p.answeredAt!));
+    const window = Math.max(plan.window, sendSeconds);
+    const answerWindow = Math.max(window, lastAnswer - start);
+    const r: StepResult = {
+      offered: count,
+      offeredRate: count / window,
+      answered: lat.length,
+      answeredRate: lat.length / answerWindow,
+      p50: percentile(lat, 50),
+      p99: percentile(lat, 99),
+      sendSeconds,
+      prepareSeconds,
+    };
+    console.log(JSON.stringify({ step: r }));
+    for (const b of batch) b.hs.session.close();
+    best = Math.max(best, r.answeredRate);
+    if (
+      plan.adaptive && !overloadDone && (r.answered < 0.9 * r.offered || i === rates.length - 1)
+    ) {
+      // Past the knee (or out of steps): one step at 5× the best answered rate, then stop.
+      rates.splice(i + 1, rates.length, Math.max(1, Math.round(5 * best)));
+      overloadDone = true;
+    }
+  }
+  enc.dispose();
+  socks.close();
+}
+
+async function flood(plan: FloodPlan): Promise<void> {
+  const socks = new Sockets(plan.sources).socks;
+  const target = ipv4ToNumber(plan.target);
+  const start = now();
+  let sent = 0;
+  let k = 0;
+  // A pool of junk reused round-robin: random c0s, and every 8th one truncated.
+  const junk = Array.from({ length: 512 }, (_, i) => {
+    const m = randomInitiation();
+    return i % 8 === 7 ? m.subarray(0, 600) : m;
+  });
+  while (now() - start < plan.seconds) {
+    const due = Math.ceil((now() - start) * plan.rate);
+    for (; sent < due; sent++) {
+      const m = junk[sent % junk.length];
+      crypto.getRandomValues(m.subarray(2, 18)); // every c0 different
+      socks[k++ % socks.length].sendTo(m, target, plan.port);
+    }
+    await sleep(1);
+  }
+  const seconds = now() - start;
+  console.log(JSON.stringify({ flood: { sent, seconds, rate: sent / seconds } }));
+  for (const s of socks) s.close();
+}
+
+if (import.meta.main) {
+  const plan = JSON.parse(Deno.args[0]) as LoadPlan | FloodPlan;
+  if (plan.mode === "load") await load(plan);
+  else await flood(plan);
+}
