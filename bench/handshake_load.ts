@@ -82,13 +82,13 @@ interface ServerRun {
   notes: string[];
 }
 
-/** Runs the generator in the client namespace against the server now listening. */
+/** Runs the generator in namespace `ns`; hands each JSON line it printed to `onLine`. */
 export async function generate(
-  lab: Lab,
+  ns: string,
   plan: Record<string, unknown>,
   onLine: (line: Record<string, unknown>) => void,
 ): Promise<void> {
-  const gen = spawn(lab.clientNs, [
+  const gen = spawn(ns, [
     Deno.execPath(),
     "run",
     "-A",
@@ -118,7 +118,7 @@ async function measureServer(
   const server = await start();
   const result: ServerRun = { name, steps: [], capacity: 0, overload: null, notes: [] };
   try {
-    await generate(lab, {
+    await generate(lab.clientNs, {
       mode: "load",
       target: lab.serverAddr,
       port: 42424,
