@@ -5,7 +5,7 @@ export * from "./lib/core/constants.ts";
 export { base32Decode, base32Encode } from "./lib/core/base32.ts";
 export { type Announcement, formatPq1Label, parsePq1Name } from "./lib/core/names.ts";
 export { kdf } from "./lib/core/kdf.ts";
-export { h, open, seal, x25519PublicKey, x25519Shared } from "./lib/core/crypto.ts";
+export { h, openDetached, sealDetached, x25519PublicKey, x25519Shared } from "./lib/core/crypto.ts";
 export {
   isValidNode,
   KeyTree,

@@ -7,7 +7,7 @@
 import { kdf } from "../lib/core/kdf.ts";
 import { aeadSeal, setAeadBackend } from "../lib/core/aead.ts";
 import { aeadBackendFor, installAeadBackend } from "../lib/runtime/aead_backend.ts";
-import { open, seal, x25519PublicKey, x25519Shared } from "../lib/core/crypto.ts";
+import { openDetached, sealDetached, x25519PublicKey, x25519Shared } from "../lib/core/crypto.ts";
 import { TunnelSession } from "../lib/core/session.ts";
 import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/core/handshake.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
@@ -58,8 +58,10 @@ Deno.bench({
 
 // ---- AEAD alone, on 1200-byte packets.
 const aeadKey = random(32);
-const boxed = seal(aeadKey, nonce, payload, ad);
-if (!open(aeadKey, nonce, boxed.ciphertext, boxed.tag, ad)) throw new Error("AEAD self-check");
+const boxed = sealDetached(aeadKey, nonce, payload, ad);
+if (!openDetached(aeadKey, nonce, boxed.ciphertext, boxed.tag, ad)) {
+  throw new Error("AEAD self-check");
+}
 
 // The two AEAD backends side by side (libsodium needs --allow-ffi naming it; without it only
 // the JS row runs). Everything else in this file uses whichever backend loads by default.
@@ -90,7 +92,7 @@ Deno.bench({
   group: "aead",
   baseline: true,
   fn: () => {
-    seal(aeadKey, nonce, payload, ad);
+    sealDetached(aeadKey, nonce, payload, ad);
   },
 });
 
@@ -98,7 +100,7 @@ Deno.bench({
   name: "ChaCha20-Poly1305 open, 1200 B",
   group: "aead",
   fn: () => {
-    open(aeadKey, nonce, boxed.ciphertext, boxed.tag, ad);
+    openDetached(aeadKey, nonce, boxed.ciphertext, boxed.tag, ad);
   },
 });
 
@@ -114,7 +116,7 @@ function sessionPair(): { a: TunnelSession; b: TunnelSession } {
 const sealer = sessionPair().a;
 const pair = sessionPair();
 {
-  const r = pair.b.open(pair.a.seal(payload, 0), 0);
+  const r = pair.b.openPacket(pair.a.sealPacket(payload, 0), 0);
   if (!r.ok) throw new Error(`session self-check: ${r.reason}`);
 }
 
@@ -123,7 +125,7 @@ Deno.bench({
   group: "session",
   baseline: true,
   fn: () => {
-    sealer.seal(payload, 1);
+    sealer.sealPacket(payload, 1);
   },
 });
 
@@ -132,9 +134,9 @@ Deno.bench({
   group: "session",
   fn: (b) => {
     // Keys are one-time: each iteration opens a fresh packet, sealed outside the timing.
-    const packet = pair.a.seal(payload, 1);
+    const packet = pair.a.sealPacket(payload, 1);
     b.start();
-    const r = pair.b.open(packet, 1);
+    const r = pair.b.openPacket(packet, 1);
     b.end();
     if (!r.ok) throw new Error(`open failed: ${r.reason}`);
   },
@@ -207,7 +209,7 @@ function serverSide(
 { // Both sides must agree, with real decapsulation.
   const r = serverSide(sent.message, (c0) => mcDec.decapsulate(c0), (ct) => snDec.decapsulate(ct));
   const c = TunnelSession.create(sent.tid, sent.i2r, sent.r2i, 0);
-  if (!r.open(c.seal(payload, 0), 0).ok) throw new Error("handshake self-check");
+  if (!r.openPacket(c.sealPacket(payload, 0), 0).ok) throw new Error("handshake self-check");
 }
 
 Deno.bench({

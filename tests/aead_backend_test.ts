@@ -7,7 +7,13 @@ import { fixture, fromHex, vectors } from "./fixtures.ts";
 import { hex } from "../lib/core/bytes.ts";
 import { aeadBackend, type AeadBackendName, aeadOpen, aeadSeal } from "../lib/core/aead.ts";
 import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
-import { open, seal, x25519Backend, x25519PublicKey, x25519Shared } from "../lib/core/crypto.ts";
+import {
+  openDetached,
+  sealDetached,
+  x25519Backend,
+  x25519PublicKey,
+  x25519Shared,
+} from "../lib/core/crypto.ts";
 import { initiate, parseInitiation, respondFinish, respondOpen } from "../lib/core/handshake.ts";
 import { kdf } from "../lib/core/kdf.ts";
 import { TunnelSession } from "../lib/core/session.ts";
@@ -51,10 +57,10 @@ for (const name of BACKENDS) {
       under(name, () => {
         for (const t of vectors.aead) {
           const key = fromHex(t.key), nonce = fromHex(t.nonce), ad = fromHex(t.ad);
-          const s = seal(key, nonce, fromHex(t.msg), ad);
+          const s = sealDetached(key, nonce, fromHex(t.msg), ad);
           assert.equal(hex(s.ciphertext), t.ct);
           assert.equal(hex(s.tag), t.tag);
-          assert.equal(hex(open(key, nonce, fromHex(t.ct), fromHex(t.tag), ad)!), t.msg);
+          assert.equal(hex(openDetached(key, nonce, fromHex(t.ct), fromHex(t.tag), ad)!), t.msg);
           // in place: plaintext at the start of the output buffer
           const msg = fromHex(t.msg);
           const buf = new Uint8Array(msg.length + 16);
@@ -71,7 +77,7 @@ for (const name of BACKENDS) {
   );
 
   Deno.test(
-    { name: `[${name}] tunnel vectors: seal, sealInto and openInPlace`, ignore },
+    { name: `[${name}] tunnel vectors: sealPacket, sealPacketInto and openPacketInPlace`, ignore },
     () =>
       under(name, () => {
         const tid = fromHex(tv.tid);
@@ -80,21 +86,21 @@ for (const name of BACKENDS) {
         const b = TunnelSession.create(tid, send.slice(), recv.slice(), 0);
         const slot = new Uint8Array(2048);
         tv.initiator_packets.forEach((p: TunnelVector, i: number) => {
-          assert.equal(hex(a.seal(fromHex(p.plain), timeOf(i))), p.wire, `seal ${i}`);
-          const n = b.sealInto(fromHex(p.plain), slot, timeOf(i));
-          assert.equal(hex(slot.subarray(0, n)), p.wire, `sealInto ${i}`);
+          assert.equal(hex(a.sealPacket(fromHex(p.plain), timeOf(i))), p.wire, `seal ${i}`);
+          const n = b.sealPacketInto(fromHex(p.plain), slot, timeOf(i));
+          assert.equal(hex(slot.subarray(0, n)), p.wire, `sealPacketInto ${i}`);
         });
         const responder = TunnelSession.create(tid, recv.slice(), send.slice(), 0);
         tv.initiator_packets.forEach((p: TunnelVector, i: number) => {
           const wire = fromHex(p.wire);
-          const r = responder.openInPlace(wire, timeOf(i));
+          const r = responder.openPacketInPlace(wire, timeOf(i));
           assert.ok(r.ok, `packet ${i}: ${!r.ok && r.reason}`);
           assert.equal(hex(r.plaintext), p.plain);
           assert.equal(r.plaintext.buffer, wire.buffer, "decrypted where it lay");
           assert.equal([r.epoch, r.ctr].join(), [p.epoch, p.ctr].join());
         });
         for (const p of tv.responder_packets) {
-          assert.equal(hex(responder.seal(fromHex(p.plain), 61, slot)), p.wire);
+          assert.equal(hex(responder.sealPacket(fromHex(p.plain), 61, slot)), p.wire);
         }
       }),
   );
@@ -124,14 +130,14 @@ for (const name of BACKENDS) {
         const y = crypto.getRandomValues(new Uint8Array(32));
         const a = TunnelSession.create(tid, x.slice(), y.slice(), 0);
         const b = TunnelSession.create(tid, y.slice(), x.slice(), 0);
-        const genuine = a.seal(new Uint8Array(100).fill(7), 1);
+        const genuine = a.sealPacket(new Uint8Array(100).fill(7), 1);
         const forged = genuine.slice();
         forged[60] ^= 1;
-        assert.deepEqual(b.openInPlace(forged, 1), { ok: false, reason: "auth" });
-        const r = b.openInPlace(genuine.slice(), 1);
+        assert.deepEqual(b.openPacketInPlace(forged, 1), { ok: false, reason: "auth" });
+        const r = b.openPacketInPlace(genuine.slice(), 1);
         assert.ok(r.ok);
         assert.deepEqual([...r.plaintext], new Array(100).fill(7));
-        assert.deepEqual(b.openInPlace(genuine.slice(), 1), { ok: false, reason: "no-key" });
+        assert.deepEqual(b.openPacketInPlace(genuine.slice(), 1), { ok: false, reason: "no-key" });
       }),
   );
 

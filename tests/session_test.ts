@@ -17,95 +17,98 @@ const payload = (n: number) => new Uint8Array([n & 0xff, n >> 8, 1, 2, 3]);
 
 Deno.test("session: counters increase, a replayed packet fails, out-of-order works", () => {
   const { initiator, responder } = pair();
-  const packets = Array.from({ length: 50 }, (_, i) => initiator.seal(payload(i), 1));
+  const packets = Array.from({ length: 50 }, (_, i) => initiator.sealPacket(payload(i), 1));
   const order = [...packets.keys()].reverse();
   for (const i of order) {
-    const r = responder.open(packets[i], 1);
+    const r = responder.openPacket(packets[i], 1);
     assert.ok(r.ok, `packet ${i}`);
     assert.deepEqual(r.plaintext, payload(i));
     assert.equal(r.ctr, i);
   }
   for (const i of [0, 17, 18, 49]) {
-    const r = responder.open(packets[i], 1);
+    const r = responder.openPacket(packets[i], 1);
     assert.deepEqual(r, { ok: false, reason: "no-key" }, `replay of ${i}`);
   }
 });
 
 Deno.test("session: a forged packet changes nothing, the genuine one still opens", () => {
   const { initiator, responder } = pair();
-  const p = initiator.seal(payload(1), 1);
+  const p = initiator.sealPacket(payload(1), 1);
   const forged = p.slice();
   forged[45] ^= 1;
-  assert.deepEqual(responder.open(forged, 1), { ok: false, reason: "auth" });
-  assert.ok(responder.open(p, 1).ok);
+  assert.deepEqual(responder.openPacket(forged, 1), { ok: false, reason: "auth" });
+  assert.ok(responder.openPacket(p, 1).ok);
   // a forged packet claiming a later epoch must not move the responder's epochs
-  const q = initiator.seal(payload(2), 1);
+  const q = initiator.sealPacket(payload(2), 1);
   const future = q.slice();
   future[35] = 3; // epoch 3
-  assert.deepEqual(responder.open(future, 1), { ok: false, reason: "auth" });
+  assert.deepEqual(responder.openPacket(future, 1), { ok: false, reason: "auth" });
   assert.equal(responder.receiveEpoch, 0);
   assert.equal(responder.sendEpoch, 0);
-  assert.ok(responder.open(q, 1).ok);
+  assert.ok(responder.openPacket(q, 1).ok);
 });
 
 Deno.test("session: the receiver derives at most 90 keys ahead within an epoch", () => {
   const { initiator, responder } = pair();
-  const packets = Array.from({ length: 130 }, (_, i) => initiator.seal(payload(i), 1));
+  const packets = Array.from({ length: 130 }, (_, i) => initiator.sealPacket(payload(i), 1));
   // counters 0..89 are reachable from a fresh chain (5 chain steps of 18)
-  assert.ok(responder.open(packets[MAX_CHAIN_KEYS - 1], 1).ok);
+  assert.ok(responder.openPacket(packets[MAX_CHAIN_KEYS - 1], 1).ok);
   // far beyond what is held: refused, not derived without bound
   const fresh = pair();
-  const far = Array.from({ length: 130 }, (_, i) => fresh.initiator.seal(payload(i), 1));
-  assert.equal(fresh.responder.open(far[120], 1).ok, false);
+  const far = Array.from({ length: 130 }, (_, i) => fresh.initiator.sealPacket(payload(i), 1));
+  assert.equal(fresh.responder.openPacket(far[120], 1).ok, false);
   // once earlier keys are used up, later ones become reachable
-  for (let i = 0; i < 60; i++) assert.ok(fresh.responder.open(far[i], 1).ok);
-  assert.ok(fresh.responder.open(far[120], 1).ok);
+  for (let i = 0; i < 60; i++) assert.ok(fresh.responder.openPacket(far[i], 1).ok);
+  assert.ok(fresh.responder.openPacket(far[120], 1).ok);
 });
 
 Deno.test("session: the sender moves epoch every 30 s and the receiver follows", () => {
   const { initiator, responder } = pair(0);
-  const p0 = initiator.seal(payload(0), 10);
+  const p0 = initiator.sealPacket(payload(0), 10);
   assert.equal(initiator.sendEpoch, 0);
-  const p1 = initiator.seal(payload(1), 31);
+  const p1 = initiator.sealPacket(payload(1), 31);
   assert.equal(initiator.sendEpoch, 1);
-  const p3 = initiator.seal(payload(3), 95);
+  const p3 = initiator.sealPacket(payload(3), 95);
   assert.equal(initiator.sendEpoch, 3);
-  assert.ok(responder.open(p3, 95).ok, "jumps two epochs ahead");
+  assert.ok(responder.openPacket(p3, 95).ok, "jumps two epochs ahead");
   assert.equal(responder.receiveEpoch, 3);
   assert.equal(responder.sendEpoch, 3, "the responder's sending side followed");
-  assert.ok(responder.open(p1, 96).ok, "older epochs still live");
-  assert.ok(responder.open(p0, 97).ok);
+  assert.ok(responder.openPacket(p1, 96).ok, "older epochs still live");
+  assert.ok(responder.openPacket(p0, 97).ok);
   // responder's replies at epoch 3 open at the initiator
-  const back = responder.seal(payload(9), 97);
-  const r = initiator.open(back, 97);
+  const back = responder.sealPacket(payload(9), 97);
+  const r = initiator.openPacket(back, 97);
   assert.ok(r.ok);
   assert.equal(r.epoch, 3);
 });
 
 Deno.test("session: at most 5 epochs live; an epoch is erased 120 s after creation", () => {
   const { initiator, responder } = pair(0);
-  const early = initiator.seal(payload(0), 1);
+  const early = initiator.sealPacket(payload(0), 1);
   // the sender jumps far ahead: 6 epochs would be needed, but only 5 can be live
-  const far = initiator.seal(payload(1), 1 + 30 * 5 + 1);
+  const far = initiator.sealPacket(payload(1), 1 + 30 * 5 + 1);
   assert.equal(initiator.sendEpoch, 5);
-  assert.equal(responder.open(far, 100).ok, false, "epoch 5 would be the sixth live epoch");
+  assert.equal(responder.openPacket(far, 100).ok, false, "epoch 5 would be the sixth live epoch");
   assert.equal(responder.receiveEpoch, 0);
   // a packet at epoch 0 still opens before 120 s ...
-  assert.ok(responder.open(early, 119).ok);
-  const again = initiator.seal(payload(2), 1 + 30 * 5 + 2);
+  assert.ok(responder.openPacket(early, 119).ok);
+  const again = initiator.sealPacket(payload(2), 1 + 30 * 5 + 2);
   // ... and after 120 s epoch 0 is gone, and with it the whole session
   assert.equal(responder.alive(EPOCH_LIFETIME_SECONDS), false);
-  assert.deepEqual(responder.open(again, EPOCH_LIFETIME_SECONDS), { ok: false, reason: "expired" });
+  assert.deepEqual(responder.openPacket(again, EPOCH_LIFETIME_SECONDS), {
+    ok: false,
+    reason: "expired",
+  });
 });
 
 Deno.test("session: a steady flow keeps the session alive past 120 s", () => {
   const { initiator, responder } = pair(0);
   for (let t = 1; t < 400; t += 7) {
-    const p = initiator.seal(payload(t), t);
-    const r = responder.open(p, t);
+    const p = initiator.sealPacket(payload(t), t);
+    const r = responder.openPacket(p, t);
     assert.ok(r.ok, `t=${t}`);
-    const back = responder.seal(payload(t), t);
-    assert.ok(initiator.open(back, t).ok, `back at t=${t}`);
+    const back = responder.sealPacket(payload(t), t);
+    assert.ok(initiator.openPacket(back, t).ok, `back at t=${t}`);
   }
   assert.ok(responder.alive(400));
   assert.ok(initiator.sendEpoch >= 13);
@@ -114,23 +117,23 @@ Deno.test("session: a steady flow keeps the session alive past 120 s", () => {
 Deno.test("session: packets of another tunnel, short packets and a closed session", () => {
   const { initiator, responder } = pair();
   const other = pair();
-  assert.deepEqual(responder.open(other.initiator.seal(payload(0), 1), 1), {
+  assert.deepEqual(responder.openPacket(other.initiator.sealPacket(payload(0), 1), 1), {
     ok: false,
     reason: "tid",
   });
-  assert.deepEqual(responder.open(new Uint8Array(55), 1), { ok: false, reason: "short" });
-  const p = initiator.seal(payload(0), 1);
+  assert.deepEqual(responder.openPacket(new Uint8Array(55), 1), { ok: false, reason: "short" });
+  const p = initiator.sealPacket(payload(0), 1);
   const wrongType = p.slice();
   wrongType[0] = 1;
-  assert.deepEqual(responder.open(wrongType, 1), { ok: false, reason: "type" });
+  assert.deepEqual(responder.openPacket(wrongType, 1), { ok: false, reason: "type" });
   responder.close();
-  assert.deepEqual(responder.open(p, 1), { ok: false, reason: "expired" });
-  assert.throws(() => responder.seal(payload(1), 1));
+  assert.deepEqual(responder.openPacket(p, 1), { ok: false, reason: "expired" });
+  assert.throws(() => responder.sealPacket(payload(1), 1));
 });
 
 Deno.test("session: cookie state rebuilds both sides at the next epoch", () => {
   const { initiator, responder } = pair(0);
-  assert.ok(responder.open(initiator.seal(payload(0), 1), 1).ok);
+  assert.ok(responder.openPacket(initiator.sealPacket(payload(0), 1), 1).ok);
   const state = responder.cookieState()!;
   assert.equal(state.epoch, 0);
   responder.close();
@@ -144,9 +147,9 @@ Deno.test("session: cookie state rebuilds both sides at the next epoch", () => {
   // the client learns of the cookie inside the tunnel and moves to epoch 1
   initiator.adoptCookieEpoch(5);
   assert.equal(initiator.sendEpoch, 1);
-  const p = initiator.seal(payload(7), 6);
-  const r = restored.open(p, 6);
+  const p = initiator.sealPacket(payload(7), 6);
+  const r = restored.openPacket(p, 6);
   assert.ok(r.ok);
   assert.equal(r.epoch, 1);
-  assert.ok(initiator.open(restored.seal(payload(8), 6), 6).ok);
+  assert.ok(initiator.openPacket(restored.sealPacket(payload(8), 6), 6).ok);
 });

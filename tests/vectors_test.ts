@@ -4,7 +4,13 @@ import assert from "node:assert/strict";
 import { fixture, fromHex, vectors } from "./fixtures.ts";
 import { hex } from "../lib/core/bytes.ts";
 import { kdf } from "../lib/core/kdf.ts";
-import { h, open, seal, x25519PublicKey, x25519Shared } from "../lib/core/crypto.ts";
+import {
+  h,
+  openDetached,
+  sealDetached,
+  x25519PublicKey,
+  x25519Shared,
+} from "../lib/core/crypto.ts";
 import { base32Decode, base32Encode } from "../lib/core/base32.ts";
 import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { KeyTree, KeyTreeAssembler, nodeLength, TREE_SHAPE } from "../lib/core/keytree.ts";
@@ -34,14 +40,14 @@ Deno.test("h is SHAKE256 with 32 bytes out", () => {
 Deno.test("aead: IETF ChaCha20-Poly1305, detached tag, both ways", () => {
   for (const t of vectors.aead) {
     const key = fromHex(t.key), nonce = fromHex(t.nonce), ad = fromHex(t.ad);
-    const s = seal(key, nonce, fromHex(t.msg), ad);
+    const s = sealDetached(key, nonce, fromHex(t.msg), ad);
     assert.equal(hex(s.ciphertext), t.ct);
     assert.equal(hex(s.tag), t.tag);
-    const p = open(key, nonce, fromHex(t.ct), fromHex(t.tag), ad);
+    const p = openDetached(key, nonce, fromHex(t.ct), fromHex(t.tag), ad);
     assert.equal(p && hex(p), t.msg);
     const badTag = fromHex(t.tag);
     badTag[0] ^= 1;
-    assert.equal(open(key, nonce, fromHex(t.ct), badTag, ad), null);
+    assert.equal(openDetached(key, nonce, fromHex(t.ct), badTag, ad), null);
   }
 });
 
@@ -239,7 +245,7 @@ Deno.test("tunnel: initiator packets are byte-identical to the reference's", () 
   );
   tv.initiator_packets.forEach(
     (p: { plain: string; wire: string; epoch: number; ctr: number }, i: number) => {
-      const wire = s.seal(fromHex(p.plain), timeOf(i));
+      const wire = s.sealPacket(fromHex(p.plain), timeOf(i));
       assert.equal(hex(wire), p.wire, `packet ${i} (epoch ${p.epoch}, ctr ${p.ctr})`);
     },
   );
@@ -254,7 +260,7 @@ Deno.test("tunnel: the responder opens them, follows to epoch 2 and answers iden
   );
   tv.initiator_packets.forEach(
     (p: { plain: string; wire: string; epoch: number; ctr: number }, i: number) => {
-      const r = s.open(fromHex(p.wire), timeOf(i));
+      const r = s.openPacket(fromHex(p.wire), timeOf(i));
       assert.ok(r.ok, `packet ${i}: ${!r.ok && r.reason}`);
       assert.equal(hex(r.plaintext), p.plain);
       assert.equal(r.epoch, p.epoch);
@@ -263,7 +269,7 @@ Deno.test("tunnel: the responder opens them, follows to epoch 2 and answers iden
   );
   assert.equal(s.sendEpoch, 2);
   for (const p of tv.responder_packets) {
-    assert.equal(hex(s.seal(fromHex(p.plain), 61)), p.wire);
+    assert.equal(hex(s.sealPacket(fromHex(p.plain), 61)), p.wire);
   }
   // and the initiator opens those
   const init = TunnelSession.create(
@@ -273,7 +279,7 @@ Deno.test("tunnel: the responder opens them, follows to epoch 2 and answers iden
     0,
   );
   for (const p of tv.responder_packets) {
-    const r = init.open(fromHex(p.wire), 61);
+    const r = init.openPacket(fromHex(p.wire), 61);
     assert.ok(r.ok);
     assert.equal(hex(r.plaintext), p.plain);
   }

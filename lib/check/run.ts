@@ -304,7 +304,7 @@ async function probeTunnel(
       ? icmpEcho(probe.id, n)
       : tcpSyn(probe.sport, probe.port, n);
     sentAt.set(n, io.now());
-    sock.send(session.seal(inner, io.now()), host, cryptoPort);
+    sock.send(session.sealPacket(inner, io.now()), host, cryptoPort);
   };
   const outcome = {
     probe: probe.kind === "icmp"
@@ -324,7 +324,7 @@ async function probeTunnel(
           outcome.other++;
           continue;
         }
-        const r = session.open(d, io.now());
+        const r = session.openPacket(d, io.now());
         const answer = r.ok ? matchAnswer(r.plaintext, probe, new Set(sentAt.keys())) : null;
         if (answer) return answer;
         outcome.other++;
@@ -362,7 +362,7 @@ async function probeTunnel(
       if (probe.kind === "tcp" && answer.what.includes("SYN-ACK")) {
         // Leave no half-open connection behind on the server's host.
         const rst = tcpRst(probe.sport, probe.port, answer.probe + 1);
-        sock.send(session.seal(rst, t), host, cryptoPort);
+        sock.send(session.sealPacket(rst, t), host, cryptoPort);
       }
       // The first answer's time includes the handshake's processing: one more probe through
       // the established tunnel gives its plain round trip.

@@ -38,7 +38,7 @@ export type ChannelMessage =
   | { type: "ready" };
 
 /** Parses one message; null for anything malformed. */
-export function decodeMessage(m: Uint8Array): ChannelMessage | null {
+export function decodeChannelMessage(m: Uint8Array): ChannelMessage | null {
   if (m.length === 1 && m[0] === MSG_READY) return { type: "ready" };
   if (m.length < 5) return null;
   const id = readU32be(m, 1);

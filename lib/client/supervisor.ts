@@ -13,7 +13,7 @@ import {
   removeStaleRules,
   type RuleHandle,
 } from "../runtime/firewall.ts";
-import { decodeMessage, encodeDns } from "./messages.ts";
+import { decodeChannelMessage, encodeDns } from "./messages.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { configureInterface } from "../../ffi/rtnetlink.ts";
 import { NfQueue, type QueuedPacket } from "../../ffi/nfqueue.ts";
@@ -134,7 +134,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
         const m = channel.tryRecv();
         if (m === undefined) return;
         if (m === null) return stop("worker closed its channel");
-        const msg = decodeMessage(m);
+        const msg = decodeChannelMessage(m);
         if (msg?.type !== "verdict" || !pending.delete(msg.id)) continue;
         queue.verdict(msg.id, true, msg.replacement ?? undefined);
       }
@@ -189,7 +189,7 @@ async function waitReady(channel: SeqPacketChannel, pid: number): Promise<void> 
     if (await waitReadable(channel.fd, 250)) {
       const m = channel.tryRecv();
       if (m === null) break;
-      if (m && decodeMessage(m)?.type === "ready") return;
+      if (m && decodeChannelMessage(m)?.type === "ready") return;
     }
     if (tryWaitChild(pid)) break;
   }

@@ -5,7 +5,7 @@
 
 import { CRYPTO_PORT, KEY_PORT } from "../core/constants.ts";
 import { ClientDevice, type KeyChannel } from "./device.ts";
-import { decodeMessage, encodeVerdict, MSG_READY } from "./messages.ts";
+import { decodeChannelMessage, encodeVerdict, MSG_READY } from "./messages.ts";
 import { serveControl } from "./control.ts";
 import { DnsRewriter } from "../core/dns_rewrite.ts";
 import { parsePq1Name } from "../core/names.ts";
@@ -136,7 +136,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
           const m = dns.tryRecv();
           if (m === undefined) return;
           if (m === null) return stop("supervisor gone");
-          const msg = decodeMessage(m);
+          const msg = decodeChannelMessage(m);
           if (msg?.type !== "dns") {
             drops.count("channel-malformed");
             continue;

@@ -15,9 +15,9 @@ export type AeadBackendName = "libsodium" | "js";
 export interface AeadBackend {
   name: AeadBackendName;
   /** Writes ciphertext || tag (m.length + 16 bytes) into `out`. */
-  seal(key: Uint8Array, nonce: Uint8Array, ad: Uint8Array, m: Uint8Array, out: Uint8Array): void;
+  encrypt(key: Uint8Array, nonce: Uint8Array, ad: Uint8Array, m: Uint8Array, out: Uint8Array): void;
   /** Verifies and decrypts ciphertext || tag into `out`; false when the tag does not verify. */
-  open(
+  decrypt(
     key: Uint8Array,
     nonce: Uint8Array,
     ad: Uint8Array,
@@ -30,10 +30,10 @@ export interface AeadBackend {
 
 export const jsAead: AeadBackend = {
   name: "js",
-  seal(key, nonce, ad, m, out) {
+  encrypt(key, nonce, ad, m, out) {
     chacha20poly1305(key, nonce, ad).encrypt(m, out);
   },
-  open(key, nonce, ad, sealed, out) {
+  decrypt(key, nonce, ad, sealed, out) {
     try {
       chacha20poly1305(key, nonce, ad).decrypt(sealed, out);
       return true;
@@ -71,7 +71,7 @@ export function aeadSeal(
   out: Uint8Array,
 ): void {
   if (out.length !== plaintext.length + TAG_BYTES) throw new RangeError("aeadSeal: out size");
-  active.seal(key, nonce, ad, plaintext, out);
+  active.encrypt(key, nonce, ad, plaintext, out);
 }
 
 /**
@@ -87,7 +87,7 @@ export function aeadOpen(
   out: Uint8Array,
 ): boolean {
   if (sealed.length < TAG_BYTES || out.length !== sealed.length - TAG_BYTES) return false;
-  return active.open(key, nonce, ad, sealed, out);
+  return active.decrypt(key, nonce, ad, sealed, out);
 }
 
 /** The original ChaCha20 keystream (8-byte nonce, 64-bit little-endian block counter). */

@@ -9,7 +9,7 @@
 // server that made a cookie ever opens it, so its timestamps are its own clock's slots.
 
 import { concat, equalBytes, readU32be, readU64be, u32be, u64be, wipe } from "./bytes.ts";
-import { open, seal } from "./crypto.ts";
+import { openDetached, sealDetached } from "./crypto.ts";
 import { kdf } from "./kdf.ts";
 import {
   COOKIE_BYTES,
@@ -42,7 +42,7 @@ export function buildCookie(
 ): Uint8Array {
   const plain = concat(c.tid, u32be(c.epoch), c.sendRoot, c.recvRoot);
   const ts = u64be(BigInt(timestamp));
-  const boxed = seal(key, nonce, plain, ts);
+  const boxed = sealDetached(key, nonce, plain, ts);
   wipe(plain);
   return concat(COOKIE_PREFIX, ts, nonce, boxed.ciphertext, boxed.tag);
 }
@@ -60,7 +60,7 @@ export function openCookie(key: Uint8Array, cookie: Uint8Array): CookieContents 
   const nonce = cookie.subarray(16, 16 + NONCE_BYTES);
   const ct = cookie.subarray(16 + NONCE_BYTES, COOKIE_BYTES - TAG_BYTES);
   const tag = cookie.subarray(COOKIE_BYTES - TAG_BYTES);
-  const plain = open(key, nonce, ct, tag, ts);
+  const plain = openDetached(key, nonce, ct, tag, ts);
   if (!plain) return null;
   const out = {
     tid: plain.slice(0, TID_BYTES),

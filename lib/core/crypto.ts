@@ -20,7 +20,7 @@ export interface Sealed {
 }
 
 /** IETF ChaCha20-Poly1305 with the 16-byte tag kept detached. */
-export function seal(
+export function sealDetached(
   key: Uint8Array,
   nonce: Uint8Array,
   plaintext: Uint8Array,
@@ -33,7 +33,7 @@ export function seal(
 }
 
 /** Opens a detached-tag box; null when the tag does not verify. */
-export function open(
+export function openDetached(
   key: Uint8Array,
   nonce: Uint8Array,
   ciphertext: Uint8Array,

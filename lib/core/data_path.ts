@@ -164,7 +164,7 @@ export class DataPath {
     if (!peer.session.alive(now)) return false;
     let wire: Uint8Array;
     try {
-      wire = peer.session.seal(packet, now, this.io.udpBuffer?.());
+      wire = peer.session.sealPacket(packet, now, this.io.udpBuffer?.());
     } catch {
       return false; // send keys exhausted
     }
@@ -189,7 +189,7 @@ export class DataPath {
     const tidKey = tidKeyAt(data, 2);
     const peer = this.peers.byTunnelId(tidKey);
     if (!peer) return { kind: "unknown-tid", tidKey };
-    const r = peer.session.openInPlace(data, now);
+    const r = peer.session.openPacketInPlace(data, now);
     if (!r.ok) return this.dropped(`tunnel-${r.reason}`, peer);
     peer.lastSeen = now;
     peer.unanswered = 0;

@@ -10,7 +10,7 @@
 //   message = 01 00 || c0 || c1 || t1 || c3 || t3
 
 import { wipe } from "./bytes.ts";
-import { h, open, seal, x25519Shared } from "./crypto.ts";
+import { h, openDetached, sealDetached, x25519Shared } from "./crypto.ts";
 import { kdf } from "./kdf.ts";
 import {
   HANDSHAKE_BYTES,
@@ -55,13 +55,13 @@ function finish(cs: Uint8Array, hs: Uint8Array): HandshakeResult {
 export function initiate(inp: InitiatorInputs): HandshakeResult & { message: Uint8Array } {
   if (inp.mcelieceCt.length !== MCELIECE_CT_BYTES) throw new Error("bad McEliece ciphertext");
   if (inp.sntrupCt.length !== SNTRUP_CT_BYTES) throw new Error("bad sntrup761 ciphertext");
-  const b1 = seal(inp.mcelieceSs, ZERO_NONCE, inp.clientX25519Pk, inp.mcelieceCt);
+  const b1 = sealDetached(inp.mcelieceSs, ZERO_NONCE, inp.clientX25519Pk, inp.mcelieceCt);
   let hs = h(inp.mcelieceCt, b1.ciphertext, b1.tag);
   const dhStatic = x25519Shared(inp.clientX25519Sk, inp.serverStaticX25519Pk);
   const dhEphemeral = x25519Shared(inp.clientX25519Sk, inp.serverEphemeralX25519Pk);
   const cs1 = kdf(1, inp.mcelieceSs, dhStatic)[0];
   const cs2 = kdf(1, cs1, dhEphemeral)[0];
-  const b3 = seal(cs2, ZERO_NONCE, inp.sntrupCt, hs);
+  const b3 = sealDetached(cs2, ZERO_NONCE, inp.sntrupCt, hs);
   const cs3 = kdf(1, cs2, inp.sntrupSs)[0];
   hs = h(hs, b3.ciphertext, b3.tag);
   wipe(dhStatic, dhEphemeral, cs1, cs2);
@@ -124,7 +124,7 @@ export function respondOpen(
   serverStaticX25519Sk: Uint8Array,
   slots: EphemeralSecret[],
 ): ResponderPending | null {
-  const clientPk = open(mcelieceSs, ZERO_NONCE, msg.c1, msg.t1, msg.c0);
+  const clientPk = openDetached(mcelieceSs, ZERO_NONCE, msg.c1, msg.t1, msg.c0);
   if (!clientPk) return null;
   const hs = h(msg.c0, msg.c1, msg.t1);
   let dhStatic: Uint8Array;
@@ -144,7 +144,7 @@ export function respondOpen(
     }
     const cs2 = kdf(1, cs1, dh)[0];
     wipe(dh);
-    const sntrupCt = open(cs2, ZERO_NONCE, msg.c3, msg.t3, hs);
+    const sntrupCt = openDetached(cs2, ZERO_NONCE, msg.c3, msg.t3, hs);
     if (sntrupCt) {
       wipe(cs1);
       return { slotId: slot.id, sntrupCt, cs: cs2, hs };

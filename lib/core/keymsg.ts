@@ -2,7 +2,7 @@
 // A server answers only with a response exactly as long as the request (anti-amplification),
 // so requests carry zero padding of the expected response size.
 
-import { readU16be, u16le } from "./bytes.ts";
+import { readU16be, u16le, writeU16be } from "./bytes.ts";
 import {
   MSG_EPHEMERAL_KEY_REQUEST,
   MSG_EPHEMERAL_KEY_RESPONSE,
@@ -15,19 +15,18 @@ import { isValidNode, nodeLength } from "./keytree.ts";
 
 const MAX_FIELDS = 4;
 
-export function encodeMessage(type: number, fields: Uint8Array[]): Uint8Array {
+/** type || (u16be length || field)*: the framing of every key server message. */
+function encodeKeyFields(type: number, fields: Uint8Array[]): Uint8Array {
   let n = 2;
   for (const f of fields) {
     if (f.length === 0 || f.length > 0xffff) throw new Error("field length out of range");
     n += 2 + f.length;
   }
   const out = new Uint8Array(n);
-  out[0] = type >>> 8;
-  out[1] = type & 0xff;
+  writeU16be(out, 0, type);
   let o = 2;
   for (const f of fields) {
-    out[o] = f.length >>> 8;
-    out[o + 1] = f.length & 0xff;
+    writeU16be(out, o, f.length);
     out.set(f, o + 2);
     o += 2 + f.length;
   }
@@ -35,7 +34,7 @@ export function encodeMessage(type: number, fields: Uint8Array[]): Uint8Array {
 }
 
 /** Splits a message into its type and fields; null if any length is off. */
-export function decodeMessage(msg: Uint8Array): { type: number; fields: Uint8Array[] } | null {
+function decodeKeyFields(msg: Uint8Array): { type: number; fields: Uint8Array[] } | null {
   if (msg.length < 2) return null;
   const fields: Uint8Array[] = [];
   let o = 2;
@@ -50,7 +49,7 @@ export function decodeMessage(msg: Uint8Array): { type: number; fields: Uint8Arr
 }
 
 export function staticKeyRequest(depth: number, pos: number): Uint8Array {
-  return encodeMessage(MSG_STATIC_KEY_REQUEST, [
+  return encodeKeyFields(MSG_STATIC_KEY_REQUEST, [
     new Uint8Array([depth]),
     u16le(pos),
     new Uint8Array(nodeLength(depth, pos)),
@@ -58,18 +57,18 @@ export function staticKeyRequest(depth: number, pos: number): Uint8Array {
 }
 
 export function staticKeyResponse(depth: number, pos: number, node: Uint8Array): Uint8Array {
-  return encodeMessage(MSG_STATIC_KEY_RESPONSE, [new Uint8Array([depth]), u16le(pos), node]);
+  return encodeKeyFields(MSG_STATIC_KEY_RESPONSE, [new Uint8Array([depth]), u16le(pos), node]);
 }
 
 export function ephemeralKeyRequest(): Uint8Array {
-  return encodeMessage(MSG_EPHEMERAL_KEY_REQUEST, [
+  return encodeKeyFields(MSG_EPHEMERAL_KEY_REQUEST, [
     new Uint8Array(SNTRUP_PK_BYTES),
     new Uint8Array(X25519_BYTES),
   ]);
 }
 
 export function ephemeralKeyResponse(sntrupPk: Uint8Array, x25519Pk: Uint8Array): Uint8Array {
-  return encodeMessage(MSG_EPHEMERAL_KEY_RESPONSE, [sntrupPk, x25519Pk]);
+  return encodeKeyFields(MSG_EPHEMERAL_KEY_RESPONSE, [sntrupPk, x25519Pk]);
 }
 
 export type KeyRequest =
@@ -78,7 +77,7 @@ export type KeyRequest =
 
 /** Parses a request as the key server sees it; null for anything malformed. */
 export function parseKeyRequest(msg: Uint8Array): KeyRequest | null {
-  const m = decodeMessage(msg);
+  const m = decodeKeyFields(msg);
   if (!m) return null;
   if (m.type === MSG_STATIC_KEY_REQUEST) {
     const [depthField, posField, padding] = m.fields;
@@ -102,7 +101,7 @@ export type KeyResponse =
 
 /** Parses a response as the client sees it; null for anything malformed. */
 export function parseKeyResponse(msg: Uint8Array): KeyResponse | null {
-  const m = decodeMessage(msg);
+  const m = decodeKeyFields(msg);
   if (!m) return null;
   if (m.type === MSG_STATIC_KEY_RESPONSE) {
     if (m.fields.length !== 3 || m.fields[0].length !== 1 || m.fields[1].length !== 2) return null;

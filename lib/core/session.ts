@@ -375,17 +375,17 @@ export class TunnelSession {
    * Encrypts one payload into a tunnel packet. With `into` (at least payload + 56 bytes, not
    * overlapping the payload) the packet is built there and a view of it returned: no allocation.
    */
-  seal(payload: Uint8Array, now: number, into?: Uint8Array): Uint8Array {
+  sealPacket(payload: Uint8Array, now: number, into?: Uint8Array): Uint8Array {
     const n = payload.length + TUNNEL_OVERHEAD;
     const out = into !== undefined && into.length >= n ? into : new Uint8Array(n);
-    return out.subarray(0, this.sealInto(payload, out, now));
+    return out.subarray(0, this.sealPacketInto(payload, out, now));
   }
 
   /** Builds the tunnel packet for `payload` in `out` (not overlapping it); returns its length. */
-  sealInto(payload: Uint8Array, out: Uint8Array, now: number): number {
+  sealPacketInto(payload: Uint8Array, out: Uint8Array, now: number): number {
     if (this.closed) throw new Error("session closed");
     const n = payload.length + TUNNEL_OVERHEAD;
-    if (out.length < n) throw new RangeError("sealInto: output too small");
+    if (out.length < n) throw new RangeError("sealPacketInto: output too small");
     const key = this.send.take(now);
     out.set(this.header);
     writeU16be(out, 34, this.send.epoch);
@@ -406,15 +406,15 @@ export class TunnelSession {
    * unless it authenticates; then its key is erased, newer epochs are adopted, and the sending
    * side follows the peer to its epoch.
    */
-  open(packet: Uint8Array, now: number): OpenResult {
+  openPacket(packet: Uint8Array, now: number): OpenResult {
     return this.openTo(packet, now, false);
   }
 
   /**
-   * open() decrypting where the packet lies: the plaintext is a view of `packet` (after the
+   * openPacket() decrypting where the packet lies: the plaintext is a view of `packet` (after the
    * header), whose bytes are overwritten, also when the packet turns out to be forged.
    */
-  openInPlace(packet: Uint8Array, now: number): OpenResult {
+  openPacketInPlace(packet: Uint8Array, now: number): OpenResult {
     return this.openTo(packet, now, true);
   }
 

@@ -18,11 +18,11 @@ function sodiumAead(s: Sodium): AeadBackend {
   const counterCell = new DataView(new ArrayBuffer(8));
   return {
     name: "libsodium",
-    seal(key, nonce, ad, m, out) {
+    encrypt(key, nonce, ad, m, out) {
       const n = m.length;
       encrypt(out, out.subarray(n), null, m, BigInt(n), ad, BigInt(ad.length), null, nonce, key);
     },
-    open(key, nonce, ad, sealed, out) {
+    decrypt(key, nonce, ad, sealed, out) {
       const n = sealed.length - TAG_BYTES;
       // libsodium checks the tag before it writes anything but zeros (on failure) to `out`.
       const c = sealed.subarray(0, n);

@@ -25,13 +25,14 @@ import type {
 } from "../../wasm/crypto_worker.ts";
 import { KemRejectedError } from "../../wasm/kem.ts";
 import type { KemBackendName, KemChoice } from "./kem_backend.ts";
-
-const MCELIECE_PK = 1047319;
-const MCELIECE_SK = 13948;
-const MCELIECE_CT = 194;
-const SNTRUP_PK = 1158;
-const SNTRUP_SK = 1763;
-const SNTRUP_CT = 1039;
+import {
+  MCELIECE_CT_BYTES,
+  MCELIECE_PK_BYTES,
+  MCELIECE_SK_BYTES,
+  SNTRUP_CT_BYTES,
+  SNTRUP_PK_BYTES,
+  SNTRUP_SK_BYTES,
+} from "../core/constants.ts";
 
 export interface CryptoPoolOptions {
   /** The server's long-term McEliece secret key; copied, the caller's array is left as is. */
@@ -188,7 +189,7 @@ export class CryptoPool implements AsyncDisposable {
       throw new RangeError(`workers must be an integer 1..64, got ${count}`);
     }
     const sk = options.mcelieceSecretKey;
-    if (sk !== undefined) checkLength("McEliece secret key", sk, MCELIECE_SK);
+    if (sk !== undefined) checkLength("McEliece secret key", sk, MCELIECE_SK_BYTES);
 
     const started = await Promise.allSettled(
       Array.from({ length: count }, (_, i) => startWorker(options, i)),
@@ -236,7 +237,7 @@ export class CryptoPool implements AsyncDisposable {
 
   /** Decapsulates a handshake's c0 with the server key given to start(). */
   async mcelieceDecap(ciphertext: Uint8Array): Promise<Uint8Array> {
-    checkLength("McEliece ciphertext", ciphertext, MCELIECE_CT);
+    checkLength("McEliece ciphertext", ciphertext, MCELIECE_CT_BYTES);
     if (!this.#hasServerKey) {
       throw new CryptoPoolError("no McEliece secret key was given to CryptoPool.start()");
     }
@@ -249,7 +250,7 @@ export class CryptoPool implements AsyncDisposable {
    * mcelieceEncap(). Register once per server; unregister when the key is no longer wanted.
    */
   async registerMcEliecePublicKey(publicKey: Uint8Array): Promise<number> {
-    checkLength("McEliece public key", publicKey, MCELIECE_PK);
+    checkLength("McEliece public key", publicKey, MCELIECE_PK_BYTES);
     const pkId = this.#nextPkId++;
     const pk = movable(publicKey);
     await this.#call({ op: "registerMcEliecePk", pkId, pk }, [pk.buffer], this.#laneOf(pkId));
@@ -271,8 +272,8 @@ export class CryptoPool implements AsyncDisposable {
 
   /** The worker's copy of `secretKey` is zeroed after use; the caller's is left as is. */
   async sntrupDecap(ciphertext: Uint8Array, secretKey: Uint8Array): Promise<Uint8Array> {
-    checkLength("sntrup761 ciphertext", ciphertext, SNTRUP_CT);
-    checkLength("sntrup761 secret key", secretKey, SNTRUP_SK);
+    checkLength("sntrup761 ciphertext", ciphertext, SNTRUP_CT_BYTES);
+    checkLength("sntrup761 secret key", secretKey, SNTRUP_SK_BYTES);
     const ct = movable(ciphertext);
     const sk = movable(secretKey);
     const r = await this.#call({ op: "sntrupDecap", ct, sk }, [ct.buffer, sk.buffer]);
@@ -280,7 +281,7 @@ export class CryptoPool implements AsyncDisposable {
   }
 
   async sntrupEncap(publicKey: Uint8Array): Promise<EncapResult> {
-    checkLength("sntrup761 public key", publicKey, SNTRUP_PK);
+    checkLength("sntrup761 public key", publicKey, SNTRUP_PK_BYTES);
     const pk = movable(publicKey);
     return await this.#call({ op: "sntrupEncap", pk }, [pk.buffer]);
   }

@@ -309,7 +309,7 @@ export class ServerDevice {
         ...state,
       });
       try {
-        this.io.sendUdp(lru.session.seal(cookie, this.clock.mono()), lru.host, lru.port);
+        this.io.sendUdp(lru.session.sealPacket(cookie, this.clock.mono()), lru.host, lru.port);
       } catch { /* a send error only costs the client a new handshake */ }
       wipe(state.sendRoot, state.recvRoot);
     }

@@ -138,7 +138,7 @@ async function load(plan: LoadPlan): Promise<void> {
     if (d.length < 36) return;
     const p = pending.get(tidKeyAt(d, 2));
     if (!p || p.answeredAt !== null) return;
-    if (p.session.open(d, now()).ok) p.answeredAt = now();
+    if (p.session.openPacket(d, now()).ok) p.answeredAt = now();
   };
   const src = ipv4ToNumber("10.43.0.2");
   const dst = ipv4ToNumber(plan.target);
@@ -154,7 +154,7 @@ async function load(plan: LoadPlan): Promise<void> {
     const p0 = now();
     const batch = Array.from({ length: count }, (_, j) => {
       const hs = prepareInitiation(enc, kems.sntrup, server, now());
-      const ping = hs.session.seal(icmpEcho(src, dst, j, i), now());
+      const ping = hs.session.sealPacket(icmpEcho(src, dst, j, i), now());
       return { hs, ping, sock: socks.socks[j % socks.socks.length] };
     });
     const prepareSeconds = now() - p0;
