@@ -193,7 +193,9 @@ Deno.test("0-RTT packets are held per client and delivered once the tunnel is up
     const client = ipv4ToNumber("198.18.3.1");
     const hs = s.valid();
     s.device.onDatagram(hs.message, client, 1234);
-    for (let i = 0; i < 10; i++) s.device.onDatagram(hs.session.sealPacket(ping(), 0), client, 1234);
+    for (let i = 0; i < 10; i++) {
+      s.device.onDatagram(hs.session.sealPacket(ping(), 0), client, 1234);
+    }
     // Packets for unknown tunnels from an address with no handshake are not held at all.
     s.device.onDatagram(hs.session.sealPacket(ping(), 0), ipv4ToNumber("198.18.3.2"), 1234);
     await s.settle();

@@ -6,6 +6,7 @@
 import { ipv4ToNumber } from "../core/ip.ts";
 import type { Logger } from "../core/log.ts";
 import { StderrLogger } from "../runtime/log.ts";
+import { WORKER_ENV, workerFlags } from "../runtime/permissions.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 import {
   installDnsQueueRule,
@@ -241,17 +242,13 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
   const main = new URL("../../main.ts", import.meta.url);
   if (main.protocol !== "file:" || !/\/deno$/.test(exe)) return [exe, ...args]; // compiled
   const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+  const ffi = [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p) => p !== null);
   return [
     exe,
     "run",
     "--no-prompt",
     `--config=${root}/deno.json`,
-    `--allow-ffi=${
-      [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p) => p !== null).join(",")
-    }`,
-    `--allow-read=${root},${opts.runtimeDir}`,
-    `--allow-write=${opts.runtimeDir}`,
-    "--allow-net",
+    ...workerFlags(ffi, { keyDir: "", runtimeDir: opts.runtimeDir, code: root }),
     main.pathname,
     ...args,
   ];
@@ -259,7 +256,7 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
 
 function childEnv(): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const k of ["PATH", "HOME", "DENO_DIR", "NO_COLOR", "LANG"]) {
+  for (const k of WORKER_ENV) {
     const v = Deno.env.get(k);
     if (v !== undefined) env[k] = v;
   }

@@ -17,6 +17,8 @@
 // packets, so DNS keeps working when we die. Leftovers of a crashed run are found by name
 // (nftables table) or by comment (iptables) and removed with `removeStaleRules`.
 
+import { TOOL_DIRS } from "./permissions.ts";
+
 export const RULE_TAG = "pqconnect-ts";
 const NFT_TABLE = RULE_TAG;
 const NFT_CHAIN = "dns-answers";
@@ -45,11 +47,9 @@ export class FirewallError extends Error {
   }
 }
 
-const SBIN = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
-
 /** Absolute path of a tool in the system directories, or null. */
 export function findTool(name: string): string | null {
-  for (const dir of SBIN) {
+  for (const dir of TOOL_DIRS) {
     const path = `${dir}/${name}`;
     try {
       if (Deno.statSync(path).isFile) return path;
@@ -74,7 +74,7 @@ async function run(tool: string, args: string[], stdin?: string): Promise<RunRes
     stderr: "piped",
     // A stable, unlocalized environment: we parse the output.
     clearEnv: true,
-    env: { PATH: SBIN.join(":"), LC_ALL: "C" },
+    env: { PATH: TOOL_DIRS.join(":"), LC_ALL: "C" },
   }).spawn();
   if (stdin !== undefined) {
     const w = child.stdin.getWriter();
