@@ -13,7 +13,7 @@ import { CookieKeyring } from "../lib/core/cookie.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
 import { answerKeyRequest } from "../lib/core/keyserver.ts";
 import { parseKeyRequest } from "../lib/core/keymsg.ts";
-import { x25519PublicKey } from "../lib/core/crypto.ts";
+import { makeEphemeralKeys } from "../lib/server/ephemeral_keys.ts";
 import { DropCounters } from "../lib/core/log.ts";
 import { StderrLogger } from "../lib/runtime/log.ts";
 import { ipv4ToNumber, numberToIpv4 } from "../lib/core/ip.ts";
@@ -96,17 +96,7 @@ async function makeServer(
     { mono: () => clock.t, wall: () => clock.wall },
   );
   const keys = async () => {
-    for (const slot of ephemeral.due(clock.wall)) {
-      const kp = await pool.sntrupKeypair();
-      const x = crypto.getRandomValues(new Uint8Array(32));
-      ephemeral.add({
-        slot,
-        sntrupPk: kp.publicKey,
-        sntrupSk: kp.secretKey,
-        x25519Pk: x25519PublicKey(x),
-        x25519Sk: x,
-      });
-    }
+    await makeEphemeralKeys(ephemeral, pool, clock.wall, (n) => clock.random(n));
     device.tick(new Uint8Array(32));
   };
   await keys();

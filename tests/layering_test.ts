@@ -13,6 +13,8 @@ const SANS_IO_FILES = [
   "lib/client/keyfetch.ts",
   "lib/client/connection.ts",
   "lib/client/device.ts",
+  "lib/client/dns_relay.ts",
+  "lib/server/ephemeral_keys.ts",
   "lib/check/dns.ts",
   "lib/check/probe.ts",
   "lib/check/report.ts",

@@ -14,10 +14,14 @@ import {
   removeStaleRules,
   type RuleHandle,
 } from "../runtime/firewall.ts";
-import { decodeChannelMessage, encodeDns } from "./messages.ts";
+import { decodeChannelMessage } from "./messages.ts";
+import { DnsRelay } from "./dns_relay.ts";
+import { Cleanup } from "../runtime/cleanup.ts";
+import { pump } from "../runtime/packet_loop.ts";
+import { TickLoop } from "../runtime/tick_loop.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { configureInterface } from "../../ffi/rtnetlink.ts";
-import { NfQueue, type QueuedPacket } from "../../ffi/nfqueue.ts";
+import { NfQueue } from "../../ffi/nfqueue.ts";
 import {
   closeFd,
   killChild,
@@ -50,7 +54,9 @@ export interface ClientOptions {
 }
 
 /** An answer the worker has not judged within this time passes unchanged (fail open). */
-const VERDICT_TIMEOUT_MS = 2000;
+const VERDICT_TIMEOUT_SECONDS = 2;
+/** How often overdue answers and the worker's exit are looked at. */
+const TICK_SECONDS = 0.25;
 const READY_TIMEOUT_MS = 60_000;
 
 export const CONTROL_SOCKET = "client.sock";
@@ -60,17 +66,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   const user = lookupUser(opts.user);
   if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
 
-  const cleanups: (() => Promise<void> | void)[] = [];
-  const cleanup = async () => {
-    for (const step of cleanups.reverse()) {
-      try {
-        await step();
-      } catch (e) {
-        log.error(`cleanup: ${(e as Error).message}`);
-      }
-    }
-  };
-  let childPid = -1;
+  const cleanup = new Cleanup(log);
   try {
     const stale = await removeStaleRules();
     if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
@@ -79,36 +75,35 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     Deno.chownSync(opts.runtimeDir, 0, user.gid);
     Deno.chmodSync(opts.runtimeDir, 0o770);
     const controlPath = `${opts.runtimeDir}/${CONTROL_SOCKET}`;
-    cleanups.push(() => {
+    cleanup.add(() => {
       try {
         Deno.removeSync(controlPath);
       } catch { /* the worker removed it */ }
     });
 
     const tun = TunDevice.open(opts.interfaceName);
-    cleanups.push(() => tun.close());
+    cleanup.add(() => tun.close());
     await configureInterface(tun.name, {
       address: ipv4ToNumber(opts.tunAddress),
       prefix: opts.prefix,
       mtu: opts.mtu,
     });
     const queue = await NfQueue.open(opts.queueNum);
-    cleanups.push(() => queue.close());
+    cleanup.add(() => queue.close());
     const [mine, theirs] = socketPair();
     const channel = new SeqPacketChannel(mine);
-    cleanups.push(() => channel.close());
+    cleanup.add(() => channel.close());
 
     const argv = workerArgv(opts, controlPath);
-    childPid = spawnWithFds(argv[0], argv, childEnv(), [[tun.fd, 3], [theirs, 4]]);
-    const pid = childPid;
-    cleanups.push(() => stopChild(pid, log));
+    const pid = spawnWithFds(argv[0], argv, childEnv(), [[tun.fd, 3], [theirs, 4]]);
+    cleanup.add(() => stopChild(pid, log));
     // The worker holds the only other copies now: if it dies, the interface goes with it.
     closeFd(theirs);
     tun.close();
 
     await waitReady(channel, pid);
     const rule: RuleHandle = await installDnsQueueRule(opts.queueNum);
-    cleanups.push(() => removeDnsQueueRule(rule));
+    cleanup.add(() => removeDnsQueueRule(rule));
     log.info(
       `DNS answers go through queue ${opts.queueNum} (${rule.backend}); worker pid ${pid} ` +
         `runs as ${opts.user}`,
@@ -116,67 +111,36 @@ export async function runClient(opts: ClientOptions): Promise<number> {
 
     let exitCode = 0;
     const shutdown = new Shutdown(log);
-    cleanups.push(() => shutdown.dispose());
-    const stop = (why: string) => shutdown.stop(why);
-
-    const pending = new Map<number, number>(); // id -> time queued
-    const relayAnswers = () => {
-      for (const p of queue.receive()) forward(p);
+    cleanup.add(() => shutdown.dispose());
+    const running = () => shutdown.running;
+    const now = () => performance.now() / 1000;
+    const relay = new DnsRelay(queue, channel, now, VERDICT_TIMEOUT_SECONDS);
+    /** The worker's exit ends the supervisor, with its status. */
+    const reapWorker = () => {
+      const exit = tryWaitChild(pid);
+      if (!exit) return;
+      exitCode = exit.code === 0 ? 0 : 1;
+      shutdown.stop(
+        `worker exited (${exit.signal ? `signal ${exit.signal}` : `status ${exit.code}`})`,
+      );
     };
-    const forward = (p: QueuedPacket) => {
-      if (p.truncated || !channel.trySend(encodeDns(p.id, p.payload))) {
-        queue.verdict(p.id, true);
-        return;
-      }
-      pending.set(p.id, Date.now());
-    };
-    const applyVerdicts = () => {
-      for (;;) {
-        const m = channel.tryRecv();
-        if (m === undefined) return;
-        if (m === null) return stop("worker closed its channel");
-        const msg = decodeChannelMessage(m);
-        if (msg?.type !== "verdict" || !pending.delete(msg.id)) continue;
-        queue.verdict(msg.id, true, msg.replacement ?? undefined);
-      }
-    };
-    const loops = [
-      (async () => {
-        while (shutdown.running) {
-          if (await waitReadable(queue.fd, 250)) relayAnswers();
-        }
-      })(),
-      (async () => {
-        while (shutdown.running) {
-          if (await waitReadable(channel.fd, 250)) applyVerdicts();
-        }
-      })(),
-      (async () => {
-        while (shutdown.running) {
-          await new Promise((r) => setTimeout(r, 250));
-          const limit = Date.now() - VERDICT_TIMEOUT_MS;
-          for (const [id, at] of pending) {
-            if (at < limit) {
-              pending.delete(id);
-              queue.verdict(id, true);
-            }
-          }
-          const exit = tryWaitChild(pid);
-          if (exit) {
-            childPid = -1;
-            exitCode = exit.code === 0 ? 0 : 1;
-            stop(
-              `worker exited (${exit.signal ? `signal ${exit.signal}` : `status ${exit.code}`})`,
-            );
-          }
-        }
-      })(),
-    ];
-    await Promise.all(loops);
-    for (const id of pending.keys()) queue.verdict(id, true);
+    const ticks = new TickLoop("pqconnect-client", now, () => {
+      relay.passOverdue();
+      reapWorker();
+    }, TICK_SECONDS);
+    await Promise.all([
+      pump("pqconnect-client", running, (ms) => waitReadable(queue.fd, ms), () => {
+        relay.relayAnswers();
+      }),
+      pump("pqconnect-client", running, (ms) => waitReadable(channel.fd, ms), () => {
+        if (!relay.applyVerdicts()) shutdown.stop("worker closed its channel");
+      }),
+      ticks.run(running),
+    ]);
+    relay.passAll();
     return exitCode;
   } finally {
-    await cleanup();
+    await cleanup.run();
     try {
       Deno.removeSync(opts.runtimeDir);
     } catch { /* not empty or not ours to remove */ }

@@ -10,8 +10,9 @@ import { serveControl } from "./control.ts";
 import { DnsRewriter } from "../core/dns_rewrite.ts";
 import { parsePq1Name } from "../core/names.ts";
 import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
-import { DropCounters } from "../core/log.ts";
+import { DropCounters, type Logger } from "../core/log.ts";
 import { StderrLogger } from "../runtime/log.ts";
+import { Cleanup } from "../runtime/cleanup.ts";
 import { installAeadBackend } from "../runtime/aead_backend.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
@@ -42,22 +43,43 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-client", opts.verbose ? "debug" : "info");
   log.info(`AEAD backend: ${installAeadBackend()}`);
   const user = lookupUser(opts.user);
+  const drops = new DropCounters();
+  const cleanup = new Cleanup(log);
+  try {
+    return await serve(opts, log, user, drops, cleanup);
+  } finally {
+    await cleanup.run();
+    drops.report(log);
+  }
+}
+
+async function serve(
+  opts: WorkerOptions,
+  log: Logger,
+  user: { uid: number; gid: number },
+  drops: DropCounters,
+  cleanup: Cleanup,
+): Promise<number> {
   const tun = TunDevice.fromFd(opts.tunFd);
+  cleanup.add(() => tun.close());
   const dns = new SeqPacketChannel(opts.dnsFd);
+  cleanup.add(() => dns.close());
   // The worker is not told the TUN MTU (--mtu goes to the supervisor): take any datagram.
   const sock = UdpSocket.bind(0, opts.port, { maxDatagram: MAX_UDP_PAYLOAD });
+  cleanup.add(() => sock.close());
   const pool = await CryptoPool.start({ kem: opts.kem });
+  cleanup.add(() => pool.close());
   log.info(`KEM backend: ${pool.backend}`);
   dropPrivileges(user.uid, user.gid);
 
   const t0 = performance.now();
   const now = () => (performance.now() - t0) / 1000;
-  const drops = new DropCounters();
   const tunAddress = ipv4ToNumber(opts.tunAddress);
   const shutdown = new Shutdown(log);
+  cleanup.add(() => shutdown.dispose());
   const running = () => shutdown.running;
-  const stop = (why: string) => shutdown.stop(why);
   const keyChannels = new Set<KeyChannel>();
+  cleanup.add(() => keyChannels.forEach((c) => c.close()));
   const loop = new TunnelLoop({ tun, sock });
   let seconds = 0;
   const ticks = new TickLoop("pqconnect-client", now, () => {
@@ -99,6 +121,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     now,
     (bytes) => crypto.getRandomValues(new Uint8Array(bytes)),
   );
+  cleanup.add(() => device.close());
   const rewriter = new DnsRewriter({
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
@@ -116,6 +139,7 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
     dropped: drops.snapshot(),
     dns: rewriter.stats,
   }), log);
+  cleanup.add(() => control.close());
 
   if (!dns.trySend(new Uint8Array([MSG_READY]))) throw new Error("supervisor channel is full");
   log.info(
@@ -123,43 +147,39 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
       `running as ${opts.user} (uid ${user.uid})`,
   );
 
-  try {
-    await Promise.all([
-      loop.run(
-        "pqconnect-client",
-        running,
-        (p) => device.onTunPacket(p),
-        (d, host, port) => device.onDatagram(d, host, port),
-      ),
-      pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
-        for (;;) {
-          const m = dns.tryRecv();
-          if (m === undefined) return;
-          if (m === null) return stop("supervisor gone");
-          const msg = decodeChannelMessage(m);
-          if (msg?.type !== "dns") {
-            drops.count("channel-malformed");
-            continue;
-          }
-          const r = rewriter.process(msg.packet);
-          const verdict = encodeVerdict(msg.id, r.action === "rewrite" ? r.packet : null);
-          if (!dns.trySend(verdict)) drops.count("channel-full");
-        }
-      }),
-      ticks.run(running),
-    ]);
-  } finally {
-    shutdown.dispose();
-    control.close();
-    device.close();
-    for (const c of keyChannels) c.close();
-    sock.close();
-    await pool.close().catch(() => {});
-    dns.close();
-    tun.close();
-    drops.report(log);
-  }
+  await Promise.all([
+    loop.run(
+      "pqconnect-client",
+      running,
+      (p) => device.onTunPacket(p),
+      (d, host, port) => device.onDatagram(d, host, port),
+    ),
+    pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
+      if (!judgeAnswers(dns, rewriter, drops)) shutdown.stop("supervisor gone");
+    }),
+    ticks.run(running),
+  ]);
   return 0;
+}
+
+/**
+ * The worker's half of the DNS path: each answer the supervisor relays is rewritten (or not)
+ * and its verdict goes back. False once the supervisor has closed the channel.
+ */
+function judgeAnswers(dns: SeqPacketChannel, rewriter: DnsRewriter, drops: DropCounters): boolean {
+  for (;;) {
+    const m = dns.tryRecv();
+    if (m === undefined) return true;
+    if (m === null) return false;
+    const msg = decodeChannelMessage(m);
+    if (msg?.type !== "dns") {
+      drops.count("channel-malformed");
+      continue;
+    }
+    const r = rewriter.process(msg.packet);
+    const verdict = encodeVerdict(msg.id, r.action === "rewrite" ? r.packet : null);
+    if (!dns.trySend(verdict)) drops.count("channel-full");
+  }
 }
 
 /**

@@ -6,7 +6,9 @@ import { KeyTree } from "../core/keytree.ts";
 import { readServerKeys, wipeServerKeys } from "../runtime/keyfiles.ts";
 import { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { CookieKeyring } from "../core/cookie.ts";
-import { x25519PublicKey } from "../core/crypto.ts";
+import { makeEphemeralKeys } from "./ephemeral_keys.ts";
+import { Cleanup } from "../runtime/cleanup.ts";
+import type { DropCounters } from "../core/log.ts";
 import { answerKeyRequest } from "../core/keyserver.ts";
 import { formatPq1Label } from "../core/names.ts";
 import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
@@ -57,19 +59,10 @@ export async function runServer(opts: ServerOptions): Promise<number> {
   const tunAddress = ipv4ToNumber(opts.tunAddress);
   const hostAddress = ipv4ToNumber(opts.hostAddress ?? opts.tunAddress);
 
-  // Undone in reverse order on every exit path; awaited, so the crypto worker has wiped the
-  // McEliece secret key before the process ends.
-  const closers: (() => void | Promise<void>)[] = [];
-  const closeAll = async () => {
-    for (const close of closers.reverse()) {
-      try {
-        await close();
-      } catch { /* closing what is left matters more than one failure */ }
-    }
-  };
+  const cleanup = new Cleanup(log);
   try {
     const tun = TunDevice.open(opts.interfaceName);
-    closers.push(() => tun.close());
+    cleanup.add(() => tun.close());
     await configureInterface(tun.name, {
       address: ipv4ToNumber(opts.tunAddress),
       prefix: opts.prefix,
@@ -81,9 +74,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       Math.max(4096, opts.mtu + TUNNEL_OVERHEAD + COOKIE_BYTES),
     );
     const cryptoSock = UdpSocket.bind(0, opts.port, { maxDatagram });
-    closers.push(() => cryptoSock.close());
+    cleanup.add(() => cryptoSock.close());
     const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 16 });
-    closers.push(() => keySock.close());
+    cleanup.add(() => keySock.close());
     // One crypto worker per core, each with its own copy of the McEliece secret key (wiped when
     // the pool closes); the packet loop only posts work to them and never waits.
     const workers = Math.max(1, Math.min(16, navigator.hardwareConcurrency || 1));
@@ -93,7 +86,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       workers,
       maxPending: workers * HANDSHAKES_PER_WORKER.native + 16,
     });
-    closers.push(() => pool.close());
+    cleanup.add(() => pool.close());
     const inFlight = workers * HANDSHAKES_PER_WORKER[pool.backend];
     log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
@@ -134,37 +127,28 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       log,
       clock,
     );
-    closers.push(() => device.close());
+    cleanup.add(() => device.close());
 
-    const makeEphemeralKeys = async () => {
-      for (const slot of ephemeral.due(clock.wall())) {
-        const kp = await pool.sntrupKeypair();
-        const x25519Sk = crypto.getRandomValues(new Uint8Array(32));
-        ephemeral.add({
-          slot,
-          sntrupPk: kp.publicKey,
-          sntrupSk: kp.secretKey,
-          x25519Pk: x25519PublicKey(x25519Sk),
-          x25519Sk,
-        });
+    const random = (bytes: number) => crypto.getRandomValues(new Uint8Array(bytes));
+    /** Ephemeral keys for the slots due, then the device's own timers. */
+    const maintain = async () => {
+      for (const slot of await makeEphemeralKeys(ephemeral, pool, clock.wall(), random)) {
         log.debug(
           `ephemeral keys ready for the slot starting ${new Date(slot * 1000).toISOString()}`,
         );
       }
+      device.tick(random(32));
     };
-    await makeEphemeralKeys();
-    device.tick(crypto.getRandomValues(new Uint8Array(32)));
+    await maintain();
 
     const shutdown = new Shutdown(log);
-    closers.push(() => shutdown.dispose());
+    cleanup.add(() => shutdown.dispose());
     const running = () => shutdown.running;
 
-    const keyDrops = device.drops;
     let reported = clock.mono();
     const ticks = new TickLoop("pqconnect-server", clock.mono, async () => {
       try {
-        await makeEphemeralKeys();
-        device.tick(crypto.getRandomValues(new Uint8Array(32)));
+        await maintain();
       } catch (e) {
         log.error(`periodic maintenance failed: ${e}`);
       }
@@ -181,12 +165,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         (d, host, port) => device.onDatagram(d, host, port),
       ),
       pump("pqconnect-server", running, (ms) => keySock.waitReadable(ms), () => {
-        const now = clock.wall();
-        for (const d of keySock.recvBatch()) {
-          const answer = answerKeyRequest(d.data, tree, ephemeral, now);
-          if (answer.ok) keySock.sendTo(answer.response, d.addr, d.port);
-          else keyDrops.count(`key-${answer.reason}`);
-        }
+        answerKeyRequests(keySock, tree, ephemeral, clock.wall(), device.drops);
       }),
       ticks.run(running),
     ];
@@ -195,6 +174,21 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     log.info(`stopped after ${device.handshakes} handshakes; ${tun.name} removed`);
     return 0;
   } finally {
-    await closeAll();
+    await cleanup.run();
+  }
+}
+
+/** Every key request queued on the key port, answered (or counted as dropped). */
+function answerKeyRequests(
+  keySock: UdpSocket,
+  tree: KeyTree,
+  ephemeral: EphemeralKeyStore,
+  wall: number,
+  drops: DropCounters,
+): void {
+  for (const d of keySock.recvBatch()) {
+    const answer = answerKeyRequest(d.data, tree, ephemeral, wall);
+    if (answer.ok) keySock.sendTo(answer.response, d.addr, d.port);
+    else drops.count(`key-${answer.reason}`);
   }
 }
