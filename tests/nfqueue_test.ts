@@ -312,7 +312,7 @@ Deno.test({
         const c = new Helper(["cleanup"]);
         helpers.push(c);
         const { removed } = await c.waitFor<{ removed: number }>("removed");
-        assert.equal(removed, 1);
+        assert.equal(removed, 2, "the UDP and the TCP rule");
         assert.equal((await c.child.status).code, 0);
         assert.doesNotMatch(await rulesInB(), new RegExp(`${RULE_TAG}|queue num`));
       });
