@@ -125,10 +125,7 @@ async function serve(
   const rewriter = new DnsRewriter({
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
-    assign: (a, realAddress, owner) => {
-      const internal = device.announce(a, ipv4ToNumber(realAddress), owner.replace(/\.$/, ""));
-      return internal === null ? null : numberToIpv4(internal);
-    },
+    assign: (a, realAddress, owner) => device.announce(a, realAddress, owner),
   });
 
   const control = serveControl(opts.controlSocket, () => ({
