@@ -503,3 +503,128 @@ Deno.test("real dnsmasq answer, captured live", async (t) => {
     await dm.stop();
   }
 });
+
+/** An HTTPS answer for the announced name: alpn, ipv4hint (two addresses), ipv6hint. */
+function httpsAnswer(): Uint8Array {
+  const base = answer([{ name: PQ_NAME, type: "HTTPS" }], []);
+  const rdata = [
+    0,
+    1,
+    0, // priority 1, target "." (the owner)
+    0,
+    1,
+    0,
+    3,
+    2,
+    0x68,
+    0x32, // alpn "h2"
+    0,
+    4,
+    0,
+    8,
+    198,
+    18,
+    0,
+    1,
+    198,
+    18,
+    0,
+    2, // ipv4hint
+    0,
+    6,
+    0,
+    16,
+    0x20,
+    0x01,
+    0x0d,
+    0xb8,
+    ...new Array(11).fill(0),
+    1, // ipv6hint 2001:db8::1
+  ];
+  const rr = [0xc0, 12, 0, 65, 0, 1, 0, 0, 0x0e, 0x10, 0, rdata.length, ...rdata];
+  const dns = Uint8Array.from([...base, ...rr]);
+  dns[7] = 1;
+  return dns;
+}
+
+Deno.test("HTTPS record of an announced name: ipv4hint internal, ipv6hint discarded", () => {
+  const { rw, calls } = rewriter();
+  const dns = httpsAnswer();
+  const r = rw.process(wrap(dns));
+  if (r.action !== "rewrite") throw new Error(`not rewritten: ${JSON.stringify(r)}`);
+  const out = checkUdpPacket(r.packet);
+  assert.equal(out.length, dns.length);
+  const rd = dns.length - 42;
+  assert.deepEqual([...out.subarray(rd + 14, rd + 22)], [10, 43, 0, 2, 10, 43, 0, 3]);
+  assert.deepEqual([...out.subarray(rd + 26, rd + 42)], [1, 0, ...new Array(14).fill(0)]);
+  assert.deepEqual([...out.subarray(rd - 6, rd - 2)], [0, 0, 0, 0], "TTL 0");
+  // alpn and everything before the record unchanged
+  assert.deepEqual(out.subarray(0, rd - 6), dns.subarray(0, rd - 6));
+  assert.deepEqual(out.subarray(rd, rd + 10), dns.subarray(rd, rd + 10));
+  assert.deepEqual(calls.map((c) => c.real), ["198.18.0.1", "198.18.0.2"]);
+  // keys out of order: the record is neutralised rather than trusted
+  const bad = httpsAnswer();
+  bad[rd + 11] = 7; // alpn key 1 -> 7, now before key 4
+  const rb = rw.process(wrap(bad));
+  assert.equal(rb.action === "rewrite" && rb.neutralised, 1);
+});
+
+Deno.test("canary use-application-dns.net: NXDOMAIN unless opted out", () => {
+  const dns = answer([{ name: "use-application-dns.net", type: "A" }], [
+    { name: "use-application-dns.net", type: "A", ttl: 60, data: "198.18.0.7" },
+  ]);
+  const { rw } = rewriter();
+  const r = rw.process(wrap(dns));
+  if (r.action !== "rewrite") throw new Error("canary not answered");
+  assert.equal(r.canary, true);
+  const out = dnsPacket.decode(Buffer.from(checkUdpPacket(r.packet)));
+  assert.equal(out.rcode, "NXDOMAIN");
+  assert.deepEqual(out.answers.map((a: Rec) => a.type), ["UNKNOWN_65280"]);
+  assert.equal(rw.stats.canary, 1);
+  const optOut = new DnsRewriter({ parseName: parsePq1Name, assign: () => null, canary: false });
+  assert.deepEqual(optOut.process(wrap(dns)), { action: "pass", reason: "unchanged" });
+});
+
+/** An IPv4/TCP segment from port 53 carrying `payload`, with a correct checksum. */
+function tcpSegment(payload: Uint8Array): Uint8Array {
+  const p = new Uint8Array(40 + payload.length);
+  p.set([0x45, 0, p.length >> 8, p.length & 0xff, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+  p.set([198, 18, 0, 53, 198, 18, 0, 2], 12);
+  p.set([0, 53, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff], 20);
+  p.set(payload, 40);
+  return p;
+}
+
+function tcpChecksumOk(p: Uint8Array): boolean {
+  let sum = 0;
+  for (let i = 12; i < 20; i += 2) sum += (p[i] << 8) | p[i + 1];
+  sum += 6 + (p.length - 20);
+  for (let i = 20; i < p.length; i += 2) sum += (p[i] << 8) | (p[i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum === 0xffff;
+}
+
+Deno.test("DNS over TCP: whole messages in a segment are edited, length kept", () => {
+  const dns = CNAME_CHAIN();
+  const framed = Uint8Array.from([dns.length >> 8, dns.length & 0xff, ...dns]);
+  const { rw } = rewriter();
+  const seg = tcpSegment(Uint8Array.from([...framed, ...framed]));
+  const r = rw.process(seg);
+  if (r.action !== "rewrite") throw new Error(`not rewritten: ${JSON.stringify(r)}`);
+  assert.equal(r.packet.length, seg.length);
+  assert.ok(tcpChecksumOk(r.packet), "TCP checksum");
+  for (const at of [42, 42 + framed.length]) {
+    const msg: Uint8Array = r.packet.subarray(at, at + dns.length);
+    const out: { answers: Rec[] } = dnsPacket.decode(Buffer.from(msg));
+    assert.equal(out.answers[1].data, "10.43.0.2");
+  }
+  // a message cut by the segment end is not touched, and counted
+  assert.deepEqual(rw.process(tcpSegment(framed.subarray(0, 30))), {
+    action: "pass",
+    reason: "tcp-partial",
+  });
+  assert.deepEqual(rw.process(tcpSegment(new Uint8Array(0))), {
+    action: "pass",
+    reason: "not-dns",
+  });
+});

@@ -302,7 +302,7 @@ export function editDnsAnswer(m: Uint8Array, opts: AnswerEditOptions): AnswerEdi
   if (canaryOn && w.questions.length === 1 && nameText(m, w.questions[0]) === CANARY_NAME) {
     let neutralised = 0;
     for (const r of w.records) {
-      if (r.section !== 0) continue;
+      if (r.section !== 0 || r.klass !== CLASS_IN) continue;
       if (r.type === TYPE_A || r.type === TYPE_AAAA || r.type === TYPE_HTTPS) {
         neutralise(m, r);
         neutralised++;
