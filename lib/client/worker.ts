@@ -35,6 +35,7 @@ export interface WorkerOptions {
   controlSocket: string;
   precomputed: number;
   kem: KemChoice;
+  canary: boolean;
   verbose: boolean;
   hostAddress?: string;
 }
@@ -125,6 +126,7 @@ async function serve(
   const rewriter = new DnsRewriter({
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
+    canary: opts.canary,
     assign: (a, realAddress, owner) => device.announce(a, realAddress, owner),
   });
 
