@@ -6,6 +6,7 @@ import { ipv4ToNumber } from "../lib/core/ip.ts";
 import { rewriteAddresses } from "../lib/core/nat.ts";
 import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { udpPacket } from "../tests/helpers/udp_packet.ts";
+import { maximalAnswer } from "../tests/helpers/dns_answers.ts";
 
 const PQ_NAME = `${formatPq1Label(new Uint8Array(32).fill(7))}.lab.test`;
 
@@ -38,29 +39,7 @@ const announced = wrap({
 const internal = ipv4ToNumber("10.43.0.2");
 const rewriter = new DnsRewriter({ parseName: parsePq1Name, assign: () => internal });
 
-// The largest answer an attacker could hand us: one name, as many A records as fit in 64 KiB
-// (each owner a pointer to the question name, so 16 bytes per record).
-function maximalAnswer(): Uint8Array {
-  const head = new Uint8Array(dnsPacket.encode({
-    type: "response",
-    id: 3,
-    flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
-    questions: [{ name: PQ_NAME, type: "A" }],
-  }));
-  const count = Math.floor((65_507 - head.length) / 16);
-  const dns = new Uint8Array(head.length + 16 * count);
-  dns.set(head);
-  dns[6] = count >> 8;
-  dns[7] = count & 0xff;
-  for (let i = 0; i < count; i++) {
-    dns.set(
-      [0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 198, 18, i >> 8, i & 0xff],
-      head.length + 16 * i,
-    );
-  }
-  return udpPacket("198.18.0.53", "198.18.0.2", 53, 40000, dns);
-}
-export const maximal = maximalAnswer();
+export const maximal = maximalAnswer(PQ_NAME);
 if (rewriter.process(maximal).action !== "rewrite") throw new Error("maximal answer missed");
 if (rewriter.process(plain).action !== "pass") throw new Error("plain answer not passed");
 if (rewriter.process(announced).action !== "rewrite") throw new Error("announcement missed");

@@ -10,7 +10,12 @@ import {
   queryControl,
   serveControl,
 } from "../lib/client/control.ts";
-import { escapeText, type Logger, LogLimiter } from "../lib/core/log.ts";
+import { DropCounters, escapeText, type Logger, LogLimiter } from "../lib/core/log.ts";
+import { DnsJobs } from "../lib/client/dns_jobs.ts";
+import { DnsRewriter, type DnsRewriteResult } from "../lib/core/dns_rewrite.ts";
+import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
+import { ipv4ToNumber } from "../lib/core/ip.ts";
+import { maximalAnswer } from "./helpers/dns_answers.ts";
 import { formatStatus } from "../lib/cli/client.ts";
 import { decodeChannelMessage, encodeVerdict } from "../lib/client/messages.ts";
 import { udpPacket } from "./helpers/udp_packet.ts";
@@ -109,4 +114,35 @@ Deno.test("rate-limited log lines: 4,077 events make a handful of lines", () => 
   now = 11;
   limiter.line("info", "announce", () => "later");
   assert.deepEqual(log.lines.slice(10), ["announce: 4067 similar line(s) held back", "later"]);
+});
+
+Deno.test("DNS jobs: a maximal answer is edited in slices, with the same result", async () => {
+  const name = `${formatPq1Label(new Uint8Array(32).fill(3))}.lab.test`;
+  const packet = maximalAnswer(name);
+  const internal = ipv4ToNumber("10.43.0.2");
+  const rewriter = new DnsRewriter({ parseName: parsePq1Name, assign: () => internal });
+  const whole = rewriter.process(packet);
+  assert.equal(whole.action, "rewrite");
+  const results: DnsRewriteResult[] = [];
+  const drops = new DropCounters();
+  const jobs = new DnsJobs(rewriter, (_id, r) => results.push(r), drops, undefined, {
+    sliceMs: 0.05,
+    maxQueued: 2,
+  });
+  assert.ok(jobs.add(1, packet));
+  assert.ok(jobs.add(2, packet));
+  assert.equal(jobs.add(3, packet), false, "a third answer does not fit the queue");
+  assert.equal(drops.get("dns-jobs-full"), 1);
+  jobs.slice();
+  assert.equal(results.length, 0, "one short slice cannot finish a maximal answer");
+  for (let i = 0; i < 2000 && results.length < 2; i++) await new Promise((r) => setTimeout(r, 1));
+  assert.equal(results.length, 2);
+  assert.ok(jobs.stats.deferred > 2, `only ${jobs.stats.deferred} deferred slices`);
+  for (const r of results) {
+    assert.equal(r.action, "rewrite");
+    if (r.action === "rewrite" && whole.action === "rewrite") {
+      assert.deepEqual(r.packet, whole.packet);
+    }
+  }
+  jobs.close();
 });

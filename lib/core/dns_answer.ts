@@ -89,6 +89,7 @@ export const CANARY_NAME = "use-application-dns.net";
 const DISCARD_V6 = [0x01, 0x00];
 
 const MAX_NAME_HOPS = 64;
+const MAX_CNAMES = 16;
 const MAX_NAME_LENGTH = 255;
 
 /**
@@ -197,16 +198,80 @@ function setU32(m: Uint8Array, o: number, v: number): void {
   m[o + 3] = v & 0xff;
 }
 
+/**
+ * The records of one message in one typed array (7 numbers each), so that thousands of them
+ * cost the garbage collector nothing; `get` fills one reused cursor.
+ */
+class RecordTable {
+  private data: Int32Array;
+  length = 0;
+  private readonly cursor: RecordRef = {
+    section: 0,
+    owner: 0,
+    type: 0,
+    klass: 0,
+    ttlAt: 0,
+    rdata: 0,
+    rdlength: 0,
+  };
+
+  constructor(capacity: number) {
+    this.data = new Int32Array(7 * Math.max(1, capacity));
+  }
+
+  push(
+    section: number,
+    owner: number,
+    type: number,
+    klass: number,
+    ttlAt: number,
+    rdata: number,
+    rdlength: number,
+  ): void {
+    if (7 * (this.length + 1) > this.data.length) {
+      const bigger = new Int32Array(this.data.length * 2);
+      bigger.set(this.data);
+      this.data = bigger;
+    }
+    const d = this.data, o = 7 * this.length++;
+    d[o] = section;
+    d[o + 1] = owner;
+    d[o + 2] = type;
+    d[o + 3] = klass;
+    d[o + 4] = ttlAt;
+    d[o + 5] = rdata;
+    d[o + 6] = rdlength;
+  }
+
+  /** Record i in the shared cursor (valid until the next call). */
+  get(i: number): RecordRef {
+    const d = this.data, o = 7 * i, c = this.cursor;
+    c.section = d[o];
+    c.owner = d[o + 1];
+    c.type = d[o + 2];
+    c.klass = d[o + 3];
+    c.ttlAt = d[o + 4];
+    c.rdata = d[o + 5];
+    c.rdlength = d[o + 6];
+    return c;
+  }
+}
+
 interface Walk {
   questions: number[];
-  records: RecordRef[];
+  records: RecordTable;
 }
 
 /** Frames the whole message; a string saying what is wrong when it does not frame. */
-function walk(m: Uint8Array): Walk | string {
+/** Records handled between two yields of the stepwise forms (bounds one step's work). */
+export const RECORDS_PER_STEP = 128;
+
+function* walk(m: Uint8Array, perStep: number): Generator<void, Walk | string, void> {
   if (m.length < 12) return "short header";
   const questions: number[] = [];
-  const records: RecordRef[] = [];
+  // A record takes at least 11 bytes: no message holds more than length / 11 of them.
+  const declared = u16(m, 6) + u16(m, 8) + u16(m, 10);
+  const records = new RecordTable(Math.min(declared, Math.floor(m.length / 11)));
   let o = 12;
   const qd = u16(m, 4);
   for (let i = 0; i < qd; i++) {
@@ -225,16 +290,9 @@ function walk(m: Uint8Array): Walk | string {
       if (rdata + rdlength > m.length) return "rdata past the end";
       const type = u16(m, end);
       if (type === TYPE_OPT && s !== 2) return "OPT outside the additional section";
-      records.push({
-        section: s,
-        owner: o,
-        type,
-        klass: u16(m, end + 2),
-        ttlAt: end + 4,
-        rdata,
-        rdlength,
-      });
+      records.push(s, o, type, u16(m, end + 2), end + 4, rdata, rdlength);
       o = rdata + rdlength;
+      if (records.length % perStep === 0) yield;
     }
   }
   // Bytes after the last record are left alone (they are not ours to judge).
@@ -288,6 +346,27 @@ function svcParams(m: Uint8Array, r: RecordRef): { key: number; at: number; len:
  * message is not changed at all.
  */
 export function editDnsAnswer(m: Uint8Array, opts: AnswerEditOptions): AnswerEditResult {
+  return runSteps(editDnsAnswerInSteps(m, opts, Infinity));
+}
+
+/** Runs a stepwise computation to its end. */
+export function runSteps<T>(steps: Generator<void, T, void>): T {
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * `editDnsAnswer` in steps: it yields after every `perStep` records, so a shell can spread one
+ * huge answer over several turns and let tunnel packets through in between (issue 9: one
+ * 64 KiB answer must not hold the data path for more than a fraction of a millisecond).
+ */
+export function* editDnsAnswerInSteps(
+  m: Uint8Array,
+  opts: AnswerEditOptions,
+  perStep = RECORDS_PER_STEP,
+): Generator<void, AnswerEditResult, void> {
   if (m.length < 12) return { kind: "malformed", why: "short header" };
   const flags = u16(m, 2);
   // QR set and opcode QUERY; other messages are not answers we judge.
@@ -296,12 +375,13 @@ export function editDnsAnswer(m: Uint8Array, opts: AnswerEditOptions): AnswerEdi
   const pq1 = containsPq1(m, 12);
   // The canary name has no "pq1"; it is recognised by its question, which needs the walk.
   if (!pq1 && !(canaryOn && u16(m, 4) === 1 && mightBeCanary(m))) return { kind: "unchanged" };
-  const w = walk(m);
+  const w = yield* walk(m, perStep);
   if (typeof w === "string") return { kind: "malformed", why: w };
 
   if (canaryOn && w.questions.length === 1 && nameText(m, w.questions[0]) === CANARY_NAME) {
     let neutralised = 0;
-    for (const r of w.records) {
+    for (let i = 0; i < w.records.length; i++) {
+      const r = w.records.get(i);
       if (r.section !== 0 || r.klass !== CLASS_IN) continue;
       if (r.type === TYPE_A || r.type === TYPE_AAAA || r.type === TYPE_HTTPS) {
         neutralise(m, r);
@@ -315,11 +395,18 @@ export function editDnsAnswer(m: Uint8Array, opts: AnswerEditOptions): AnswerEdi
   if ((flags & 0x000f) !== 0 || !pq1) return { kind: "unchanged" };
 
   // Names that answer the question: the question names and CNAME targets reached from them.
+  // Bounded: a chain longer than MAX_CNAMES links is not followed further (its records are
+  // still rewritten, only not counted as answering the question).
   const asked = new Set(w.questions.map((q) => nameText(m, q)));
-  for (let grew = true, rounds = 0; grew && rounds < 8; rounds++) {
+  const cnames: number[] = [];
+  for (let i = 0; i < w.records.length && cnames.length < MAX_CNAMES; i++) {
+    const r = w.records.get(i);
+    if (r.section === 0 && r.type === TYPE_CNAME && r.klass === CLASS_IN) cnames.push(i);
+  }
+  for (let grew = true, rounds = 0; grew && rounds < MAX_CNAMES; rounds++) {
     grew = false;
-    for (const r of w.records) {
-      if (r.section !== 0 || r.type !== TYPE_CNAME || r.klass !== CLASS_IN) continue;
+    for (const i of cnames) {
+      const r = w.records.get(i);
       if (nameEnd(m, r.rdata, r.rdata + r.rdlength) !== r.rdata + r.rdlength) continue;
       if (!asked.has(nameText(m, r.owner))) continue;
       const target = nameText(m, r.rdata);
@@ -372,7 +459,9 @@ export function editDnsAnswer(m: Uint8Array, opts: AnswerEditOptions): AnswerEdi
     return internal;
   };
 
-  for (const r of w.records) {
+  for (let i = 0; i < w.records.length; i++) {
+    if (i % perStep === perStep - 1) yield;
+    const r = w.records.get(i);
     if (r.klass !== CLASS_IN) continue;
     if (
       r.type !== TYPE_A && r.type !== TYPE_AAAA && r.type !== TYPE_HTTPS && r.type !== TYPE_SVCB

@@ -12,8 +12,10 @@ import {
   type AnnouncedRecord,
   type AnswerEditOptions,
   type AssignAddress,
-  editDnsAnswer,
+  editDnsAnswerInSteps,
   type Pq1NameParser,
+  RECORDS_PER_STEP,
+  runSteps,
 } from "./dns_answer.ts";
 import {
   internetChecksum,
@@ -90,9 +92,20 @@ export class DnsRewriter {
 
   /** Decides what to do with one queued packet. Never throws; never changes `packet`. */
   process(packet: Uint8Array): DnsRewriteResult {
+    return runSteps(this.processInSteps(packet, Infinity));
+  }
+
+  /**
+   * `process` in steps of at most `perStep` records (see editDnsAnswerInSteps). The packet
+   * must stay unchanged until the last step; the callbacks run inside the steps.
+   */
+  *processInSteps(
+    packet: Uint8Array,
+    perStep = RECORDS_PER_STEP,
+  ): Generator<void, DnsRewriteResult, void> {
     let r: DnsRewriteResult;
     try {
-      r = rewrite(packet, this.#edit);
+      r = yield* rewrite(packet, this.#edit, perStep);
     } catch {
       r = { action: "pass", reason: "assign-failed" };
     }
@@ -111,7 +124,11 @@ function pass(reason: PassReason): DnsRewriteResult {
   return { action: "pass", reason };
 }
 
-function rewrite(packet: Uint8Array, opts: AnswerEditOptions): DnsRewriteResult {
+function* rewrite(
+  packet: Uint8Array,
+  opts: AnswerEditOptions,
+  perStep: number,
+): Generator<void, DnsRewriteResult, void> {
   const hl = ipv4HeaderLength(packet);
   if (hl === 0 || ipv4IsFragment(packet)) return pass("not-dns");
   const total = (packet[2] << 8) | packet[3];
@@ -149,7 +166,7 @@ function rewrite(packet: Uint8Array, opts: AnswerEditOptions): DnsRewriteResult 
   let malformed = false;
   for (const [start, end] of messages) {
     const copy = packet.slice(start, end);
-    const r = editDnsAnswer(copy, opts);
+    const r = yield* editDnsAnswerInSteps(copy, opts, perStep);
     if (r.kind === "malformed") malformed = true;
     if (r.kind !== "edited") continue;
     out ??= packet.slice(0, total);
