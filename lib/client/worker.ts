@@ -115,6 +115,7 @@ async function serve(
     },
     {
       registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
+      unregisterMcEliecePk: (pkId) => pool.unregisterMcEliecePublicKey(pkId),
       mcelieceEncap: (pkId) => pool.mcelieceEncap(pkId),
       sntrupEncap: (pk) => pool.sntrupEncap(pk),
     },
@@ -128,7 +129,8 @@ async function serve(
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
     canary: opts.canary,
-    assign: (a, realAddress, owner) => device.announce(a, realAddress, owner),
+    assign: (a, realAddress, owner, answersQuestion) =>
+      device.announce(a, realAddress, owner, answersQuestion),
   });
   const jobs = new DnsJobs(rewriter, (id, r) => {
     const verdict = encodeVerdict(id, r.action === "rewrite" ? r.packet : null);
