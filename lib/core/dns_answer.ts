@@ -90,6 +90,10 @@ const DISCARD_V6 = [0x01, 0x00];
 
 const MAX_NAME_HOPS = 64;
 const MAX_CNAMES = 16;
+/** Distinct addresses of one name given to `assign`; the rest reuse its internal address. */
+const MAX_ADDRESSES_PER_NAME = 32;
+/** Announced records listed in a result (for logs and tests), at most. */
+const MAX_REPORTED = 64;
 const MAX_NAME_LENGTH = 255;
 
 /**
@@ -264,7 +268,7 @@ interface Walk {
 
 /** Frames the whole message; a string saying what is wrong when it does not frame. */
 /** Records handled between two yields of the stepwise forms (bounds one step's work). */
-export const RECORDS_PER_STEP = 128;
+export const RECORDS_PER_STEP = 64;
 
 function* walk(m: Uint8Array, perStep: number): Generator<void, Walk | string, void> {
   if (m.length < 12) return "short header";
@@ -439,13 +443,18 @@ export function* editDnsAnswerInSteps(
     if (byAddress === undefined) given.set(owner, byAddress = new Map());
     const known = byAddress.get(real);
     if (known !== undefined) return known;
+    if (byAddress.size >= MAX_ADDRESSES_PER_NAME) {
+      // One name, thousands of addresses: all lead to the same server (one key), and so to the
+      // internal address it already got here. Asking again would only cost time.
+      for (const v of byAddress.values()) if (v !== null) return v;
+    }
     let internal: number | null = null;
     if (named.has(owner) || named.size < maxNames) {
       named.add(owner);
       const answers = asked.has(owner);
       internal = opts.assign(ann, real, owner, answers);
       if (internal !== null && !inSubnet(internal, opts.subnet)) internal = null;
-      if (internal !== null) {
+      if (internal !== null && announcements.length < MAX_REPORTED) {
         announcements.push({
           ownerName: owner,
           realAddress: real,

@@ -176,6 +176,7 @@ function* rewrite(
     canary ||= r.canary;
   }
   if (out === null) return pass(malformed ? "malformed" : "unchanged");
+  yield; // the copy and the checksum below cover the whole packet: a step of their own
   if (proto === PROTO_UDP) setUdpChecksum(out, hl, total);
   else setTcpChecksum(out, hl, total);
   return { action: "rewrite", packet: out, announcements, neutralised, canary };
