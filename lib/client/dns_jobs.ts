@@ -26,7 +26,7 @@ export class DnsJobs {
   #scheduled = false;
   #closed = false;
   /** Slices run, and slices that left work for a later turn (for the status document). */
-  readonly stats = { slices: 0, deferred: 0 };
+  readonly stats = { slices: 0, deferred: 0, longestSliceMs: 0 };
 
   constructor(
     private readonly rewriter: DnsRewriter,
@@ -57,7 +57,8 @@ export class DnsJobs {
   slice(): void {
     if (this.#closed) return;
     this.stats.slices++;
-    const end = this.clock() + this.#sliceMs;
+    const start = this.clock();
+    const end = start + this.#sliceMs;
     while (this.#jobs.length > 0) {
       const job = this.#jobs[0];
       let r: IteratorResult<void, DnsRewriteResult>;
@@ -76,6 +77,8 @@ export class DnsJobs {
       }
       if (this.clock() >= end) break;
     }
+    const took = this.clock() - start;
+    if (took > this.stats.longestSliceMs) this.stats.longestSliceMs = took;
     if (this.#jobs.length > 0) {
       this.stats.deferred++;
       this.#schedule();

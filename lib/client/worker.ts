@@ -144,7 +144,7 @@ async function serve(
     now: now(),
     servers: device.status(),
     dropped: drops.snapshot(),
-    dns: { ...rewriter.stats, slices: jobs.stats.slices, deferred: jobs.stats.deferred },
+    dns: { ...rewriter.stats, ...jobs.stats },
   }), log);
   cleanup.add(() => control.close());
 
