@@ -26,7 +26,7 @@ export class DnsJobs {
   #scheduled = false;
   #closed = false;
   /** Slices run, and slices that left work for a later turn (for the status document). */
-  readonly stats = { slices: 0, deferred: 0, longestSliceMs: 0 };
+  readonly stats = { slices: 0, deferred: 0, longestSliceMs: 0, slicesOver1ms: 0 };
 
   constructor(
     private readonly rewriter: DnsRewriter,
@@ -79,6 +79,7 @@ export class DnsJobs {
     }
     const took = this.clock() - start;
     if (took > this.stats.longestSliceMs) this.stats.longestSliceMs = took;
+    if (took > 1) this.stats.slicesOver1ms++;
     if (this.#jobs.length > 0) {
       this.stats.deferred++;
       this.#schedule();
