@@ -6,6 +6,7 @@ import { ipv4ToNumber } from "../lib/core/ip.ts";
 import { rewriteAddresses } from "../lib/core/nat.ts";
 import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { udpPacket } from "../tests/helpers/udp_packet.ts";
+import { maximalAnswer } from "../tests/helpers/dns_answers.ts";
 
 const PQ_NAME = `${formatPq1Label(new Uint8Array(32).fill(7))}.lab.test`;
 
@@ -35,7 +36,11 @@ const announced = wrap({
   ],
 });
 
-const rewriter = new DnsRewriter({ parseName: parsePq1Name, assign: () => "10.43.0.2" });
+const internal = ipv4ToNumber("10.43.0.2");
+const rewriter = new DnsRewriter({ parseName: parsePq1Name, assign: () => internal });
+
+export const maximal = maximalAnswer(PQ_NAME);
+if (rewriter.process(maximal).action !== "rewrite") throw new Error("maximal answer missed");
 if (rewriter.process(plain).action !== "pass") throw new Error("plain answer not passed");
 if (rewriter.process(announced).action !== "rewrite") throw new Error("announcement missed");
 
@@ -43,9 +48,16 @@ Deno.bench("plain DNS answer (fast path)", { baseline: true }, () => {
   rewriter.process(plain);
 });
 
-Deno.bench("pq1 answer (parse, assign, re-encode, rebuild)", () => {
+Deno.bench("pq1 answer (walk, assign, edit in place, checksum)", () => {
   rewriter.process(announced);
 });
+
+Deno.bench(
+  `maximal answer (${maximal.length} bytes, ${(maximal.length - 90) >> 4} A records)`,
+  () => {
+    rewriter.process(maximal);
+  },
+);
 
 const tcp = new Uint8Array(1400);
 tcp.set([0x45, 0, 0x05, 0x78, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 43, 0, 1, 198, 18, 0, 1]);

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
-import { ClientDevice, type KeyChannel } from "../lib/client/device.ts";
+import { type ClientConfig, ClientDevice, type KeyChannel } from "../lib/client/device.ts";
 import { ServerDevice } from "../lib/server/device.ts";
 import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
@@ -110,8 +110,13 @@ function makeClient(
   toServer: () => { device: ServerDevice; ephemeral: EphemeralKeyStore },
   keyRequests: { count: number; ephemeral?: number },
   ports = { crypto: 42424, key: 42425, txt: new Map<string, string[]>() },
+  extra: { config?: Partial<ClientConfig> } = {},
 ) {
   const tun: Uint8Array[] = [];
+  /** Every datagram the client sent (tunnel and key requests): [host, port, bytes]. */
+  const sent: [number, number, number][] = [];
+  /** Key ids the client had the crypto worker forget. */
+  const unregistered: number[] = [];
   /** The times the client asked to be ticked at. */
   const wakeups: number[] = [];
   const client: ClientDevice = new ClientDevice(
@@ -122,9 +127,11 @@ function makeClient(
       defaultKeyPort: 42425,
       keyFetchSeconds: 10,
       precomputed: 2,
+      ...extra.config,
     },
     {
       sendUdp: (data, host, port) => {
+        sent.push([host, port, data.length]);
         assert.equal(host, SERVER_HOST);
         assert.equal(port, ports.crypto);
         const copy = data.slice();
@@ -137,6 +144,7 @@ function makeClient(
         let open = true;
         return {
           send: (d) => {
+            sent.push([host, port, d.length]);
             keyRequests.count++;
             if (parseKeyRequest(d)?.kind === "ephemeral") {
               keyRequests.ephemeral = (keyRequests.ephemeral ?? 0) + 1;
@@ -154,6 +162,10 @@ function makeClient(
     },
     {
       registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
+      unregisterMcEliecePk: (id) => {
+        unregistered.push(id);
+        return pool.unregisterMcEliecePublicKey(id);
+      },
       mcelieceEncap: (id) => pool.mcelieceEncap(id),
       sntrupEncap: (pk) => pool.sntrupEncap(pk),
     },
@@ -162,7 +174,7 @@ function makeClient(
     () => clock.t,
     (bytes) => clock.random(bytes),
   );
-  return { client, tun, wakeups };
+  return { client, tun, wakeups, sent, unregistered };
 }
 
 /** One scenario: a crypto pool and a clock; what `defer` registers is closed at the end. */
@@ -211,7 +223,7 @@ devicesTest(
     const keyRequests = { count: 0 };
     const c = makeClient(pool, clock, clientHost, () => server, keyRequests);
     defer(() => c.client.close());
-    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true);
     assert.equal(numberToIpv4(internal!), "10.43.0.2");
     // the application's first packets arrive before the tunnel exists: they are held
     const me = ipv4ToNumber("10.43.0.1");
@@ -284,7 +296,7 @@ devicesTest(
     defer(() => server.device.close());
     const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
     defer(() => c.client.close());
-    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     const me = ipv4ToNumber("10.43.0.1");
     const ping = (text: string) =>
       c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
@@ -329,7 +341,7 @@ devicesTest(
     const me = ipv4ToNumber("10.43.0.1");
     const send = (i: number, text: string) => {
       const internal = [...clients[i].client.servers][0]?.internal ??
-        clients[i].client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+        clients[i].client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
       clients[i].client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(text)));
     };
     send(0, "a1");
@@ -367,7 +379,7 @@ devicesTest(
       txt,
     });
     defer(() => c.client.close());
-    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     c.client.onTunPacket(
       udpPacket(ipv4ToNumber("10.43.0.1"), internal, new TextEncoder().encode("via txt")),
     );
@@ -389,7 +401,7 @@ devicesTest(
     defer(() => server.device.close());
     const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
     defer(() => c.client.close());
-    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     const me = ipv4ToNumber("10.43.0.1");
     c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("syn")));
     await until("the tunnel is up", () => [...c.client.servers][0].state === "up");
@@ -425,7 +437,7 @@ devicesTest(
     const requests = { count: 0, ephemeral: 0 };
     const c = makeClient(pool, clock, clientHost, () => noEphemeral, requests);
     defer(() => c.client.close());
-    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     const entry = [...c.client.servers][0];
     c.client.onTunPacket(
       udpPacket(ipv4ToNumber("10.43.0.1"), internal, new TextEncoder().encode("x")),
@@ -445,11 +457,122 @@ devicesTest(
     c.client.tick();
     assert.equal(entry.state, "failed", "given up after five tries");
     assert.equal(c.client.drops.get("held-connect-failed"), 1, "the held packet is dropped");
-    c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+    c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true);
     assert.equal(entry.state, "failed", "no new attempt within 2 s");
     clock.advance(2);
-    c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test");
+    c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true);
     assert.equal(entry.state, "connecting");
     assert.equal(requests.ephemeral, 6, "the new attempt asks at once");
+  },
+);
+
+/** A key hash nobody serves (the i-th of a series). */
+function otherKey(i: number): Uint8Array {
+  return Uint8Array.from({ length: 32 }, (_, k) => (i * 29 + k * 3 + 1) & 0xff);
+}
+
+devicesTest(
+  "devices (issue 9): a record that answers no question sends nothing; the application does",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, (data) => {
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    });
+    defer(() => server.device.close());
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
+    defer(() => c.client.close());
+    // Extra records (not reached from the question) for many servers: addresses, no traffic.
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
+    for (let i = 0; i < 50; i++) c.client.announce({ keyHash: otherKey(i) }, SERVER_HOST, `x${i}`);
+    for (let i = 0; i < 5; i++) {
+      clock.advance(1);
+      c.client.tick();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(c.sent.length, 0, "bytes sent in reaction to unsolicited records");
+    // An application sending to the internal address is what starts the tunnel.
+    const me = ipv4ToNumber("10.43.0.1");
+    c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("asked for")));
+    await until("the packet at the server", () => texts(server.tun).includes("asked for"));
+    assert.ok(c.sent.length > 0);
+  },
+);
+
+devicesTest(
+  "devices (issue 9): an answer naming another address leaves the live tunnel where it is",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, (data) => {
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    });
+    defer(() => server.device.close());
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
+    const me = ipv4ToNumber("10.43.0.1");
+    const send = (t: string) =>
+      c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode(t)));
+    send("one");
+    await until("the first packet", () => texts(server.tun).includes("one"));
+    const hijack = ipv4ToNumber("198.18.0.66");
+    assert.equal(
+      c.client.announce({ keyHash: tree.root }, hijack, "www.lab.test", true),
+      internal,
+    );
+    const entry = [...c.client.servers][0];
+    assert.equal(entry.realAddress, SERVER_HOST, "the tunnel moved");
+    assert.equal(entry.candidateAddress, hijack);
+    const before = c.sent.length;
+    send("two");
+    await until("the packet after the hijack answer", () => texts(server.tun).includes("two"));
+    // every datagram since went to the server's own address (makeClient asserts it too)
+    assert.ok(c.sent.slice(before).every(([host]) => host === SERVER_HOST));
+    assert.equal(c.client.status()[0].external, "198.18.0.1");
+  },
+);
+
+devicesTest(
+  "devices (issue 9): bounded table, capped connections, keys released on eviction",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, (data) => {
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    });
+    defer(() => server.device.close());
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, undefined, {
+      config: { maxServers: 4, maxConnecting: 1, keyFetchSeconds: 2 },
+    });
+    defer(() => c.client.close());
+    // The genuine server gets its tunnel and keys, then goes idle.
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
+    const me = ipv4ToNumber("10.43.0.1");
+    c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("hello")));
+    await until("the packet at the server", () => texts(server.tun).includes("hello"));
+    const pkId = [...c.client.servers][0].longTerm!.pkId;
+    clock.advance(200); // the session expires
+    c.client.tick();
+    // Many announcements later: the table never holds more than 4, the idle entry went first
+    // and its key left the crypto worker.
+    for (let i = 0; i < 40; i++) {
+      clock.advance(0.01);
+      assert.notEqual(c.client.announce({ keyHash: otherKey(i) }, SERVER_HOST, `x${i}`), null);
+      assert.ok([...c.client.servers].length <= 4);
+    }
+    assert.ok(c.client.evicted >= 37, `${c.client.evicted} evicted`);
+    await until("the key unregistered", () => c.unregistered.includes(pkId));
+    // With one connection slot, a second connection waits instead of starting.
+    c.client.announce({ keyHash: otherKey(100) }, SERVER_HOST, "a", true);
+    c.client.announce({ keyHash: otherKey(101) }, SERVER_HOST, "b", true);
+    const states = [...c.client.servers].map((s) => `${s.name} ${s.state} ${s.waiting}`);
+    assert.ok(states.includes("a connecting false"), states.join(", "));
+    assert.ok(states.includes("b idle true"), states.join(", "));
+    // And the genuine server, announced again, still gets an address and a tunnel.
+    clock.advance(5);
+    c.client.tick(); // "a" gives up its download (2 s), "b" gets the slot
+    const again = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true);
+    assert.notEqual(again, null);
   },
 );

@@ -9,6 +9,7 @@ import {
 } from "../lib/core/dns_rewrite.ts";
 import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { checkUdpPacket, udpPacket } from "./helpers/udp_packet.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../lib/core/ip.ts";
 import { DNSMASQ, startDnsmasq, udpQuery } from "./helpers/dnsmasq.ts";
 
 const KEY_HASH = new Uint8Array(32).map((_, i) => (i * 37 + 11) & 0xff);
@@ -53,12 +54,13 @@ function decodeOut(r: DnsRewriteResult) {
 
 /** Hands out 10.43.0.2, .3, ... and remembers what it was asked. */
 function makeAssigner() {
-  const calls: Array<{ ann: Pq1Announcement; real: string; owner: string }> = [];
-  const table = new Map<string, string>();
-  const assign = (ann: Pq1Announcement, real: string, owner: string) => {
-    calls.push({ ann, real, owner });
+  const calls: Array<{ ann: Pq1Announcement; real: string; owner: string; answers: boolean }> = [];
+  const table = new Map<string, number>();
+  const assign = (ann: Pq1Announcement, realNum: number, owner: string, answers: boolean) => {
+    const real = numberToIpv4(realNum);
+    calls.push({ ann, real, owner, answers });
     const key = `${owner.toLowerCase()}|${real}`;
-    if (!table.has(key)) table.set(key, `10.43.0.${table.size + 2}`);
+    if (!table.has(key)) table.set(key, ipv4ToNumber(`10.43.0.${table.size + 2}`));
     return table.get(key)!;
   };
   return { assign, calls };
@@ -96,8 +98,10 @@ Deno.test("pq1 CNAME chain: A becomes the internal address with TTL 0", () => {
   assert.deepEqual(calls[0].ann.keyHash, KEY_HASH);
   if (r.action !== "rewrite") throw new Error("unreachable");
   assert.equal(r.announcements.length, 1);
-  assert.equal(r.announcements[0].internalAddress, "10.43.0.2");
-  assert.equal(r.announcements[0].realAddress, "198.18.0.1");
+  assert.equal(r.announcements[0].internalAddress, ipv4ToNumber("10.43.0.2"));
+  assert.equal(r.announcements[0].realAddress, ipv4ToNumber("198.18.0.1"));
+  assert.equal(r.announcements[0].answersQuestion, true, "reached by the CNAME chain");
+  assert.equal(r.packet.length, wrap(CNAME_CHAIN()).length, "the length never changes");
   assert.equal(rw.stats.rewritten, 1);
 });
 
@@ -112,7 +116,7 @@ Deno.test("ports in the label reach assign", () => {
   assert.equal(calls[0].ann.keyPort, 42425);
 });
 
-Deno.test("AAAA records of announced names are removed, others kept", () => {
+Deno.test("AAAA records of announced names are neutralised in place, others kept", () => {
   const { rw } = rewriter();
   const r = rw.process(wrap(answer([{ name: "www.lab.test", type: "A" }], [
     { name: "www.lab.test", type: "CNAME", ttl: 300, data: PQ_NAME },
@@ -121,11 +125,13 @@ Deno.test("AAAA records of announced names are removed, others kept", () => {
     { name: "other.lab.test", type: "AAAA", ttl: 300, data: "2001:db8::2" },
   ])));
   const out = decodeOut(r);
-  assert.deepEqual(out.answers.map((a: Rec) => `${a.type} ${a.data}`), [
-    `CNAME ${PQ_NAME}`,
-    "A 10.43.0.2",
-    "AAAA 2001:db8::2",
+  assert.deepEqual(out.answers.map((a: Rec) => `${a.type} ${a.ttl}`).slice(1), [
+    "A 0",
+    "UNKNOWN_65280 0",
+    "AAAA 300",
   ]);
+  assert.equal(out.answers[3].data, "2001:db8::2");
+  assert.deepEqual([...(out.answers[2].data as Uint8Array)], new Array(16).fill(0));
 });
 
 Deno.test("AAAA-only answer for an announced name loses its AAAA", () => {
@@ -135,7 +141,7 @@ Deno.test("AAAA-only answer for an announced name loses its AAAA", () => {
     { name: PQ_NAME, type: "AAAA", ttl: 300, data: "2001:db8::1" },
   ])));
   const out = decodeOut(r);
-  assert.deepEqual(out.answers.map((a: Rec) => a.type), ["CNAME"]);
+  assert.deepEqual(out.answers.map((a: Rec) => a.type), ["CNAME", "UNKNOWN_65280"]);
   assert.equal(calls.length, 0);
   if (r.action === "rewrite") assert.deepEqual(r.announcements, []);
 });
@@ -147,7 +153,7 @@ Deno.test("plain answers pass untouched by the fast path", () => {
     { name: "plain.lab.test", type: "A", ttl: 300, data: "198.18.0.2" },
   ]));
   const before = plain.slice();
-  assert.deepEqual(rw.process(plain), { action: "pass", reason: "no-pq1" });
+  assert.deepEqual(rw.process(plain), { action: "pass", reason: "unchanged" });
   assert.deepEqual(plain, before);
   assert.equal(calls.length, 0);
 });
@@ -165,13 +171,13 @@ Deno.test("pq1 bytes that are not an announcement: parsed, then passed", () => {
     const r = rw.process(wrap(answer([{ name, type: "A" }], [
       { name, type: "A", ttl: 300, data: "198.18.0.1" },
     ])));
-    assert.deepEqual(r, { action: "pass", reason: "no-announcement" }, name);
+    assert.deepEqual(r, { action: "pass", reason: "unchanged" }, name);
   }
   // TXT data mentioning pq1 is no announcement either
   const r = rw.process(wrap(answer([{ name: "t.lab.test", type: "TXT" }], [
     { name: "t.lab.test", type: "TXT", ttl: 300, data: ["PQ1 is our protocol"] },
   ])));
-  assert.deepEqual(r, { action: "pass", reason: "no-announcement" });
+  assert.deepEqual(r, { action: "pass", reason: "unchanged" });
 });
 
 Deno.test("A records already inside the client subnet pass unchanged", () => {
@@ -179,7 +185,7 @@ Deno.test("A records already inside the client subnet pass unchanged", () => {
   const r = rw.process(wrap(answer([{ name: PQ_NAME, type: "A" }], [
     { name: PQ_NAME, type: "A", ttl: 0, data: "10.43.0.7" },
   ])));
-  assert.deepEqual(r, { action: "pass", reason: "no-announcement" });
+  assert.deepEqual(r, { action: "pass", reason: "unchanged" });
   assert.equal(calls.length, 0);
   // a custom subnet moves the boundary
   const a = makeAssigner();
@@ -210,12 +216,12 @@ Deno.test("several A records: one assign per distinct address, all rewritten", (
   assert.equal(calls.length, 2);
 });
 
-Deno.test("assign returning null keeps the record; throwing passes the answer", () => {
-  const keep = new DnsRewriter({ parseName: parsePq1Name, assign: () => null });
-  assert.deepEqual(keep.process(wrap(CNAME_CHAIN())), {
-    action: "pass",
-    reason: "no-announcement",
-  });
+Deno.test("assign returning null neutralises the record; throwing passes the answer", () => {
+  // Fail closed: an announced name never reaches the application with its real address.
+  const none = new DnsRewriter({ parseName: parsePq1Name, assign: () => null });
+  const r = none.process(wrap(CNAME_CHAIN()));
+  assert.deepEqual(decodeOut(r).answers.map((a: Rec) => a.type), ["CNAME", "UNKNOWN_65280"]);
+  if (r.action === "rewrite") assert.equal(r.neutralised, 1);
   const boom = new DnsRewriter({
     parseName: parsePq1Name,
     assign: () => {
@@ -223,8 +229,12 @@ Deno.test("assign returning null keeps the record; throwing passes the answer", 
     },
   });
   assert.deepEqual(boom.process(wrap(CNAME_CHAIN())), { action: "pass", reason: "assign-failed" });
-  const junk = new DnsRewriter({ parseName: parsePq1Name, assign: () => "10.43.0.300" });
-  assert.deepEqual(junk.process(wrap(CNAME_CHAIN())), { action: "pass", reason: "assign-failed" });
+  // an address outside the client subnet is not taken either
+  const junk = new DnsRewriter({ parseName: parsePq1Name, assign: () => ipv4ToNumber("8.8.8.8") });
+  assert.deepEqual(
+    decodeOut(junk.process(wrap(CNAME_CHAIN()))).answers.map((a: Rec) => a.type),
+    ["CNAME", "UNKNOWN_65280"],
+  );
 });
 
 /** A compressed answer built by hand: the pq1 label is written once, in the CNAME's RDATA,
@@ -291,10 +301,10 @@ Deno.test("truncated and garbage packets pass unchanged and are counted", () => 
   const p = wrap(full);
   const badUdp = p.slice();
   badUdp[24] = 0xff;
-  assert.deepEqual(rw.process(badUdp), { action: "pass", reason: "not-udp-dns" });
+  assert.deepEqual(rw.process(badUdp), { action: "pass", reason: "not-dns" });
   assert.deepEqual(rw.process(p.subarray(0, p.length - 1)), {
     action: "pass",
-    reason: "not-udp-dns",
+    reason: "not-dns",
   });
 
   // a pointer forward (loops are impossible only if pointers go backwards)
@@ -303,13 +313,11 @@ Deno.test("truncated and garbage packets pass unchanged and are counted", () => 
   fwd[fwd.length - 15] = 0xf0;
   assert.equal(rw.process(wrap(fwd)).action, "pass");
 
-  // A record with RDLENGTH 5
+  // An announced name's A record with RDLENGTH 5 frames, but is no address: neutralised
   const longA = CNAME_CHAIN();
   longA[longA.length - 5] = 5;
-  assert.deepEqual(rw.process(wrap(Uint8Array.from([...longA, 0]))), {
-    action: "pass",
-    reason: "malformed",
-  });
+  const odd = rw.process(wrap(Uint8Array.from([...longA, 0])));
+  assert.equal(odd.action === "rewrite" && odd.neutralised, 1);
 
   // random garbage carrying "pq1" after a valid-looking header, and random bit flips
   for (let i = 0; i < 2000; i++) {
@@ -333,22 +341,22 @@ Deno.test("not a DNS answer: other ports, TCP, queries, fragments, errors", () =
     rw.process(udpPacket("198.18.0.53", "198.18.0.2", 5353, 40000, dns)).action,
     "pass",
   );
-  const tcp = wrap(dns);
-  tcp[9] = 6;
-  assert.deepEqual(rw.process(tcp), { action: "pass", reason: "not-udp-dns" });
+  const icmp = wrap(dns);
+  icmp[9] = 1;
+  assert.deepEqual(rw.process(icmp), { action: "pass", reason: "not-dns" });
   const frag = wrap(dns);
   frag[6] = 0x20; // more fragments
-  assert.deepEqual(rw.process(frag), { action: "pass", reason: "not-udp-dns" });
+  assert.deepEqual(rw.process(frag), { action: "pass", reason: "not-dns" });
   const query = dns.slice();
   query[2] &= 0x7f;
-  assert.deepEqual(rw.process(wrap(query)), { action: "pass", reason: "not-answer" });
+  assert.deepEqual(rw.process(wrap(query)), { action: "pass", reason: "unchanged" });
   const nx = dns.slice();
   nx[3] = (nx[3] & 0xf0) | 3;
-  assert.deepEqual(rw.process(wrap(nx)), { action: "pass", reason: "not-answer" });
-  assert.deepEqual(rw.process(new Uint8Array(3)), { action: "pass", reason: "not-udp-dns" });
+  assert.deepEqual(rw.process(wrap(nx)), { action: "pass", reason: "unchanged" });
+  assert.deepEqual(rw.process(new Uint8Array(3)), { action: "pass", reason: "not-dns" });
 });
 
-Deno.test("EDNS OPT record with a cookie survives re-encoding", () => {
+Deno.test("EDNS OPT record with a cookie survives the edit", () => {
   const { rw } = rewriter();
   const cookie = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
   const dns = answer([{ name: "www.lab.test", type: "A" }], [
@@ -370,34 +378,42 @@ Deno.test("EDNS OPT record with a cookie survives re-encoding", () => {
   assert.deepEqual(new Uint8Array(out.additionals[0].options[0].data), cookie);
 });
 
-Deno.test("an answer that would outgrow 512 bytes sheds its optional sections", () => {
-  // dns-packet writes names uncompressed. Eight NS records naming the pq1 name fit in 512
-  // bytes only compressed (pointers to the label's one occurrence in the CNAME).
+Deno.test("compressed authority records and many A records: edited in place, same length", () => {
   const base = compressedAnswer(LABEL);
   const labelAt = base.indexOf(LABEL.length);
-  const ns: number[] = [];
+  const extra: number[] = [];
   for (let i = 0; i < 8; i++) {
     // owner -> label; NS rdata "nsI" + pointer to the label
-    ns.push(0xc0, labelAt, 0, 2, 0, 1, 0, 0, 1, 0x2c, 0, 6, 3, 0x6e, 0x73, 0x30 + i);
-    ns.push(0xc0, labelAt);
+    extra.push(0xc0, labelAt, 0, 2, 0, 1, 0, 0, 1, 0x2c, 0, 6, 3, 0x6e, 0x73, 0x30 + i);
+    extra.push(0xc0, labelAt);
   }
-  const dns = Uint8Array.from([...base, ...ns]);
-  dns[9] = 8; // NSCOUNT
-  assert.ok(dns.length <= 512);
-  const { rw } = rewriter();
-  const out = decodeOut(rw.process(wrap(dns)));
-  assert.equal(out.authorities.length, 0);
-  assert.equal(out.answers[1].data, "10.43.0.2");
-
-  // Too many A records: even the bare answer section does not fit, so it passes unchanged.
   const many: number[] = [...base];
   for (let i = 0; i < 24; i++) {
     many.push(0xc0, labelAt, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 198, 18, 1, i);
   }
-  const big = Uint8Array.from(many);
-  big[7] = 2 + 24; // ANCOUNT
-  assert.ok(big.length <= 512);
-  assert.deepEqual(rw.process(wrap(big)), { action: "pass", reason: "too-large" });
+  const dns = Uint8Array.from([...many, ...extra]);
+  dns[7] = 2 + 24; // ANCOUNT
+  dns[9] = 8; // NSCOUNT
+  const { rw, calls } = rewriter();
+  const r = rw.process(wrap(dns));
+  const out = decodeOut(r);
+  if (r.action !== "rewrite") throw new Error("unreachable");
+  assert.equal(r.packet.length, wrap(dns).length);
+  assert.equal(out.authorities.length, 8);
+  assert.equal(out.answers.length, 26);
+  assert.ok(out.answers.slice(1).every((a: Rec) => /^10\.43\.0\./.test(a.data as string)));
+  assert.equal(calls.length, 25, "one assign per distinct (name, address)");
+  // Outside the A records' TTL and rdata, not one byte moved.
+  const payload = checkUdpPacket(r.packet);
+  const editable = new Set<number>();
+  for (let i = 0; i < 25; i++) {
+    const rec = base.length - 16 + (i === 0 ? 0 : 16 + (i - 1) * 16);
+    for (let k = 6; k < 10; k++) editable.add(rec + k);
+    for (let k = 12; k < 16; k++) editable.add(rec + k);
+  }
+  for (let i = 0; i < dns.length; i++) {
+    if (!editable.has(i)) assert.equal(payload[i], dns[i], `byte ${i}`);
+  }
 });
 
 Deno.test("containsPq1: case-insensitive, bounded by start/end", () => {
@@ -476,14 +492,139 @@ Deno.test("real dnsmasq answer, captured live", async (t) => {
       const raw = await query("www.lab.test", "AAAA");
       const { rw } = rewriter();
       const out = decodeOut(rw.process(wrap(raw)));
-      assert.deepEqual(out.answers.map((a: Rec) => a.type), ["CNAME"]);
+      assert.deepEqual(out.answers.map((a: Rec) => a.type), ["CNAME", "UNKNOWN_65280"]);
     });
     await t.step("plain name", async () => {
       const raw = await query("plain.lab.test", "A");
       const { rw } = rewriter();
-      assert.deepEqual(rw.process(wrap(raw)), { action: "pass", reason: "no-pq1" });
+      assert.deepEqual(rw.process(wrap(raw)), { action: "pass", reason: "unchanged" });
     });
   } finally {
     await dm.stop();
   }
+});
+
+/** An HTTPS answer for the announced name: alpn, ipv4hint (two addresses), ipv6hint. */
+function httpsAnswer(): Uint8Array {
+  const base = answer([{ name: PQ_NAME, type: "HTTPS" }], []);
+  const rdata = [
+    0,
+    1,
+    0, // priority 1, target "." (the owner)
+    0,
+    1,
+    0,
+    3,
+    2,
+    0x68,
+    0x32, // alpn "h2"
+    0,
+    4,
+    0,
+    8,
+    198,
+    18,
+    0,
+    1,
+    198,
+    18,
+    0,
+    2, // ipv4hint
+    0,
+    6,
+    0,
+    16,
+    0x20,
+    0x01,
+    0x0d,
+    0xb8,
+    ...new Array(11).fill(0),
+    1, // ipv6hint 2001:db8::1
+  ];
+  const rr = [0xc0, 12, 0, 65, 0, 1, 0, 0, 0x0e, 0x10, 0, rdata.length, ...rdata];
+  const dns = Uint8Array.from([...base, ...rr]);
+  dns[7] = 1;
+  return dns;
+}
+
+Deno.test("HTTPS record of an announced name: ipv4hint internal, ipv6hint discarded", () => {
+  const { rw, calls } = rewriter();
+  const dns = httpsAnswer();
+  const r = rw.process(wrap(dns));
+  if (r.action !== "rewrite") throw new Error(`not rewritten: ${JSON.stringify(r)}`);
+  const out = checkUdpPacket(r.packet);
+  assert.equal(out.length, dns.length);
+  const rd = dns.length - 42;
+  assert.deepEqual([...out.subarray(rd + 14, rd + 22)], [10, 43, 0, 2, 10, 43, 0, 3]);
+  assert.deepEqual([...out.subarray(rd + 26, rd + 42)], [1, 0, ...new Array(14).fill(0)]);
+  assert.deepEqual([...out.subarray(rd - 6, rd - 2)], [0, 0, 0, 0], "TTL 0");
+  // alpn and everything before the record unchanged
+  assert.deepEqual(out.subarray(0, rd - 6), dns.subarray(0, rd - 6));
+  assert.deepEqual(out.subarray(rd, rd + 10), dns.subarray(rd, rd + 10));
+  assert.deepEqual(calls.map((c) => c.real), ["198.18.0.1", "198.18.0.2"]);
+  // keys out of order: the record is neutralised rather than trusted
+  const bad = httpsAnswer();
+  bad[rd + 11] = 7; // alpn key 1 -> 7, now before key 4
+  const rb = rw.process(wrap(bad));
+  assert.equal(rb.action === "rewrite" && rb.neutralised, 1);
+});
+
+Deno.test("canary use-application-dns.net: NXDOMAIN unless opted out", () => {
+  const dns = answer([{ name: "use-application-dns.net", type: "A" }], [
+    { name: "use-application-dns.net", type: "A", ttl: 60, data: "198.18.0.7" },
+  ]);
+  const { rw } = rewriter();
+  const r = rw.process(wrap(dns));
+  if (r.action !== "rewrite") throw new Error("canary not answered");
+  assert.equal(r.canary, true);
+  const out = dnsPacket.decode(Buffer.from(checkUdpPacket(r.packet)));
+  assert.equal(out.rcode, "NXDOMAIN");
+  assert.deepEqual(out.answers.map((a: Rec) => a.type), ["UNKNOWN_65280"]);
+  assert.equal(rw.stats.canary, 1);
+  const optOut = new DnsRewriter({ parseName: parsePq1Name, assign: () => null, canary: false });
+  assert.deepEqual(optOut.process(wrap(dns)), { action: "pass", reason: "unchanged" });
+});
+
+/** An IPv4/TCP segment from port 53 carrying `payload`, with a correct checksum. */
+function tcpSegment(payload: Uint8Array): Uint8Array {
+  const p = new Uint8Array(40 + payload.length);
+  p.set([0x45, 0, p.length >> 8, p.length & 0xff, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+  p.set([198, 18, 0, 53, 198, 18, 0, 2], 12);
+  p.set([0, 53, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff], 20);
+  p.set(payload, 40);
+  return p;
+}
+
+function tcpChecksumOk(p: Uint8Array): boolean {
+  let sum = 0;
+  for (let i = 12; i < 20; i += 2) sum += (p[i] << 8) | p[i + 1];
+  sum += 6 + (p.length - 20);
+  for (let i = 20; i < p.length; i += 2) sum += (p[i] << 8) | (p[i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum === 0xffff;
+}
+
+Deno.test("DNS over TCP: whole messages in a segment are edited, length kept", () => {
+  const dns = CNAME_CHAIN();
+  const framed = Uint8Array.from([dns.length >> 8, dns.length & 0xff, ...dns]);
+  const { rw } = rewriter();
+  const seg = tcpSegment(Uint8Array.from([...framed, ...framed]));
+  const r = rw.process(seg);
+  if (r.action !== "rewrite") throw new Error(`not rewritten: ${JSON.stringify(r)}`);
+  assert.equal(r.packet.length, seg.length);
+  assert.ok(tcpChecksumOk(r.packet), "TCP checksum");
+  for (const at of [42, 42 + framed.length]) {
+    const msg: Uint8Array = r.packet.subarray(at, at + dns.length);
+    const out: { answers: Rec[] } = dnsPacket.decode(Buffer.from(msg));
+    assert.equal(out.answers[1].data, "10.43.0.2");
+  }
+  // a message cut by the segment end is not touched, and counted
+  assert.deepEqual(rw.process(tcpSegment(framed.subarray(0, 30))), {
+    action: "pass",
+    reason: "tcp-partial",
+  });
+  assert.deepEqual(rw.process(tcpSegment(new Uint8Array(0))), {
+    action: "pass",
+    reason: "not-dns",
+  });
 });

@@ -16,6 +16,7 @@ import { CLIENT_PORT, CLIENT_TUN_ADDRESS, PRIVSEP_USER, TUN_PREFIX } from "../co
 import { type ClientOptions, CONTROL_SOCKET, runClient } from "../client/supervisor.ts";
 import { runClientWorker } from "../client/worker.ts";
 import { queryControl } from "../client/control.ts";
+import { escapeText } from "../core/log.ts";
 
 export const DEFAULT_RUNTIME_DIR = "/run/pqconnect-ts";
 
@@ -40,6 +41,7 @@ export function parseClientArgs(args: string[]): ClientRequest {
     "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
     precompute: { type: "string" },
     kem: { type: "string", default: "auto" },
+    "allow-app-dns": { type: "boolean", default: false },
     verbose: { type: "boolean", short: "v", default: false },
     // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
     "very-verbose": { type: "boolean", default: false },
@@ -66,6 +68,7 @@ export function parseClientArgs(args: string[]): ClientRequest {
       runtimeDir: values["runtime-dir"]!,
       precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
       kem: parseKemOption(values.kem!),
+      canary: !values["allow-app-dns"],
       verbose: values.verbose! || values["very-verbose"]!,
       hostAddress: values["host-ip"] === undefined
         ? undefined
@@ -99,6 +102,9 @@ Options:
       --precompute N      McEliece ciphertexts kept ready per server (default 8)
       --kem auto|native|wasm
                           KEM implementation (default auto: native when loadable)
+      --allow-app-dns     leave the canary use-application-dns.net alone; by default it is
+                          answered NXDOMAIN so browsers keep their own DNS over HTTPS off
+                          (DNS they resolve themselves is never seen, so never protected)
   -v, --verbose           log every tunnel event (also -vv, --very-verbose)
       --show              show the running client's tunnels (as pqconnect status)
   -h, --help              show this help
@@ -136,6 +142,7 @@ export const clientWorkerCommand: Command = {
       precompute: { type: "string" },
       kem: { type: "string", default: "auto" },
       "host-ip": { type: "string" },
+      "no-canary": { type: "boolean", default: false },
       verbose: { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
     });
@@ -158,6 +165,7 @@ export const clientWorkerCommand: Command = {
       controlSocket: values.control,
       precomputed: parseNumber(values.precompute, 8, 0, 360, "--precompute"),
       kem: parseKemOption(values.kem!),
+      canary: !values["no-canary"],
       verbose: values.verbose!,
       hostAddress: values["host-ip"] === undefined
         ? undefined
@@ -238,21 +246,25 @@ export function formatStatus(st: StatusDocument): string {
     "SENT",
     "RECEIVED",
   ];
-  const rows = st.servers.map((s) => [
-    s.name,
-    s.external,
-    s.internal,
-    s.state,
-    s.tunnelId || "-",
-    seconds(s.age),
-    seconds(s.lastActivity),
-    String(s.txBytes),
-    String(s.rxBytes),
-  ]);
+  // Every cell from the worker is escaped: a name may hold any byte a DNS label can.
+  const cell = (v: unknown) => escapeText(String(v ?? "-"), 120).replaceAll(" ", "\\x20");
+  const rows = st.servers.map((s) =>
+    [
+      s.name,
+      s.external,
+      s.internal,
+      s.state,
+      s.tunnelId || "-",
+      seconds(s.age),
+      seconds(s.lastActivity),
+      String(s.txBytes),
+      String(s.rxBytes),
+    ].map(cell)
+  );
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
   return [
-    `${st.interface} ${st.address}: ${st.servers.length} server(s)`,
+    `${cell(st.interface)} ${cell(st.address)}: ${st.servers.length} server(s)`,
     line(header),
     ...rows.map(line),
   ].join("\n");

@@ -5,6 +5,10 @@ import type { Logger } from "../core/log.ts";
 import { concat } from "../core/bytes.ts";
 
 const MAX_REQUEST = 64;
+/** A connection that has not been answered by then is closed (it may never send anything). */
+export const CONTROL_IDLE_MS = 2000;
+/** Connections served at once; more are closed at once (the status tool makes one). */
+export const CONTROL_MAX_CONNECTIONS = 16;
 
 export function serveControl(
   path: string,
@@ -16,12 +20,28 @@ export function serveControl(
   } catch { /* not there: fine */ }
   const listener = Deno.listen({ transport: "unix", path });
   Deno.chmodSync(path, 0o660);
+  let open = 0;
+  let refused = 0;
   (async () => {
     for await (const conn of listener) {
-      handle(conn).catch(() => {}).finally(() => {
+      const close = () => {
         try {
           conn.close();
         } catch { /* already closed */ }
+      };
+      if (open >= CONTROL_MAX_CONNECTIONS) {
+        if (refused++ % 100 === 0) {
+          log.warn(`control socket: ${refused} connection(s) refused (${open} open)`);
+        }
+        close();
+        continue;
+      }
+      open++;
+      const idle = setTimeout(close, CONTROL_IDLE_MS);
+      handle(conn).catch(() => {}).finally(() => {
+        clearTimeout(idle);
+        open--;
+        close();
       });
     }
   })().catch((e) => log.debug(`control socket stopped: ${e}`));

@@ -11,7 +11,7 @@ import { TunnelSession } from "../core/session.ts";
 import { AddressPool } from "../core/addresses.ts";
 import { numberToIpv4 } from "../core/ip.ts";
 import { DataPath, newPeer, type Peer, type TunnelIo } from "../core/data_path.ts";
-import type { DropCounters, Logger } from "../core/log.ts";
+import { type DropCounters, type Logger, LogLimiter } from "../core/log.ts";
 import {
   Connection,
   type ConnectionTask,
@@ -37,6 +37,8 @@ export interface ClientIo extends TunnelIo {
 
 export interface InitiatorCrypto {
   registerMcEliecePk(pk: Uint8Array): Promise<number>;
+  /** The crypto worker forgets a registered key (its entry went). */
+  unregisterMcEliecePk(pkId: number): Promise<void>;
   mcelieceEncap(pkId: number): Promise<Encapsulation>;
   sntrupEncap(pk: Uint8Array): Promise<Encapsulation>;
 }
@@ -52,6 +54,13 @@ export interface ClientConfig {
   precomputed: number;
   /** Where packets from servers are delivered (-H); the TUN address when absent. */
   hostAddress?: number;
+  /** Servers known at most (default: as many as the subnet has addresses, at most 4096). */
+  maxServers?: number;
+  /** Connections (key downloads, handshakes) under way at once; more wait (default 8). */
+  maxConnecting?: number;
+  /** Servers whose long-term keys (1 MB each) are kept; the least recently used without a
+   * live tunnel gives its keys up first (default 32). */
+  maxKeyed?: number;
 }
 
 export type ServerState = "idle" | "connecting" | "up" | "failed";
@@ -83,6 +92,16 @@ export interface ServerEntry extends ServerFacts {
   tunnels: number;
   /** Traffic and activity of earlier tunnels (the live one counts its own). */
   past: { txBytes: number; rxBytes: number; lastActivity: number };
+  /** Last announcement or application packet: the least recently used goes first. */
+  lastUsed: number;
+  /**
+   * An address a later answer gave for this key while a tunnel was live or being made: tried
+   * for the next handshake only, once the current tunnel stops answering (issue 9: an answer
+   * must not move a live tunnel).
+   */
+  candidateAddress?: number;
+  /** Waiting for a connection slot (maxConnecting). */
+  waiting: boolean;
 }
 
 /** One row of `pqconnect status`. */
@@ -106,6 +125,8 @@ const HELD_BYTES = 256 * 1024;
 const SILENCE_SECONDS = 3;
 const SILENT_PACKETS = 3;
 const RETRY_SECONDS = 2;
+/** How long the address of an evicted entry rests before it is handed out again. */
+const QUARANTINE_SECONDS = 120;
 /** tick() runs at least this often: liveness and expiry need no earlier wakeup. */
 export const TICK_SECONDS = 1;
 /**
@@ -151,6 +172,19 @@ export class ClientDevice {
   private readonly path: DataPath;
   private readonly byKey = new Map<string, ServerEntry>();
   private readonly byInternal = new Map<number, ServerEntry>();
+  /** Entries holding long-term keys registered in the crypto worker. */
+  private readonly keyed = new Set<ServerEntry>();
+  /** Entries whose connection waits for a slot, in arrival order. */
+  private readonly waiting = new Set<ServerEntry>();
+  /** Internal addresses of evicted entries, kept out of use for a while (oldest first). */
+  private readonly quarantine: { address: number; since: number }[] = [];
+  private connecting = 0;
+  private readonly maxServers: number;
+  private readonly maxConnecting: number;
+  private readonly maxKeyed: number;
+  private readonly logs: LogLimiter;
+  /** Entries evicted to make room (for the status document and tests). */
+  evicted = 0;
   /** First packets sent again because the server had not answered yet. */
   resent = 0;
 
@@ -165,6 +199,11 @@ export class ClientDevice {
   ) {
     this.drops = drops;
     this.pool = new AddressPool(config.tunAddress, config.prefix);
+    const addresses = this.pool.broadcast - this.pool.network - 2;
+    this.maxServers = Math.min(config.maxServers ?? 4096, addresses);
+    this.maxConnecting = config.maxConnecting ?? 8;
+    this.maxKeyed = config.maxKeyed ?? 32;
+    this.logs = new LogLimiter(log, now);
     this.path = new DataPath(io, drops, {
       deliverTo: config.hostAddress ?? config.tunAddress,
       roaming: false,
@@ -176,18 +215,23 @@ export class ClientDevice {
   }
 
   /**
-   * A DNS answer announced a server: its internal address (allocated on first sight, kept for
-   * the server's lifetime here), and the connection starts at once.
+   * A DNS answer announced a server: its internal address (allocated on first sight; the least
+   * recently used entry without a live tunnel gives way when the table or the subnet is full).
+   * Nothing is sent to the announced address unless the record answers the question a local
+   * application asked (`answersQuestion`): otherwise the first packet an application sends to
+   * the internal address starts the connection.
    */
   announce(
     a: { keyHash: Uint8Array; cryptoPort?: number; keyPort?: number },
     realAddress: number,
     name: string,
+    answersQuestion = false,
   ): number | null {
     const id = hex(a.keyHash);
+    const now = this.now();
     let entry = this.byKey.get(id);
     if (!entry) {
-      const internal = this.pool.allocate();
+      const internal = this.allocateAddress();
       if (internal === null) {
         this.drops.count("client-subnet-exhausted");
         return null;
@@ -206,22 +250,38 @@ export class ClientDevice {
         refilling: false,
         tunnels: 0,
         past: { txBytes: 0, rxBytes: 0, lastActivity: 0 },
+        lastUsed: now,
+        waiting: false,
       };
       this.byKey.set(id, entry);
       this.byInternal.set(internal, entry);
-      this.log.info(
-        `${name}: PQConnect server ${id.slice(0, 12)} at ${numberToIpv4(realAddress)} ` +
+      this.logs.line(
+        "info",
+        "new server",
+        () =>
+          `${name}: PQConnect server ${id.slice(0, 12)} at ${numberToIpv4(realAddress)} ` +
           `gets internal address ${numberToIpv4(internal)}`,
       );
     } else if (entry.realAddress !== realAddress) {
-      this.log.info(`${name}: server ${id.slice(0, 12)} moved to ${numberToIpv4(realAddress)}`);
-      entry.realAddress = realAddress;
-      entry.keyHost = undefined;
+      if (entry.peer || entry.connection) {
+        // A live tunnel (or one being made) stays where it is.
+        entry.candidateAddress = realAddress;
+        this.logs.line(
+          "info",
+          "other address",
+          () =>
+            `${name}: server ${id.slice(0, 12)} also announced at ${numberToIpv4(realAddress)}; ` +
+            `kept at ${numberToIpv4(entry!.realAddress)} while its tunnel answers`,
+        );
+      } else {
+        this.moveTo(entry, realAddress);
+      }
     }
     entry.name = name;
+    entry.lastUsed = now;
     if (a.cryptoPort !== undefined) entry.cryptoPort = a.cryptoPort;
     if (a.keyPort !== undefined) entry.keyPort = a.keyPort;
-    if (entry.state !== "up") this.connect(entry);
+    if (answersQuestion && entry.state !== "up") this.connect(entry);
     return entry.internal;
   }
 
@@ -232,6 +292,7 @@ export class ClientDevice {
     if (r.kind === "sent" || r.kind === "dropped") return;
     const entry = this.byInternal.get(r.destination);
     if (!entry) return this.drops.count("tun-no-server");
+    entry.lastUsed = now;
     if (entry.state === "up") {
       // The session expired while idle: a fresh 0-RTT handshake, the packet waits for it.
       this.closeTunnel(entry);
@@ -264,6 +325,13 @@ export class ClientDevice {
    */
   tick(): void {
     const now = this.now();
+    // Connections that waited for a slot, oldest first.
+    for (const entry of this.waiting) {
+      if (this.connecting >= this.maxConnecting) break;
+      this.waiting.delete(entry);
+      entry.waiting = false;
+      this.connect(entry);
+    }
     for (const entry of this.byKey.values()) {
       if (entry.connection) this.drive(entry);
       if (entry.resend && now >= entry.resend.at) this.resendFirstPackets(entry, now);
@@ -294,19 +362,24 @@ export class ClientDevice {
   }
 
   close(): void {
-    for (const entry of this.byKey.values()) {
-      this.endConnection(entry);
-      this.closeTunnel(entry);
-      for (const c of entry.ciphertexts) wipe(c.sharedSecret);
-      entry.ciphertexts = [];
-    }
+    for (const entry of this.byKey.values()) this.releaseKeys(entry);
   }
 
   /** Starts (once) making a tunnel to `entry`. */
   private connect(entry: ServerEntry): void {
     const now = this.now();
     if (entry.connection || now < entry.retryAt) return;
+    if (this.connecting >= this.maxConnecting) {
+      // Key downloads are capped: this one starts when a slot frees (tick()).
+      if (!entry.waiting) {
+        entry.waiting = true;
+        this.waiting.add(entry);
+        this.drops.count("connect-waiting");
+      }
+      return;
+    }
     entry.state = "connecting";
+    this.connecting++;
     entry.connection = new Connection(entry, this.config, this.random(32), now);
     this.drive(entry);
   }
@@ -347,9 +420,15 @@ export class ClientDevice {
         return;
       case "register-long-term":
         this.crypto.registerMcEliecePk(task.mceliecePk).then((pkId) => {
-          if (!current()) return;
+          if (!current()) {
+            // The entry went (or gave up) meanwhile: the worker must not keep the key.
+            this.crypto.unregisterMcEliecePk(pkId).catch(() => {});
+            return;
+          }
           const f = conn.download!;
           conn.onLongTermRegistered(pkId);
+          this.keyed.add(entry);
+          this.limitKeyed(entry);
           this.log.info(
             `${entry.name}: long-term keys verified (${f.responsesAccepted} parts, ` +
               `${f.requestsSent} requests, ` +
@@ -436,6 +515,8 @@ export class ClientDevice {
     this.endConnection(entry);
     entry.state = "failed";
     entry.retryAt = this.now() + RETRY_SECONDS;
+    // The address we tried did not work: the next attempt goes to the other one announced.
+    if (entry.candidateAddress !== undefined) this.moveTo(entry, entry.candidateAddress);
     for (const _ of entry.held.take()) this.drops.count("held-connect-failed");
     this.log.warn(
       `${entry.name}: no tunnel to ${numberToIpv4(entry.realAddress)}: ${conn.failure}`,
@@ -443,6 +524,7 @@ export class ClientDevice {
   }
 
   private endConnection(entry: ServerEntry): void {
+    if (entry.connection) this.connecting--;
     entry.connection?.fail("stopped");
     entry.connection = undefined;
     for (const c of entry.keyChannels.values()) c.close();
@@ -488,6 +570,7 @@ export class ClientDevice {
       this.closeTunnel(entry);
       entry.state = "idle";
       entry.retryAt = 0;
+      if (entry.candidateAddress !== undefined) this.moveTo(entry, entry.candidateAddress);
       this.connect(entry);
     }
   }
@@ -498,11 +581,108 @@ export class ClientDevice {
     entry.refilling = true;
     (async () => {
       while (entry.longTerm && entry.ciphertexts.length < this.config.precomputed) {
-        entry.ciphertexts.push(await this.crypto.mcelieceEncap(entry.longTerm.pkId));
+        const pkId = entry.longTerm.pkId;
+        const ct = await this.crypto.mcelieceEncap(pkId);
+        if (entry.longTerm?.pkId !== pkId) {
+          wipe(ct.sharedSecret); // the keys were released meanwhile
+          break;
+        }
+        entry.ciphertexts.push(ct);
       }
     })()
       .catch((e) => this.log.debug(`${entry.name}: precomputing ciphertexts stopped: ${e}`))
       .finally(() => entry.refilling = false);
+  }
+
+  /** The next handshake goes to `address` (no tunnel is live). */
+  private moveTo(entry: ServerEntry, address: number): void {
+    if (address === entry.realAddress) {
+      entry.candidateAddress = undefined;
+      return;
+    }
+    this.logs.line(
+      "info",
+      "moved",
+      () => `${entry.name}: server ${entry.id.slice(0, 12)} now tried at ${numberToIpv4(address)}`,
+    );
+    entry.realAddress = address;
+    entry.keyHost = undefined;
+    entry.candidateAddress = undefined;
+  }
+
+  /**
+   * A free internal address. When the table or the subnet is full, the least recently used
+   * entry without a live tunnel is evicted; its address rests in quarantine first, so an
+   * application still holding it (DNS caches) does not reach another server at once.
+   */
+  private allocateAddress(): number | null {
+    const now = this.now();
+    while (this.byKey.size >= this.maxServers) {
+      if (!this.evictOne()) return null;
+    }
+    const fresh = this.pool.allocate();
+    if (fresh !== null) return fresh;
+    const rested = this.quarantine[0];
+    if (rested === undefined || now - rested.since < QUARANTINE_SECONDS) this.evictOne();
+    // Out of rested addresses: the oldest quarantined one is better than no tunnel at all.
+    const q = this.quarantine.shift();
+    if (q === undefined) return null;
+    this.pool.release(q.address);
+    return this.pool.allocate();
+  }
+
+  /** Evicts the least recently used entry without a live tunnel; false when there is none. */
+  private evictOne(): boolean {
+    let victim: ServerEntry | undefined;
+    for (const e of this.byKey.values()) {
+      if (e.peer || e.state === "up") continue;
+      if (!victim || e.lastUsed < victim.lastUsed) victim = e;
+    }
+    if (!victim) return false;
+    this.remove(victim);
+    this.evicted++;
+    this.drops.count("server-evicted");
+    return true;
+  }
+
+  private remove(entry: ServerEntry): void {
+    this.releaseKeys(entry);
+    for (const _ of entry.held.take()) this.drops.count("held-evicted");
+    this.waiting.delete(entry);
+    this.byKey.delete(entry.id);
+    this.byInternal.delete(entry.internal);
+    this.quarantine.push({ address: entry.internal, since: this.now() });
+    if (this.quarantine.length > this.maxServers) {
+      this.pool.release(this.quarantine.shift()!.address);
+    }
+  }
+
+  /** Ends the entry's connection and tunnel, wipes its ciphertexts, unregisters its key. */
+  private releaseKeys(entry: ServerEntry): void {
+    this.endConnection(entry);
+    this.closeTunnel(entry);
+    for (const c of entry.ciphertexts) wipe(c.sharedSecret);
+    entry.ciphertexts = [];
+    if (entry.longTerm) {
+      this.crypto.unregisterMcEliecePk(entry.longTerm.pkId).catch(() => {});
+      entry.longTerm = undefined;
+    }
+    this.keyed.delete(entry);
+    entry.state = "idle";
+  }
+
+  /** At most maxKeyed entries keep long-term keys; `keep` just got its own. */
+  private limitKeyed(keep: ServerEntry): void {
+    while (this.keyed.size > this.maxKeyed) {
+      let victim: ServerEntry | undefined;
+      for (const e of this.keyed) {
+        if (e === keep || e.peer || e.connection) continue;
+        if (!victim || e.lastUsed < victim.lastUsed) victim = e;
+      }
+      if (!victim) return;
+      this.releaseKeys(victim);
+      this.drops.count("long-term-keys-released");
+    }
   }
 
   private closeTunnel(entry: ServerEntry): void {

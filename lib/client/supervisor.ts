@@ -15,7 +15,7 @@ import {
   type RuleHandle,
 } from "../runtime/firewall.ts";
 import { decodeChannelMessage } from "./messages.ts";
-import { DnsRelay } from "./dns_relay.ts";
+import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
 import { pump } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
@@ -25,6 +25,7 @@ import { NfQueue } from "../../ffi/nfqueue.ts";
 import {
   closeFd,
   killChild,
+  MAX_MESSAGE,
   SeqPacketChannel,
   socketPair,
   spawnWithFds,
@@ -47,13 +48,15 @@ export interface ClientOptions {
   runtimeDir: string;
   precomputed: number;
   kem: KemChoice;
+  /** Answer use-application-dns.net with NXDOMAIN. */
+  canary: boolean;
   verbose: boolean;
   /** -H: where packets from servers are delivered (default the TUN address), as the
    * reference client's --host-ip: for a client running on a router or VM for other hosts. */
   hostAddress?: string;
 }
 
-/** An answer the worker has not judged within this time passes unchanged (fail open). */
+/** An answer the worker has not judged within this time is dropped (see dns_relay.ts). */
 const VERDICT_TIMEOUT_SECONDS = 2;
 /** How often overdue answers and the worker's exit are looked at. */
 const TICK_SECONDS = 0.25;
@@ -114,7 +117,11 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     cleanup.add(() => shutdown.dispose());
     const running = () => shutdown.running;
     const now = () => performance.now() / 1000;
-    const relay = new DnsRelay(queue, channel, now, VERDICT_TIMEOUT_SECONDS);
+    const relay = new DnsRelay(queue, channel, now, {
+      verdictSeconds: VERDICT_TIMEOUT_SECONDS,
+      maxPacket: Math.min(MAX_REPLACEMENT, MAX_MESSAGE - 6),
+    }, log);
+    let tick = 0;
     /** The worker's exit ends the supervisor, with its status. */
     const reapWorker = () => {
       const exit = tryWaitChild(pid);
@@ -125,8 +132,9 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       );
     };
     const ticks = new TickLoop("pqconnect-client", now, () => {
-      relay.passOverdue();
+      relay.dropOverdue();
       reapWorker();
+      if (++tick % 60 === 0) relay.drops.report(log);
     }, TICK_SECONDS);
     await Promise.all([
       pump("pqconnect-client", running, (ms) => waitReadable(queue.fd, ms), () => {
@@ -138,6 +146,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       ticks.run(running),
     ]);
     relay.passAll();
+    relay.drops.report(log);
     return exitCode;
   } finally {
     await cleanup.run();
@@ -201,6 +210,7 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
     `--precompute=${opts.precomputed}`,
     ...(opts.hostAddress ? [`--host-ip=${opts.hostAddress}`] : []),
     `--kem=${opts.kem}`,
+    ...(opts.canary ? [] : ["--no-canary"]),
     ...(opts.verbose ? ["--verbose"] : []),
   ];
   const main = new URL("../../main.ts", import.meta.url);

@@ -8,6 +8,7 @@ import { ClientDevice, type KeyChannel } from "./device.ts";
 import { decodeChannelMessage, encodeVerdict, MSG_READY } from "./messages.ts";
 import { serveControl } from "./control.ts";
 import { DnsRewriter } from "../core/dns_rewrite.ts";
+import { DnsJobs } from "./dns_jobs.ts";
 import { parsePq1Name } from "../core/names.ts";
 import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
 import { DropCounters, type Logger } from "../core/log.ts";
@@ -35,6 +36,7 @@ export interface WorkerOptions {
   controlSocket: string;
   precomputed: number;
   kem: KemChoice;
+  canary: boolean;
   verbose: boolean;
   hostAddress?: string;
 }
@@ -113,6 +115,7 @@ async function serve(
     },
     {
       registerMcEliecePk: (pk) => pool.registerMcEliecePublicKey(pk),
+      unregisterMcEliecePk: (pkId) => pool.unregisterMcEliecePublicKey(pkId),
       mcelieceEncap: (pkId) => pool.mcelieceEncap(pkId),
       sntrupEncap: (pk) => pool.sntrupEncap(pk),
     },
@@ -125,11 +128,15 @@ async function serve(
   const rewriter = new DnsRewriter({
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
-    assign: (a, realAddress, owner) => {
-      const internal = device.announce(a, ipv4ToNumber(realAddress), owner.replace(/\.$/, ""));
-      return internal === null ? null : numberToIpv4(internal);
-    },
+    canary: opts.canary,
+    assign: (a, realAddress, owner, answersQuestion) =>
+      device.announce(a, realAddress, owner, answersQuestion),
   });
+  const jobs = new DnsJobs(rewriter, (id, r) => {
+    const verdict = encodeVerdict(id, r.action === "rewrite" ? r.packet : null);
+    if (!dns.trySend(verdict)) drops.count("channel-full");
+  }, drops);
+  cleanup.add(() => jobs.close());
 
   const control = serveControl(opts.controlSocket, () => ({
     interface: tun.name,
@@ -137,7 +144,7 @@ async function serve(
     now: now(),
     servers: device.status(),
     dropped: drops.snapshot(),
-    dns: rewriter.stats,
+    dns: { ...rewriter.stats, ...jobs.stats },
   }), log);
   cleanup.add(() => control.close());
 
@@ -155,7 +162,7 @@ async function serve(
       (d, host, port) => device.onDatagram(d, host, port),
     ),
     pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
-      if (!judgeAnswers(dns, rewriter, drops)) shutdown.stop("supervisor gone");
+      if (!takeAnswers(dns, jobs, drops)) shutdown.stop("supervisor gone");
     }),
     ticks.run(running),
   ]);
@@ -163,23 +170,26 @@ async function serve(
 }
 
 /**
- * The worker's half of the DNS path: each answer the supervisor relays is rewritten (or not)
- * and its verdict goes back. False once the supervisor has closed the channel.
+ * The worker's half of the DNS path: each answer the supervisor relays joins the rewriter's
+ * jobs (lib/client/dns_jobs.ts), whose verdicts go back as they are done; small answers are
+ * done at once, a huge one continues on later turns. False once the supervisor has closed the
+ * channel.
  */
-function judgeAnswers(dns: SeqPacketChannel, rewriter: DnsRewriter, drops: DropCounters): boolean {
+function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters): boolean {
   for (;;) {
     const m = dns.tryRecv();
-    if (m === undefined) return true;
+    if (m === undefined) break;
     if (m === null) return false;
     const msg = decodeChannelMessage(m);
     if (msg?.type !== "dns") {
       drops.count("channel-malformed");
       continue;
     }
-    const r = rewriter.process(msg.packet);
-    const verdict = encodeVerdict(msg.id, r.action === "rewrite" ? r.packet : null);
-    if (!dns.trySend(verdict)) drops.count("channel-full");
+    // Not answered when full: the supervisor drops it at its timeout.
+    jobs.add(msg.id, msg.packet);
   }
+  jobs.slice();
+  return true;
 }
 
 /**

@@ -40,3 +40,67 @@ export class DropCounters {
     if (parts.length > 0) log.info(`dropped: ${parts.join(", ")}`);
   }
 }
+
+/**
+ * Text from the network made safe for one log line or table cell: control characters (C0, DEL,
+ * C1), backslash and whitespace other than a plain space become \xHH, and it is cut to
+ * `max` characters. A name holding ESC or a newline can then neither forge a line nor drive a
+ * terminal.
+ */
+export function escapeText(text: string, max = 300): string {
+  let out = "";
+  for (const ch of text) {
+    const c = ch.codePointAt(0)!;
+    if (c < 0x20 || c === 0x5c || (c >= 0x7f && c <= 0x9f) || c === 0x2028 || c === 0x2029) {
+      out += `\\x${c.toString(16).padStart(2, "0")}`;
+    } else {
+      out += ch;
+    }
+    if (out.length >= max) return out.slice(0, max) + "…";
+  }
+  return out;
+}
+
+/**
+ * At most `perWindow` lines per key every `windowSeconds`; what is held back is counted and
+ * reported in one line when the key's next window opens. The clock comes from the shell.
+ */
+export class LogLimiter {
+  private readonly windows = new Map<string, { start: number; lines: number; held: number }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly now: () => number,
+    private readonly perWindow = 10,
+    private readonly windowSeconds = 10,
+    /** Keys remembered at most; the oldest window is forgotten first. */
+    private readonly maxKeys = 256,
+  ) {}
+
+  /** Logs `message()` at `level` unless `key` has used up its window. True if it was logged. */
+  line(level: Level, key: string, message: () => string): boolean {
+    const now = this.now();
+    let w = this.windows.get(key);
+    if (w && now - w.start >= this.windowSeconds) {
+      if (w.held > 0) {
+        this.log[level](`${escapeText(key)}: ${w.held} similar line(s) held back`);
+      }
+      this.windows.delete(key);
+      w = undefined;
+    }
+    if (!w) {
+      if (this.windows.size >= this.maxKeys) {
+        this.windows.delete(this.windows.keys().next().value!);
+      }
+      w = { start: now, lines: 0, held: 0 };
+      this.windows.set(key, w);
+    }
+    if (w.lines >= this.perWindow) {
+      w.held++;
+      return false;
+    }
+    w.lines++;
+    this.log[level](message());
+    return true;
+  }
+}

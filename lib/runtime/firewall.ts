@@ -1,4 +1,10 @@
-// The firewall rule that sends DNS answers (UDP from port 53) to our NFQUEUE.
+// The firewall rules that send DNS answers (UDP and TCP from port 53) to our NFQUEUE.
+//
+// Only answers to queries this machine sent: conntrack must know the flow (state established)
+// and the packet must travel in its reply direction. A datagram from port 53 that nobody asked
+// for is not queued at all, so an off-path sender cannot feed the worker records (issue 9).
+// The reply direction matters: a flow the other side opened is "established" as soon as we
+// answer it, but its packets from port 53 travel in the original direction.
 //
 // Where: the input hook. Answers to this machine's own lookups are locally delivered packets,
 // so they traverse input; forwarded traffic (if the host routes for others) does not, and
@@ -30,7 +36,7 @@ export type RuleHandle =
     backend: "iptables";
     iptables: string;
     table: (typeof IPTABLES_TABLES)[number];
-    rule: string[];
+    rules: string[][];
     queueNum: number;
   };
 
@@ -98,7 +104,7 @@ function checkQueueNum(queueNum: number): void {
   }
 }
 
-function nftScript(queueNum: number): string {
+export function nftScript(queueNum: number): string {
   // Creating then deleting the table first makes the load replace any stale copy; the file
   // is applied as one transaction, so a failure leaves nothing behind.
   return [
@@ -107,20 +113,28 @@ function nftScript(queueNum: number): string {
     `table ip ${NFT_TABLE} {`,
     `  chain ${NFT_CHAIN} {`,
     `    type filter hook input priority mangle; policy accept;`,
-    `    udp sport 53 queue num ${queueNum} bypass`,
+    `    udp sport 53 ct state established ct direction reply queue num ${queueNum} bypass`,
+    `    tcp sport 53 ct state established ct direction reply queue num ${queueNum} bypass`,
     `  }`,
     `}`,
     "",
   ].join("\n");
 }
 
-function iptablesRule(queueNum: number): string[] {
-  return [
+/** One rule per transport: DNS answers over UDP, and over TCP (large answers, `dig +tcp`). */
+export function iptablesRules(queueNum: number): string[][] {
+  return (["udp", "tcp"] as const).map((proto) => [
     "INPUT",
     "-p",
-    "udp",
+    proto,
     "--sport",
     "53",
+    "-m",
+    "conntrack",
+    "--ctstate",
+    "ESTABLISHED",
+    "--ctdir",
+    "REPLY",
     "-m",
     "comment",
     "--comment",
@@ -130,7 +144,7 @@ function iptablesRule(queueNum: number): string[] {
     "--queue-num",
     String(queueNum),
     "--queue-bypass",
-  ];
+  ]);
 }
 
 export interface InstallOptions {
@@ -167,24 +181,34 @@ export async function installDnsQueueRule(
     failures.push("iptables: not installed");
   } else {
     for (const table of IPTABLES_TABLES) {
-      const rule = iptablesRule(queueNum);
+      const rules = iptablesRules(queueNum);
+      const added: string[][] = [];
       try {
-        await runOk(iptables, ["-w", "-t", table, "-I", ...rule]);
-        return { backend: "iptables", iptables, table, rule, queueNum };
+        for (const rule of rules) {
+          await runOk(iptables, ["-w", "-t", table, "-I", ...rule]);
+          added.push(rule);
+        }
+        return { backend: "iptables", iptables, table, rules, queueNum };
       } catch (e) {
         failures.push((e as Error).message);
+        // All or nothing: a half-installed pair would queue one transport only.
+        for (const rule of added) {
+          await run(iptables, ["-w", "-t", table, "-D", ...rule]);
+        }
       }
     }
   }
   throw new Error(`cannot install the DNS queue rule:\n  ${failures.join("\n  ")}`);
 }
 
-/** Removes the rule `installDnsQueueRule` returned. Throws FirewallError on failure. */
+/** Removes the rules `installDnsQueueRule` returned. Throws FirewallError on failure. */
 export async function removeDnsQueueRule(handle: RuleHandle): Promise<void> {
   if (handle.backend === "nft") {
     await runOk(handle.nft, ["delete", "table", "ip", handle.table]);
   } else {
-    await runOk(handle.iptables, ["-w", "-t", handle.table, "-D", ...handle.rule]);
+    for (const rule of handle.rules) {
+      await runOk(handle.iptables, ["-w", "-t", handle.table, "-D", ...rule]);
+    }
   }
 }
 

@@ -13,6 +13,7 @@ import {
   removeStaleRules,
 } from "../../lib/runtime/firewall.ts";
 import { parsePq1Name } from "../../lib/core/names.ts";
+import { ipv4ToNumber, numberToIpv4 } from "../../lib/core/ip.ts";
 
 function emit(obj: unknown): void {
   console.log(JSON.stringify(obj));
@@ -29,12 +30,12 @@ async function serve(queueNum: number): Promise<void> {
     queue.close();
     throw e;
   }
-  const next = new Map<string, string>();
+  const next = new Map<string, number>();
   const rewriter = new DnsRewriter({
     parseName: parsePq1Name,
     assign: (_ann, real, owner) => {
       const key = `${owner.toLowerCase()}|${real}`;
-      if (!next.has(key)) next.set(key, `10.43.0.${next.size + 2}`);
+      if (!next.has(key)) next.set(key, ipv4ToNumber(`10.43.0.${next.size + 2}`));
       return next.get(key)!;
     },
   });
@@ -48,7 +49,11 @@ async function serve(queueNum: number): Promise<void> {
       if (r.action === "rewrite") {
         queue.verdict(p.id, true, r.packet);
         emit({
-          rewrite: r.announcements.map((a) => [a.ownerName, a.realAddress, a.internalAddress]),
+          rewrite: r.announcements.map((a) => [
+            a.ownerName,
+            numberToIpv4(a.realAddress),
+            numberToIpv4(a.internalAddress),
+          ]),
         });
       } else {
         queue.verdict(p.id, true);
