@@ -14,27 +14,26 @@ function wrap(msg: object): Uint8Array {
   return udpPacket("198.18.0.53", "198.18.0.2", 53, 40000, new Uint8Array(dnsPacket.encode(msg)));
 }
 
-const plain = wrap({
-  type: "response",
-  id: 1,
-  flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
-  questions: [{ name: "www.example.org", type: "A" }],
-  answers: [
-    { name: "www.example.org", type: "CNAME", ttl: 300, data: "cdn.example.net" },
-    { name: "cdn.example.net", type: "A", ttl: 60, data: "198.18.0.10" },
-    { name: "cdn.example.net", type: "A", ttl: 60, data: "198.18.0.11" },
-  ],
-});
-const announced = wrap({
-  type: "response",
-  id: 2,
-  flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
-  questions: [{ name: "www.lab.test", type: "A" }],
-  answers: [
-    { name: "www.lab.test", type: "CNAME", ttl: 300, data: PQ_NAME },
-    { name: PQ_NAME, type: "A", ttl: 300, data: "198.18.0.1" },
-  ],
-});
+/** A recursive resolver's answer to an A query for `name`. */
+function answer(id: number, name: string, answers: object[]): Uint8Array {
+  return wrap({
+    type: "response",
+    id,
+    flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name, type: "A" }],
+    answers,
+  });
+}
+
+const plain = answer(1, "www.example.org", [
+  { name: "www.example.org", type: "CNAME", ttl: 300, data: "cdn.example.net" },
+  { name: "cdn.example.net", type: "A", ttl: 60, data: "198.18.0.10" },
+  { name: "cdn.example.net", type: "A", ttl: 60, data: "198.18.0.11" },
+]);
+const announced = answer(2, "www.lab.test", [
+  { name: "www.lab.test", type: "CNAME", ttl: 300, data: PQ_NAME },
+  { name: PQ_NAME, type: "A", ttl: 300, data: "198.18.0.1" },
+]);
 
 const internal = ipv4ToNumber("10.43.0.2");
 const rewriter = new DnsRewriter({ parseName: parsePq1Name, assign: () => internal });

@@ -25,6 +25,7 @@ import {
   spawn,
 } from "../tests/lab/netns.ts";
 import type { StepResult } from "../tests/helpers/handshake_gen.ts";
+import { ourServerArgv } from "./our_server.ts";
 
 const PREFIX = "pqts-hsl";
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -164,20 +165,11 @@ function startOurServer(
   kem: string,
   opts: Options,
 ): Promise<{ stop: () => Promise<void>; log: () => string }> {
-  const p: LabProcess = spawn(lab.serverNs, [
-    Deno.execPath(),
-    "run",
-    "-A",
-    ...(opts.profile === null ? [] : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
-    `${ROOT}/main.ts`,
-    "server",
-    "-d",
-    `${ROOT}/tests/fixtures`,
-    "-H",
-    lab.serverAddr,
-    "--kem",
-    kem,
-  ], { name: `our server (${kem})` });
+  const p: LabProcess = spawn(
+    lab.serverNs,
+    ourServerArgv(lab.serverAddr, opts.profile, ["--kem", kem]),
+    { name: `our server (${kem})` },
+  );
   return p.waitFor("serving", 60_000).then(() => ({
     stop: async () => void await p.stop("SIGTERM", 10_000),
     log: () => p.output(),

@@ -30,6 +30,7 @@ import {
   tail,
 } from "../tests/lab/netns.ts";
 import { announcement, dig, mergeZones, startDnsmasq } from "../tests/lab/dnsmasq.ts";
+import { ourServerArgv } from "./our_server.ts";
 
 const PREFIX = "pqts-perf";
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -217,19 +218,9 @@ function mtuArgs(opts: Options): string[] {
 }
 
 function startOurServer(lab: Lab, opts: Options): LabProcess {
-  return spawn(lab.serverNs, [
-    Deno.execPath(),
-    "run",
-    "-A",
-    ...(opts.profile === null ? [] : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
-    `${ROOT}/main.ts`,
-    "server",
-    "-d",
-    `${ROOT}/tests/fixtures`,
-    "-H",
-    lab.serverAddr,
-    ...mtuArgs(opts),
-  ], { name: "our server" });
+  return spawn(lab.serverNs, ourServerArgv(lab.serverAddr, opts.profile, mtuArgs(opts)), {
+    name: "our server",
+  });
 }
 
 async function startOurClient(lab: Lab, opts: Options): Promise<LabProcess> {

@@ -284,20 +284,35 @@ class ResidentBlock {
   }
 }
 
-class ResidentEncapsulator implements Encapsulator {
-  readonly #b: ResidentBlock;
+/** A key kept in WebAssembly memory: its block, released (and wiped) once by dispose. */
+abstract class Resident {
+  protected readonly b: ResidentBlock;
 
-  constructor(kem: WasmKem, publicKey: Uint8Array) {
-    this.#b = new ResidentBlock(kem, kem.publicKeyBytes, false, this);
-    kem.put(this.#b.keyPtr, publicKey);
+  constructor(kem: WasmKem, key: Uint8Array, keyBytes: number, secret: boolean) {
+    this.b = new ResidentBlock(kem, keyBytes, secret, this);
+    kem.put(this.b.keyPtr, key);
   }
 
   get kem(): Kem {
-    return this.#b.kem;
+    return this.b.kem;
+  }
+
+  dispose(): void {
+    this.b.release();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+class ResidentEncapsulator extends Resident implements Encapsulator {
+  constructor(kem: WasmKem, publicKey: Uint8Array) {
+    super(kem, publicKey, kem.publicKeyBytes, false);
   }
 
   encapsulate(): Encapsulation {
-    const b = this.#b;
+    const b = this.b;
     b.check();
     const k = b.kem;
     try {
@@ -310,30 +325,15 @@ class ResidentEncapsulator implements Encapsulator {
       k.wipe(b.ssPtr, k.sharedSecretBytes);
     }
   }
-
-  dispose(): void {
-    this.#b.release();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
-class ResidentDecapsulator implements Decapsulator {
-  readonly #b: ResidentBlock;
-
+class ResidentDecapsulator extends Resident implements Decapsulator {
   constructor(kem: WasmKem, secretKey: Uint8Array) {
-    this.#b = new ResidentBlock(kem, kem.secretKeyBytes, true, this);
-    kem.put(this.#b.keyPtr, secretKey);
-  }
-
-  get kem(): Kem {
-    return this.#b.kem;
+    super(kem, secretKey, kem.secretKeyBytes, true);
   }
 
   decapsulate(ciphertext: Uint8Array): Uint8Array {
-    const b = this.#b;
+    const b = this.b;
     b.check();
     const k = b.kem;
     checkBytes(k.name, "ciphertext", ciphertext, k.ciphertextBytes);
@@ -344,14 +344,6 @@ class ResidentDecapsulator implements Decapsulator {
     } finally {
       k.wipe(b.ssPtr, k.sharedSecretBytes);
     }
-  }
-
-  dispose(): void {
-    this.#b.release();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
   }
 }
 

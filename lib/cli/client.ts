@@ -3,6 +3,7 @@
 import {
   type Command,
   interfaceOption,
+  optionalIpv4Option,
   parseInterfaceName,
   parseIpv4Option,
   parseKemOption,
@@ -70,9 +71,7 @@ export function parseClientArgs(args: string[]): ClientRequest {
       kem: parseKemOption(values.kem!),
       canary: !values["allow-app-dns"],
       verbose: values.verbose! || values["very-verbose"]!,
-      hostAddress: values["host-ip"] === undefined
-        ? undefined
-        : parseIpv4Option(values["host-ip"], "--host-ip"),
+      hostAddress: optionalIpv4Option(values["host-ip"], "--host-ip"),
     },
   };
 }
@@ -167,9 +166,7 @@ export const clientWorkerCommand: Command = {
       kem: parseKemOption(values.kem!),
       canary: !values["no-canary"],
       verbose: values.verbose!,
-      hostAddress: values["host-ip"] === undefined
-        ? undefined
-        : parseIpv4Option(values["host-ip"], "--host-ip"),
+      hostAddress: optionalIpv4Option(values["host-ip"], "--host-ip"),
     });
   },
 };

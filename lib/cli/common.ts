@@ -43,6 +43,11 @@ export function parseIpv4Option(value: string | undefined, what: string): string
   return value;
 }
 
+/** An IPv4 address option that may be left out. */
+export function optionalIpv4Option(value: string | undefined, what: string): string | undefined {
+  return value === undefined ? undefined : parseIpv4Option(value, what);
+}
+
 export function parsePrefix(value: string | undefined, fallback: number, max = 30): number {
   if (value === undefined) return fallback;
   if (!/^\d{1,2}$/.test(value) || Number(value) < 8 || Number(value) > max) {

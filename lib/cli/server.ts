@@ -3,6 +3,7 @@
 import {
   type Command,
   interfaceOption,
+  optionalIpv4Option,
   parseInterfaceName,
   parseIpv4Option,
   parseKemOption,
@@ -64,9 +65,7 @@ export function parseServerArgs(
       tunAddress: parseIpv4Option(values.addr, "--addr"),
       prefix,
       interfaceName: name,
-      hostAddress: values["host-ip"] === undefined
-        ? undefined
-        : parseIpv4Option(values["host-ip"], "--host-ip"),
+      hostAddress: optionalIpv4Option(values["host-ip"], "--host-ip"),
       user: values.user!,
       mtu,
       maxPeers,

@@ -3,7 +3,6 @@
 // with the TUN device and a channel, moves DNS answers between the queue and the worker without
 // parsing them, and on exit removes every rule and file it made.
 
-import { ipv4ToNumber } from "../core/ip.ts";
 import type { Logger } from "../core/log.ts";
 import { StderrLogger } from "../runtime/log.ts";
 import { WORKER_ENV, workerFlags } from "../runtime/permissions.ts";
@@ -19,8 +18,7 @@ import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
 import { pump } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
-import { TunDevice } from "../../ffi/tun.ts";
-import { configureInterface } from "../../ffi/rtnetlink.ts";
+import { openInterface } from "../runtime/interface.ts";
 import { NfQueue } from "../../ffi/nfqueue.ts";
 import {
   closeFd,
@@ -84,13 +82,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       } catch { /* the worker removed it */ }
     });
 
-    const tun = TunDevice.open(opts.interfaceName);
-    cleanup.add(() => tun.close());
-    await configureInterface(tun.name, {
-      address: ipv4ToNumber(opts.tunAddress),
-      prefix: opts.prefix,
-      mtu: opts.mtu,
-    });
+    const tun = await openInterface(opts, cleanup);
     const queue = await NfQueue.open(opts.queueNum);
     cleanup.add(() => queue.close());
     const [mine, theirs] = socketPair();

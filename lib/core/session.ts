@@ -319,10 +319,17 @@ export class TunnelSession {
   private readonly header = new Uint8Array(TUNNEL_HEADER_BYTES);
   private closed = false;
 
-  private constructor(readonly tid: Uint8Array, send: SendChain, recv: ReceiveChain) {
+  /** Both chains start at `epoch` from their roots (which they take over). */
+  private constructor(
+    readonly tid: Uint8Array,
+    sendRoot: Uint8Array,
+    recvRoot: Uint8Array,
+    epoch: number,
+    now: number,
+  ) {
     if (tid.length !== TID_BYTES) throw new Error("tid must be 32 bytes");
-    this.send = send;
-    this.recv = recv;
+    this.send = new SendChain(sendRoot, epoch, now);
+    this.recv = new ReceiveChain(recvRoot, epoch, now);
     writeU16be(this.header, 0, MSG_TUNNEL);
     this.header.set(tid, 2);
   }
@@ -334,11 +341,7 @@ export class TunnelSession {
     recvRoot: Uint8Array,
     now: number,
   ): TunnelSession {
-    return new TunnelSession(
-      tid.slice(),
-      new SendChain(sendRoot, 0, now),
-      new ReceiveChain(recvRoot, 0, now),
-    );
+    return new TunnelSession(tid.slice(), sendRoot, recvRoot, 0, now);
   }
 
   /** Rebuilds a session from a cookie: both chains resume at epoch + 1 from the saved roots. */
@@ -349,11 +352,7 @@ export class TunnelSession {
     recvRoot: Uint8Array,
     now: number,
   ): TunnelSession {
-    return new TunnelSession(
-      tid.slice(),
-      new SendChain(sendRoot, epoch + 1, now),
-      new ReceiveChain(recvRoot, epoch + 1, now),
-    );
+    return new TunnelSession(tid.slice(), sendRoot, recvRoot, epoch + 1, now);
   }
 
   get sendEpoch(): number {

@@ -15,8 +15,7 @@ import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
 import { StderrLogger } from "../runtime/log.ts";
 import { installAeadBackend } from "../runtime/aead_backend.ts";
 import { ServerDevice } from "./device.ts";
-import { TunDevice } from "../../ffi/tun.ts";
-import { configureInterface } from "../../ffi/rtnetlink.ts";
+import { openInterface } from "../runtime/interface.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
@@ -61,13 +60,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
 
   const cleanup = new Cleanup(log);
   try {
-    const tun = TunDevice.open(opts.interfaceName);
-    cleanup.add(() => tun.close());
-    await configureInterface(tun.name, {
-      address: ipv4ToNumber(opts.tunAddress),
-      prefix: opts.prefix,
-      mtu: opts.mtu,
-    });
+    const tun = await openInterface(opts, cleanup);
     // Room for a tunnel packet of a full-MTU payload with a cookie in front of it.
     const maxDatagram = Math.min(
       MAX_UDP_PAYLOAD,
