@@ -1,13 +1,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
-import {
-  containsPq1,
-  DnsRewriter,
-  type DnsRewriteResult,
-  type Pq1Announcement,
-} from "../lib/core/dns_rewrite.ts";
-import { formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
+import { containsPq1, DnsRewriter, type DnsRewriteResult } from "../lib/core/dns_rewrite.ts";
+import { type Announcement, formatPq1Label, parsePq1Name } from "../lib/core/names.ts";
 import { checkUdpPacket, udpPacket } from "./helpers/udp_packet.ts";
 import { ipv4ToNumber, numberToIpv4 } from "../lib/core/ip.ts";
 import { DNSMASQ, startDnsmasq, udpQuery } from "./helpers/dnsmasq.ts";
@@ -54,9 +49,9 @@ function decodeOut(r: DnsRewriteResult) {
 
 /** Hands out 10.43.0.2, .3, ... and remembers what it was asked. */
 function makeAssigner() {
-  const calls: Array<{ ann: Pq1Announcement; real: string; owner: string; answers: boolean }> = [];
+  const calls: Array<{ ann: Announcement; real: string; owner: string; answers: boolean }> = [];
   const table = new Map<string, number>();
-  const assign = (ann: Pq1Announcement, realNum: number, owner: string, answers: boolean) => {
+  const assign = (ann: Announcement, realNum: number, owner: string, answers: boolean) => {
     const real = numberToIpv4(realNum);
     calls.push({ ann, real, owner, answers });
     const key = `${owner.toLowerCase()}|${real}`;

@@ -16,16 +16,11 @@
 // a label), so a label holding a newline or ESC cannot reach a log line raw.
 
 import { inSubnet, type Subnet } from "./ip.ts";
-
-/** What a pq1 label says (the shape `parsePq1Name` of lib/core/names.ts returns). */
-export interface Pq1Announcement {
-  keyHash: Uint8Array;
-  cryptoPort?: number;
-  keyPort?: number;
-}
+import type { Announcement } from "./names.ts";
+import { readU16be, readU32be, writeU16be, writeU32be } from "./bytes.ts";
 
 /** Finds the announcement in an (escaped) DNS name; null for an ordinary name. Must not throw. */
-export type Pq1NameParser = (name: string) => Pq1Announcement | null;
+export type Pq1NameParser = (name: string) => Announcement | null;
 
 /**
  * Gives an announced server, seen at `realAddress` under `ownerName` (escaped, no final dot),
@@ -35,7 +30,7 @@ export type Pq1NameParser = (name: string) => Pq1Announcement | null;
  * record is then neutralised, never passed with the real address.
  */
 export type AssignAddress = (
-  announcement: Pq1Announcement,
+  announcement: Announcement,
   realAddress: number,
   ownerName: string,
   answersQuestion: boolean,
@@ -57,7 +52,7 @@ export interface AnnouncedRecord {
   ownerName: string;
   realAddress: number;
   internalAddress: number;
-  announcement: Pq1Announcement;
+  announcement: Announcement;
   answersQuestion: boolean;
 }
 
@@ -182,26 +177,6 @@ function mightBeCanary(m: Uint8Array): boolean {
   return m.length > 12 + CANARY_NAME.length && m[12] === CANARY_NAME.indexOf(".");
 }
 
-function u16(m: Uint8Array, o: number): number {
-  return (m[o] << 8) | m[o + 1];
-}
-
-function setU16(m: Uint8Array, o: number, v: number): void {
-  m[o] = v >> 8;
-  m[o + 1] = v & 0xff;
-}
-
-function u32(m: Uint8Array, o: number): number {
-  return ((m[o] << 24) | (m[o + 1] << 16) | (m[o + 2] << 8) | m[o + 3]) >>> 0;
-}
-
-function setU32(m: Uint8Array, o: number, v: number): void {
-  m[o] = v >>> 24;
-  m[o + 1] = (v >>> 16) & 0xff;
-  m[o + 2] = (v >>> 8) & 0xff;
-  m[o + 3] = v & 0xff;
-}
-
 /**
  * The records of one message in one typed array (7 numbers each), so that thousands of them
  * cost the garbage collector nothing; `get` fills one reused cursor.
@@ -274,10 +249,10 @@ function* walk(m: Uint8Array, perStep: number): Generator<void, Walk | string, v
   if (m.length < 12) return "short header";
   const questions: number[] = [];
   // A record takes at least 11 bytes: no message holds more than length / 11 of them.
-  const declared = u16(m, 6) + u16(m, 8) + u16(m, 10);
+  const declared = readU16be(m, 6) + readU16be(m, 8) + readU16be(m, 10);
   const records = new RecordTable(Math.min(declared, Math.floor(m.length / 11)));
   let o = 12;
-  const qd = u16(m, 4);
+  const qd = readU16be(m, 4);
   for (let i = 0; i < qd; i++) {
     const end = nameEnd(m, o);
     if (end < 0 || end + 4 > m.length) return "question";
@@ -285,16 +260,16 @@ function* walk(m: Uint8Array, perStep: number): Generator<void, Walk | string, v
     o = end + 4;
   }
   for (let s = 0; s < 3; s++) {
-    const count = u16(m, 6 + 2 * s);
+    const count = readU16be(m, 6 + 2 * s);
     for (let i = 0; i < count; i++) {
       const end = nameEnd(m, o);
       if (end < 0 || end + 10 > m.length) return "record header";
-      const rdlength = u16(m, end + 8);
+      const rdlength = readU16be(m, end + 8);
       const rdata = end + 10;
       if (rdata + rdlength > m.length) return "rdata past the end";
-      const type = u16(m, end);
+      const type = readU16be(m, end);
       if (type === TYPE_OPT && s !== 2) return "OPT outside the additional section";
-      records.push(s, o, type, u16(m, end + 2), end + 4, rdata, rdlength);
+      records.push(s, o, type, readU16be(m, end + 2), end + 4, rdata, rdlength);
       o = rdata + rdlength;
       if (records.length % perStep === 0) yield;
     }
@@ -305,8 +280,8 @@ function* walk(m: Uint8Array, perStep: number): Generator<void, Walk | string, v
 
 /** Neutralises a record in place: private type, TTL 0, rdata zeroed (length kept). */
 function neutralise(m: Uint8Array, r: RecordRef): void {
-  setU16(m, r.ttlAt - 4, NEUTRAL_TYPE);
-  setU32(m, r.ttlAt, 0);
+  writeU16be(m, r.ttlAt - 4, NEUTRAL_TYPE);
+  writeU32be(m, r.ttlAt, 0);
   m.fill(0, r.rdata, r.rdata + r.rdlength);
 }
 
@@ -334,8 +309,8 @@ function svcParams(m: Uint8Array, r: RecordRef): { key: number; at: number; len:
   let last = -1;
   while (o < end) {
     if (o + 4 > end) return null;
-    const key = u16(m, o);
-    const len = u16(m, o + 2);
+    const key = readU16be(m, o);
+    const len = readU16be(m, o + 2);
     if (key <= last || o + 4 + len > end) return null;
     params.push({ key, at: o + 4, len });
     last = key;
@@ -372,13 +347,15 @@ export function* editDnsAnswerInSteps(
   perStep = RECORDS_PER_STEP,
 ): Generator<void, AnswerEditResult, void> {
   if (m.length < 12) return { kind: "malformed", why: "short header" };
-  const flags = u16(m, 2);
+  const flags = readU16be(m, 2);
   // QR set and opcode QUERY; other messages are not answers we judge.
   if ((flags & 0x8000) === 0 || (flags & 0x7800) !== 0) return { kind: "unchanged" };
   const canaryOn = opts.canary ?? true;
   const pq1 = containsPq1(m, 12);
   // The canary name has no "pq1"; it is recognised by its question, which needs the walk.
-  if (!pq1 && !(canaryOn && u16(m, 4) === 1 && mightBeCanary(m))) return { kind: "unchanged" };
+  if (!pq1 && !(canaryOn && readU16be(m, 4) === 1 && mightBeCanary(m))) {
+    return { kind: "unchanged" };
+  }
   const w = yield* walk(m, perStep);
   if (typeof w === "string") return { kind: "malformed", why: w };
 
@@ -430,7 +407,7 @@ export function* editDnsAnswerInSteps(
     if (t === undefined) texts.set(o, t = nameText(m, o));
     return t;
   };
-  const parsed = new Map<string, Pq1Announcement | null>();
+  const parsed = new Map<string, Announcement | null>();
   const given = new Map<string, Map<number, number | null>>(); // owner -> address -> internal
   const announcements: AnnouncedRecord[] = [];
   const maxNames = opts.maxAnnouncedNames ?? 16;
@@ -438,7 +415,7 @@ export function* editDnsAnswerInSteps(
   let neutralised = 0;
   let changed = false;
 
-  const internalFor = (ann: Pq1Announcement, owner: string, real: number): number | null => {
+  const internalFor = (ann: Announcement, owner: string, real: number): number | null => {
     let byAddress = given.get(owner);
     if (byAddress === undefined) given.set(owner, byAddress = new Map());
     const known = byAddress.get(real);
@@ -497,20 +474,20 @@ export function* editDnsAnswerInSteps(
         changed = true;
         continue;
       }
-      const real = u32(m, r.rdata);
+      const real = readU32be(m, r.rdata);
       if (inSubnet(real, opts.subnet)) continue;
       const internal = internalFor(ann, owner, real);
       if (internal === null) {
         neutralise(m, r);
         neutralised++;
       } else {
-        setU32(m, r.rdata, internal);
-        setU32(m, r.ttlAt, 0);
+        writeU32be(m, r.rdata, internal);
+        writeU32be(m, r.ttlAt, 0);
       }
       changed = true;
     } else {
       if (editSvcb(m, r, ann, owner, opts.subnet, internalFor)) {
-        setU32(m, r.ttlAt, 0);
+        writeU32be(m, r.ttlAt, 0);
       } else {
         neutralise(m, r);
         neutralised++;
@@ -529,10 +506,10 @@ export function* editDnsAnswerInSteps(
 function editSvcb(
   m: Uint8Array,
   r: RecordRef,
-  ann: Pq1Announcement,
+  ann: Announcement,
   owner: string,
   subnet: Subnet,
-  internalFor: (ann: Pq1Announcement, owner: string, real: number) => number | null,
+  internalFor: (ann: Announcement, owner: string, real: number) => number | null,
 ): boolean {
   const params = svcParams(m, r);
   if (params === null) return false;
@@ -546,11 +523,11 @@ function editSvcb(
   for (const p of params) {
     if (p.key === SVC_IPV4HINT) {
       for (let a = p.at; a < p.at + p.len; a += 4) {
-        const real = u32(m, a);
+        const real = readU32be(m, a);
         if (inSubnet(real, subnet)) continue;
         const internal = internalFor(ann, owner, real);
         if (internal === null) return false;
-        setU32(m, a, internal);
+        writeU32be(m, a, internal);
       }
     } else if (p.key === SVC_IPV6HINT) {
       for (let a = p.at; a < p.at + p.len; a += 16) {

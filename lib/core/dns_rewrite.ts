@@ -17,19 +17,18 @@ import {
   RECORDS_PER_STEP,
   runSteps,
 } from "./dns_answer.ts";
+import { readU16be } from "./bytes.ts";
 import {
-  internetChecksum,
   ipv4HeaderLength,
   ipv4IsFragment,
   parseSubnet,
   PROTO_TCP,
   PROTO_UDP,
-  pseudoHeaderSum,
+  setTransportChecksum,
   type Subnet,
 } from "./ip.ts";
 
 export type { AnnouncedRecord, AssignAddress, Pq1NameParser } from "./dns_answer.ts";
-export type { Pq1Announcement } from "./dns_answer.ts";
 export { containsPq1 } from "./dns_answer.ts";
 
 export type PassReason =
@@ -131,17 +130,17 @@ function* rewrite(
 ): Generator<void, DnsRewriteResult, void> {
   const hl = ipv4HeaderLength(packet);
   if (hl === 0 || ipv4IsFragment(packet)) return pass("not-dns");
-  const total = (packet[2] << 8) | packet[3];
+  const total = readU16be(packet, 2);
   if (total > packet.length) return pass("not-dns");
   const proto = packet[9];
   if (proto !== PROTO_UDP && proto !== PROTO_TCP) return pass("not-dns");
   if (total - hl < (proto === PROTO_UDP ? 8 : 20)) return pass("not-dns");
-  if (((packet[hl] << 8) | packet[hl + 1]) !== DNS_PORT) return pass("not-dns");
+  if (readU16be(packet, hl) !== DNS_PORT) return pass("not-dns");
 
   // The DNS messages inside, as [start, end) in the packet.
   const messages: [number, number][] = [];
   if (proto === PROTO_UDP) {
-    const udpLen = (packet[hl + 4] << 8) | packet[hl + 5];
+    const udpLen = readU16be(packet, hl + 4);
     if (udpLen < 8 || hl + udpLen > total) return pass("not-dns");
     messages.push([hl + 8, hl + udpLen]);
   } else {
@@ -151,7 +150,7 @@ function* rewrite(
     if (o === total) return pass("not-dns"); // a bare ACK, SYN or FIN
     while (o < total) {
       if (o + 2 > total) return pass("tcp-partial");
-      const len = (packet[o] << 8) | packet[o + 1];
+      const len = readU16be(packet, o);
       if (o + 2 + len > total) return pass("tcp-partial");
       messages.push([o + 2, o + 2 + len]);
       o += 2 + len;
@@ -177,37 +176,13 @@ function* rewrite(
   }
   if (out === null) return pass(malformed ? "malformed" : "unchanged");
   yield; // the copy and the checksum below cover the whole packet: a step of their own
-  if (proto === PROTO_UDP) setUdpChecksum(out, hl, total);
-  else setTcpChecksum(out, hl, total);
+  if (proto === PROTO_UDP) setUdpChecksum(out, hl);
+  else setTransportChecksum(out, hl, total, PROTO_TCP);
   return { action: "rewrite", packet: out, announcements, neutralised, canary };
 }
 
-function addresses(p: Uint8Array): [number, number] {
-  const src = ((p[12] << 24) | (p[13] << 16) | (p[14] << 8) | p[15]) >>> 0;
-  const dst = ((p[16] << 24) | (p[17] << 16) | (p[18] << 8) | p[19]) >>> 0;
-  return [src, dst];
-}
-
 /** Recomputes the UDP checksum, unless the sender sent none (zero), which stays none. */
-function setUdpChecksum(p: Uint8Array, hl: number, total: number): void {
-  if (p[hl + 6] === 0 && p[hl + 7] === 0) return;
-  const udpLen = (p[hl + 4] << 8) | p[hl + 5];
-  p[hl + 6] = 0;
-  p[hl + 7] = 0;
-  const [src, dst] = addresses(p);
-  let c = internetChecksum(p, hl, hl + udpLen, pseudoHeaderSum(src, dst, PROTO_UDP, udpLen));
-  if (c === 0) c = 0xffff;
-  p[hl + 6] = c >> 8;
-  p[hl + 7] = c & 0xff;
-  void total;
-}
-
-function setTcpChecksum(p: Uint8Array, hl: number, total: number): void {
-  const len = total - hl;
-  p[hl + 16] = 0;
-  p[hl + 17] = 0;
-  const [src, dst] = addresses(p);
-  const c = internetChecksum(p, hl, total, pseudoHeaderSum(src, dst, PROTO_TCP, len));
-  p[hl + 16] = c >> 8;
-  p[hl + 17] = c & 0xff;
+function setUdpChecksum(p: Uint8Array, hl: number): void {
+  if (readU16be(p, hl + 6) === 0) return;
+  setTransportChecksum(p, hl, hl + readU16be(p, hl + 4), PROTO_UDP);
 }

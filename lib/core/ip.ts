@@ -118,6 +118,18 @@ export function setIpv4HeaderChecksum(p: Uint8Array): void {
 }
 
 /**
+ * Recomputes the TCP or UDP checksum of the segment p[hl:end] in place, over the pseudo-header
+ * of the packet's own addresses. A UDP result of 0 is sent as 0xffff (0 means "no checksum").
+ */
+export function setTransportChecksum(p: Uint8Array, hl: number, end: number, protocol: number) {
+  const at = hl + (protocol === PROTO_TCP ? 16 : 6);
+  writeU16be(p, at, 0);
+  const pseudo = pseudoHeaderSum(readU32be(p, 12), readU32be(p, 16), protocol, end - hl);
+  const c = internetChecksum(p, hl, end, pseudo);
+  writeU16be(p, at, c === 0 && protocol === PROTO_UDP ? 0xffff : c);
+}
+
+/**
  * RFC 1624 incremental update (eqn. 3, HC' = ~(~HC + ~m + m')) of a checksum when one 16-bit
  * word of the covered data changes from `oldWord` to `newWord`.
  */

@@ -9,7 +9,6 @@
 
 import {
   checksumAdjust32,
-  internetChecksum,
   ipv4FragmentOffset,
   ipv4HeaderLength,
   ipv4IsFragment,
@@ -17,8 +16,8 @@ import {
   PROTO_TCP,
   PROTO_UDP,
   PROTO_UDPLITE,
-  pseudoHeaderSum,
   setIpv4HeaderChecksum,
+  setTransportChecksum,
 } from "./ip.ts";
 import { readU16be, readU32be, writeU16be, writeU32be } from "./bytes.ts";
 
@@ -35,17 +34,7 @@ export function translate(p: Uint8Array, src: number, dst: number): boolean {
   const at = protocol === PROTO_TCP ? hl + 16 : protocol === PROTO_UDP ? hl + 6 : -1;
   if (at >= 0 && at + 2 > total) return false; // checked before anything is written
   writeAddresses(p, src >>> 0, dst >>> 0);
-  if (at >= 0) {
-    writeU16be(p, at, 0);
-    let c = internetChecksum(
-      p,
-      hl,
-      total,
-      pseudoHeaderSum(src >>> 0, dst >>> 0, protocol, total - hl),
-    );
-    if (c === 0 && protocol === PROTO_UDP) c = 0xffff; // 0 means "no checksum" in UDP
-    writeU16be(p, at, c);
-  }
+  if (at >= 0) setTransportChecksum(p, hl, total, protocol);
   setIpv4HeaderChecksum(p);
   return true;
 }
