@@ -10,8 +10,11 @@
 // namespace on the same machine and prepares each step's initiations before its window.
 //
 // Options:
-//   --window N        seconds of sending per step (default 1)
+//   --window N        seconds of sending per step (default: 2 for native KEMs, 4 for the slower
+//                     servers, so that a second of queueing does not dominate their figures)
+//   --no-native       skip our server with native KEMs
 //   --no-wasm         skip our server with WebAssembly KEMs
+//   --keep-logs       print the last lines of each server's log
 //   --no-reference    skip the reference server
 //   --json FILE       also write the figures as JSON
 //   --profile DIR     run our server with --cpu-prof, the profiles land in DIR
@@ -36,24 +39,36 @@ const SOURCES = 2000;
 
 interface Options {
   window: number;
+  native: boolean;
   wasm: boolean;
   reference: boolean;
+  keepLogs: boolean;
   json: string | null;
   profile: string | null;
 }
 
 function parseArgs(args: string[]): Options {
-  const o: Options = { window: 1, wasm: true, reference: true, json: null, profile: null };
+  const o: Options = {
+    window: 0,
+    native: true,
+    wasm: true,
+    reference: true,
+    keepLogs: false,
+    json: null,
+    profile: null,
+  };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === "--window") o.window = Number(args[++i]);
     else if (a === "--no-wasm") o.wasm = false;
+    else if (a === "--no-native") o.native = false;
+    else if (a === "--keep-logs") o.keepLogs = true;
     else if (a === "--no-reference") o.reference = false;
     else if (a === "--json") o.json = args[++i];
     else if (a === "--profile") o.profile = args[++i];
     else throw new Error(`unknown option ${a}`);
   }
-  if (!(o.window > 0 && o.window <= 10)) throw new Error("--window must be in (0, 10]");
+  if (!(o.window >= 0 && o.window <= 10)) throw new Error("--window must be in (0, 10]");
   return o;
 }
 
@@ -113,6 +128,7 @@ async function measureServer(
   name: string,
   steps: number[],
   opts: Options,
+  window: number,
   start: () => Promise<{ stop: () => Promise<void>; log: () => string }>,
 ): Promise<ServerRun> {
   console.log(`\n== ${name}`);
@@ -126,7 +142,7 @@ async function measureServer(
       keyPort: 42425,
       sources: sourceAddresses(SOURCES),
       steps,
-      window: opts.window,
+      window: opts.window || window,
       drain: 2.5,
       adaptive: true,
     }, (line) => {
@@ -151,8 +167,8 @@ async function measureServer(
   const rising = result.steps.slice(0, -1);
   result.overload = result.steps.at(-1) ?? null;
   result.capacity = Math.max(0, ...rising.map((s) => s.answeredRate));
-  const drops = server.log().match(/dropped: .*$/gm)?.at(-1);
-  if (drops) result.notes.push(drops);
+  for (const drops of server.log().match(/dropped: .*$/gm) ?? []) result.notes.push(drops);
+  if (opts.keepLogs) console.log(server.log().split("\n").slice(-40).join("\n"));
   return result;
 }
 
@@ -184,22 +200,26 @@ async function main(): Promise<void> {
   const load = await Deno.readTextFile("/proc/loadavg");
   try {
     await addSources(lab, sourceAddresses(SOURCES));
-    runs.push(
-      await measureServer(
-        lab,
-        "ours, native KEMs",
-        [250, 500, 1000, 2000, 3000, 4000, 6000],
-        opts,
-        () => startOurServer(lab, "native", opts),
-      ),
-    );
+    if (opts.native) {
+      runs.push(
+        await measureServer(
+          lab,
+          "ours, native KEMs",
+          [250, 500, 1000, 1500, 2000, 2500, 3000, 4000],
+          opts,
+          2,
+          () => startOurServer(lab, "native", opts),
+        ),
+      );
+    }
     if (opts.wasm) {
       runs.push(
         await measureServer(
           lab,
           "ours, WebAssembly KEMs",
-          [5, 10, 20, 40, 80],
+          [5, 10, 15, 20, 30, 40],
           opts,
+          4,
           () => startOurServer(lab, "wasm", opts),
         ),
       );
@@ -210,10 +230,17 @@ async function main(): Promise<void> {
       try {
         await ref.installServerKeys(`${ROOT}/tests/fixtures/`);
         runs.push(
-          await measureServer(lab, "reference server", [25, 50, 100, 200], opts, async () => {
-            const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
-            return { stop: () => p.stop(), log: () => p.log() };
-          }),
+          await measureServer(
+            lab,
+            "reference server",
+            [25, 50, 100, 150, 200],
+            opts,
+            4,
+            async () => {
+              const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
+              return { stop: () => p.stop(), log: () => p.log() };
+            },
+          ),
         );
       } finally {
         await ref.restoreReferenceKeys();

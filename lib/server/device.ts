@@ -61,7 +61,8 @@ interface HandshakeJob {
   msg: Initiation;
   host: number;
   port: number;
-  source: string;
+  /** host * 65536 + port: the client address as one number. */
+  source: number;
   c0Key: string;
   arrived: number;
 }
@@ -81,8 +82,9 @@ export class ServerDevice {
   private readonly queue: HandshakeQueue<HandshakeJob>;
   /** c0 of every queued or running handshake: a replayed copy is refused before any work. */
   private readonly inFlightC0 = new Set<string>();
-  /** Per client address "host:port": its handshakes not yet finished, and its held packets. */
-  private readonly clients = new Map<string, { handshakes: number; held: HeldPacket[] }>();
+  /** Per client address (host * 65536 + port): its handshakes not yet finished, and its held
+   * packets. */
+  private readonly clients = new Map<number, { handshakes: number; held: HeldPacket[] }>();
   private running = 0;
   handshakes = 0;
 
@@ -135,7 +137,7 @@ export class ServerDevice {
    * client address, so a flood of packets for unknown tunnels cannot crowd out a real client's.
    */
   private hold(key: string, data: Uint8Array, host: number, port: number): void {
-    const client = this.clients.get(`${host}:${port}`);
+    const client = this.clients.get(host * 65536 + port);
     if (!client) return this.drops.count("tunnel-unknown-tid");
     if (client.held.length >= HELD_PER_CLIENT) return this.drops.count("tunnel-held-overflow");
     client.held.push({ tidKey: key, data: data.slice(), until: this.clock.mono() + HELD_SECONDS });
@@ -145,16 +147,17 @@ export class ServerDevice {
   private onInitiation(data: Uint8Array, host: number, port: number): void {
     const parsed = parseInitiation(data);
     if (!parsed) return this.drops.count("handshake-malformed");
+    // Under overload this is the common case: refuse it before spending anything on it.
+    if (this.queue.full) return this.drops.count("handshake-busy");
     const now = this.clock.mono();
     // Replays first: refusing one costs a lookup, and it should not spend the sender's tokens.
     if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
     const c0Key = replayKey(parsed.c0);
     if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
     if (!this.limiter.allow(host, now)) return this.drops.count("handshake-rate-limited");
-    if (this.queue.full) return this.drops.count("handshake-busy");
     const copy = data.slice(); // the receive buffer is reused
     const msg = parseInitiation(copy)!;
-    const source = `${host}:${port}`;
+    const source = host * 65536 + port;
     this.queue.push({ data: copy, msg, host, port, source, c0Key, arrived: now }, now);
     this.inFlightC0.add(c0Key);
     const client = this.clients.get(source);
@@ -194,13 +197,14 @@ export class ServerDevice {
   }
 
   /** Hands the held packets of a new tunnel to it, in arrival order. */
-  private releaseHeld(source: string, tidKey: string): void {
+  private releaseHeld(source: number, tidKey: string): void {
     const client = this.clients.get(source);
     if (!client) return;
     const now = this.clock.mono();
     const mine = client.held.filter((h) => h.tidKey === tidKey);
     client.held = client.held.filter((h) => h.tidKey !== tidKey);
-    const [host, port] = source.split(":").map(Number);
+    const host = Math.floor(source / 65536);
+    const port = source % 65536;
     for (const h of mine) {
       if (h.until > now) this.onTunnelPacket(h.data, host, port);
       else this.drops.count("tunnel-held-expired");
