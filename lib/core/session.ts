@@ -135,6 +135,11 @@ export class SendChain {
     old.clear();
   }
 
+  /** Moves on to the epoch the clock says it should send in by `now`. */
+  settle(now: number): void {
+    while (now > this.chain.expiry) this.advance(now);
+  }
+
   /** Takes the next packet key out of the chain (the caller erases it after use). */
   next(now: number): PacketKey {
     const key = this.take(now);
@@ -143,7 +148,7 @@ export class SendChain {
 
   /** next() without the wrapper object: the counter is left in lastCtr, the epoch in epoch. */
   take(now: number): Uint8Array {
-    while (now > this.chain.expiry) this.advance(now);
+    this.settle(now);
     const keys = this.chain.keys;
     if (keys.size === 0) this.chain.step();
     const ctr = this.ctr++;
@@ -467,9 +472,20 @@ export class TunnelSession {
     }
   }
 
-  /** What a cookie must carry to rebuild this session at the next epoch. */
-  cookieState(): { epoch: number; sendRoot: Uint8Array; recvRoot: Uint8Array } | null {
+  /**
+   * What a cookie must carry to rebuild this session at the next epoch. The send side first
+   * settles on its epoch at `now`, the time the cookie is sealed: were the packet carrying the
+   * cookie to start a new epoch, the rebuilt session would send with that epoch's keys again.
+   * An idle peer's receive side lags behind the clock: it is derived forward to that epoch
+   * (the session is retired right after, so the extra epochs live only for the cookie).
+   */
+  cookieState(now: number): { epoch: number; sendRoot: Uint8Array; recvRoot: Uint8Array } | null {
+    if (this.closed) return null;
+    this.send.settle(now);
     const epoch = this.send.epoch;
+    for (let i = 0; i < MAX_EPOCHS && this.recv.latestEpoch < epoch; i++) {
+      if (!this.recv.advance(now)) break;
+    }
     const recvRoot = this.recv.nextEpochRoot(epoch);
     if (!recvRoot) return null;
     return { epoch, sendRoot: this.send.nextEpochRoot.slice(), recvRoot: recvRoot.slice() };
