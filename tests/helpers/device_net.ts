@@ -78,6 +78,8 @@ export class DeviceNet {
   readonly ledger = new KeyLedger();
   /** Every datagram a client sent to the server, as an attacker on the path records them. */
   readonly captured: Uint8Array[] = [];
+  /** Every datagram the server sent to a client. */
+  readonly capturedFromServer: Uint8Array[] = [];
   readonly clients: NetClient[] = [];
   faults: Faults = { loss: 0, duplicate: 0, reorder: 0 };
   server!: ServerDevice;
@@ -89,6 +91,11 @@ export class DeviceNet {
   private ephemeral!: EphemeralKeyStore;
   private heldBack: (() => void) | null = null;
   private readonly maxCaptured = 4096;
+
+  static keyTree(): KeyTree {
+    tree ??= KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
+    return tree;
+  }
 
   private constructor(
     readonly pool: CryptoPool,
@@ -104,7 +111,7 @@ export class DeviceNet {
     log: Logger,
     opts: { maxPeers: number; clients: number; clock?: TestClock },
   ): Promise<DeviceNet> {
-    tree ??= KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
+    DeviceNet.keyTree();
     const net = new DeviceNet(pool, opts.clock ?? new TestClock(), rng, log, opts.maxPeers);
     await net.startServer();
     for (let i = 0; i < opts.clients; i++) net.addClient(ipv4ToNumber(`198.18.1.${i + 2}`));
@@ -144,6 +151,9 @@ export class DeviceNet {
       {
         sendUdp: (data, host, port) => {
           this.ledger.record(data, "server-to-client");
+          if (this.capturedFromServer.length < this.maxCaptured) {
+            this.capturedFromServer.push(data.slice());
+          }
           const to = this.clients.find((c) => c.host === host);
           if (!to) return; // to the attacker's address: recorded, goes nowhere
           const copy = data.slice();
@@ -162,6 +172,11 @@ export class DeviceNet {
       { mono: () => this.clock.mono, wall: () => this.clock.wall },
     );
     await this.serverTick();
+  }
+
+  /** What the server's key server answers to `request` (ok: false when it stays silent). */
+  answerKeyRequest(request: Uint8Array): ReturnType<typeof answerKeyRequest> {
+    return answerKeyRequest(request, tree!, this.ephemeral, this.clock.wall);
   }
 
   /** The server's once-a-second maintenance, with the ephemeral keys it needs. */
