@@ -293,7 +293,7 @@ export async function fuzz(
     const heapAt = (): number => Deno.memoryUsage().heapUsed;
     let heapWarm = 0;
 
-    for (let i = 0; i < opts.inputs; i++) {
+    for (let i = 0; report.total < opts.inputs; i++) {
       let w = rng.int(totalWeight);
       let surface = surfaces[0];
       for (const s of surfaces) {

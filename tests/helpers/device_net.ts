@@ -42,7 +42,12 @@ export class TestClock {
 }
 
 /** A UDP/IPv4 packet with correct checksums. */
-export function udpPacket(src: number, dst: number, payload: Uint8Array): Uint8Array {
+export function udpPacket(
+  src: number,
+  dst: number,
+  payload: Uint8Array,
+  ports: [number, number] = [5000, 6000],
+): Uint8Array {
   const p = new Uint8Array(28 + payload.length);
   const v = new DataView(p.buffer);
   p[0] = 0x45;
@@ -52,8 +57,8 @@ export function udpPacket(src: number, dst: number, payload: Uint8Array): Uint8A
   v.setUint32(12, src);
   v.setUint32(16, dst);
   v.setUint16(10, internetChecksum(p, 0, 20));
-  v.setUint16(20, 5000);
-  v.setUint16(22, 6000);
+  v.setUint16(20, ports[0]);
+  v.setUint16(22, ports[1]);
   v.setUint16(24, 8 + payload.length);
   p.set(payload, 28);
   v.setUint16(
