@@ -49,9 +49,12 @@ Deno.test("replay cache: remembers c0 for 120 s and stays bounded", () => {
   assert.ok(cache.has(c(1), 119));
   assert.ok(!cache.has(c(2), 119));
   assert.ok(!cache.has(c(1), 120), "forgotten after 120 s");
-  for (let i = 0; i < 10; i++) cache.add(c(10 + i), 200);
+  const added = Array.from({ length: 10 }, (_, i) => cache.add(c(10 + i), 200));
+  assert.deepEqual(added, [true, true, true, false, false, false, false, false, false, false]);
   assert.equal(cache.size, 3);
-  assert.ok(cache.has(c(19), 200));
+  assert.ok(cache.has(c(10), 200), "full: the oldest entry is kept, new ones refused");
+  assert.ok(!cache.has(c(19), 200));
+  assert.ok(cache.add(c(19), 320), "room again once entries expire");
 });
 
 Deno.test("address pool: skips network, own and broadcast addresses, reuses freed ones", () => {

@@ -134,7 +134,7 @@ Deno.test("session: packets of another tunnel, short packets and a closed sessio
 Deno.test("session: cookie state rebuilds both sides at the next epoch", () => {
   const { initiator, responder } = pair(0);
   assert.ok(responder.openPacket(initiator.sealPacket(payload(0), 1), 1).ok);
-  const state = responder.cookieState()!;
+  const state = responder.cookieState(1)!;
   assert.equal(state.epoch, 0);
   responder.close();
   const restored = TunnelSession.fromCookie(

@@ -7,6 +7,10 @@
 // Cookie keys: state = kdf(1, session_key, seed); each 30 s slot: state = kdf(1, state, fresh
 // randomness) and the slot's key is that state; keys older than 120 s are erased. Only the
 // server that made a cookie ever opens it, so its timestamps are its own clock's slots.
+//
+// A cookie opens a session once: each slot remembers the nonces of the cookies redeemed under
+// its key for exactly as long as the key lives, so no replay outlives the memory of it. The seed
+// is fresh randomness in every server process, so no cookie survives a restart.
 
 import { concat, equalBytes, readU32be, readU64be, u32be, u64be, wipe } from "./bytes.ts";
 import { openDetached, sealDetached } from "./crypto.ts";
@@ -72,10 +76,24 @@ export function openCookie(key: Uint8Array, cookie: Uint8Array): CookieContents 
   return out;
 }
 
+/** Cookies one slot's key may issue (the reference stops at 4096 too); bounds `redeemed`. */
+export const MAX_COOKIES_PER_SLOT = 4096;
+
+export type Redeemed =
+  | { ok: true; contents: CookieContents }
+  | { ok: false; reason: "invalid" | "replay" };
+
+interface Slot {
+  key: Uint8Array;
+  counter: bigint;
+  /** Nonces (as latin1 strings) of cookies already redeemed; erased with the key. */
+  redeemed: Set<string>;
+}
+
 /** The server's rotating cookie keys. */
 export class CookieKeyring {
   private state: Uint8Array;
-  private readonly slots = new Map<number, { key: Uint8Array; counter: bigint }>();
+  private readonly slots = new Map<number, Slot>();
 
   constructor(sessionKey: Uint8Array, seed: Uint8Array) {
     this.state = kdf(1, sessionKey, seed)[0];
@@ -92,11 +110,12 @@ export class CookieKeyring {
       const next = kdf(1, this.state, randomness)[0];
       wipe(this.state);
       this.state = next;
-      this.slots.set(slot, { key: next.slice(), counter: 0n });
+      this.slots.set(slot, { key: next.slice(), counter: 0n, redeemed: new Set() });
     }
     for (const [ts, entry] of this.slots) {
       if (ts < slot - EPOCH_LIFETIME_SECONDS) {
         wipe(entry.key);
+        entry.redeemed.clear();
         this.slots.delete(ts);
       }
     }
@@ -110,16 +129,45 @@ export class CookieKeyring {
   issue(time: number): { key: Uint8Array; nonce: Uint8Array; timestamp: number } | null {
     const timestamp = CookieKeyring.slotOf(time);
     const entry = this.slots.get(timestamp);
-    if (!entry) return null;
+    if (!entry || entry.counter >= BigInt(MAX_COOKIES_PER_SLOT)) return null;
     const nonce = new Uint8Array(NONCE_BYTES);
     let c = entry.counter++;
     for (let i = NONCE_BYTES - 1; i >= 0 && c > 0n; i--, c >>= 8n) nonce[i] = Number(c & 0xffn);
     return { key: entry.key, nonce, timestamp };
   }
 
+  /**
+   * Opens a returned cookie, at most once in the life of its key. The tag is checked first, so
+   * forged cookies cannot use up nonces of genuine ones.
+   */
+  redeem(cookie: Uint8Array): Redeemed {
+    const ts = cookieTimestamp(cookie);
+    const entry = ts === null ? undefined : this.slots.get(ts);
+    const contents = entry ? openCookie(entry.key, cookie) : null;
+    if (!entry || !contents) return { ok: false, reason: "invalid" };
+    let id = "";
+    for (let i = 16; i < 16 + NONCE_BYTES; i++) id += String.fromCharCode(cookie[i]);
+    if (entry.redeemed.has(id)) {
+      wipe(contents.sendRoot, contents.recvRoot);
+      return { ok: false, reason: "replay" };
+    }
+    entry.redeemed.add(id);
+    return { ok: true, contents };
+  }
+
+  /** Cookies remembered as redeemed, over all live keys. */
+  get redeemedCount(): number {
+    let n = 0;
+    for (const e of this.slots.values()) n += e.redeemed.size;
+    return n;
+  }
+
   clear(): void {
     wipe(this.state);
-    for (const e of this.slots.values()) wipe(e.key);
+    for (const e of this.slots.values()) {
+      wipe(e.key);
+      e.redeemed.clear();
+    }
     this.slots.clear();
   }
 }

@@ -1,6 +1,7 @@
 // Remembers the McEliece ciphertext (c0) of every accepted handshake for 120 s, so that a
-// recorded handshake cannot open a second session. Bounded: under a flood the oldest entries
-// go first, and every accepted handshake already cost the sender a full encapsulation.
+// recorded handshake cannot open a second session. Bounded, and it fails closed: when full it
+// refuses new handshakes rather than forget an entry whose handshake could then be replayed
+// (rebuilding a session with the same keys). Every entry cost its sender a full handshake.
 
 import { EPOCH_LIFETIME_SECONDS } from "./constants.ts";
 
@@ -24,13 +25,12 @@ export class ReplayCache {
     return this.seen.has(replayKey(c0));
   }
 
-  add(c0: Uint8Array, now: number): void {
+  /** Remembers c0; false (and nothing remembered) when the cache is full. */
+  add(c0: Uint8Array, now: number): boolean {
     this.prune(now);
-    if (this.seen.size >= this.maxEntries) {
-      const oldest = this.seen.keys().next().value;
-      if (oldest !== undefined) this.seen.delete(oldest);
-    }
+    if (this.seen.size >= this.maxEntries) return false;
     this.seen.set(replayKey(c0), now + this.lifetime);
+    return true;
   }
 
   /** Entries are in insertion order, so expired ones are at the front. */

@@ -6,8 +6,11 @@
 // each chain step (chain', 18 packet keys) = kdf(19, chain). Every packet key is used once and
 // erased. Time is an argument (seconds, monotonic) so 30 s / 120 s behaviour is testable.
 //
-// Unlike the reference, a packet that fails authentication changes nothing: keys derived
-// ahead to try it are only kept (and epochs only advanced) once its tag verifies.
+// Unlike the reference, a packet that fails authentication moves no epoch: newer epochs derived
+// to try it wait aside (not live, no erasure timer started) until a packet of theirs verifies.
+// The work one packet may cause is bounded before anything is derived: an epoch or counter
+// outside the receive window is refused on its header alone, and keys derived ahead are kept
+// (the genuine sender uses them next), so repeating a forgery costs no new derivation.
 
 import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
 import { kdf } from "./kdf.ts";
@@ -28,6 +31,17 @@ import {
 
 const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
 
+/**
+ * Most key derivations (kdf calls) one received packet can cause: the roots of the epochs up
+ * to the newest the window allows (one kdf(2) each), then the chain steps to the farthest
+ * counter of that epoch's window. An epoch's chain steps only when one of its keys is wanted.
+ */
+export const MAX_DERIVATIONS_PER_PACKET = (MAX_EPOCHS - 1) +
+  Math.ceil(MAX_CHAIN_KEYS / KEYS_PER_CHAIN_STEP);
+
+/** How long epochs derived ahead for packets that did not verify are kept aside. */
+const FUTURE_SECONDS = EPOCH_SECONDS;
+
 /** The keys of one epoch in one direction. */
 class EpochChain {
   readonly nextEpochRoot: Uint8Array;
@@ -39,19 +53,18 @@ class EpochChain {
 
   /**
    * Takes ownership of `root` and erases it. `start` drives the sender's 30 s epoch clock;
-   * `created` the receiver's 120 s erasure.
+   * `created` the receiver's 120 s erasure (an epoch derived ahead is created when adopted).
    */
   constructor(
     root: Uint8Array,
     readonly epoch: number,
     readonly start: number,
-    readonly created: number,
+    public created: number,
   ) {
     const [next, chain] = kdf(2, root);
     wipe(root);
     this.nextEpochRoot = next;
     this.chainKey = chain;
-    this.step();
   }
 
   /** Time after which a sender moves on to the next epoch. */
@@ -70,27 +83,19 @@ class EpochChain {
     return this.nextCtr - 1;
   }
 
-  /** Copy of the ratchet position, for deriving ahead without committing. */
-  fork(): EpochChain {
-    const f = Object.create(EpochChain.prototype) as EpochChain;
-    Object.assign(f, {
-      epoch: this.epoch,
-      start: this.start,
-      created: this.created,
-      nextEpochRoot: this.nextEpochRoot.slice(),
-      chainKey: this.chainKey.slice(),
-      keys: new Map<number, Uint8Array>(),
-      nextCtr: this.nextCtr,
-    });
-    return f;
-  }
-
-  /** Adopts keys derived ahead in a fork; the fork's chain key becomes ours. */
-  absorb(f: EpochChain): void {
-    wipe(this.chainKey, f.nextEpochRoot);
-    this.chainKey = f.chainKey;
-    this.nextCtr = f.nextCtr;
-    for (const [ctr, k] of f.keys) this.keys.set(ctr, k);
+  /**
+   * Chain steps needed before `ctr`'s key is held, or -1 when it never will be: used already
+   * (keys are one-time) or beyond the window (at most MAX_CHAIN_KEYS keys held; as the
+   * reference, an exhausted chain may always step).
+   */
+  stepsTo(ctr: number): number {
+    if (ctr <= this.highestCtr) return this.keys.has(ctr) ? 0 : -1;
+    const held = this.keys.size;
+    const needed = Math.ceil((ctr - this.highestCtr) / KEYS_PER_CHAIN_STEP);
+    const allowed = held >= MAX_CHAIN_KEYS
+      ? 0
+      : Math.ceil((MAX_CHAIN_KEYS - held) / KEYS_PER_CHAIN_STEP);
+    return needed <= allowed ? needed : -1;
   }
 
   clear(): void {
@@ -135,6 +140,11 @@ export class SendChain {
     old.clear();
   }
 
+  /** Moves on to the epoch the clock says it should send in by `now`. */
+  settle(now: number): void {
+    while (now > this.chain.expiry) this.advance(now);
+  }
+
   /** Takes the next packet key out of the chain (the caller erases it after use). */
   next(now: number): PacketKey {
     const key = this.take(now);
@@ -143,7 +153,7 @@ export class SendChain {
 
   /** next() without the wrapper object: the counter is left in lastCtr, the epoch in epoch. */
   take(now: number): Uint8Array {
-    while (now > this.chain.expiry) this.advance(now);
+    this.settle(now);
     const keys = this.chain.keys;
     if (keys.size === 0) this.chain.step();
     const ctr = this.ctr++;
@@ -162,13 +172,16 @@ export class SendChain {
 interface Candidate {
   key: Uint8Array;
   commit: () => void;
-  discard: () => void;
 }
 
 /** Receiving side: several live epochs, keys derived on demand within bounds. */
 export class ReceiveChain {
   private readonly chains = new Map<number, EpochChain>();
   private latest: number;
+  /** Epochs latest+1, latest+2, ... derived for packets not yet verified: not live. */
+  private future: EpochChain[] = [];
+  /** kdf calls made so far (a chain step or a new epoch's root: one each). */
+  derivations = 0;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chains.set(epoch, new EpochChain(root, epoch, now, now));
@@ -187,7 +200,7 @@ export class ReceiveChain {
     return this.chains.get(epoch)?.nextEpochRoot ?? null;
   }
 
-  /** Erases every epoch created more than 120 s ago. */
+  /** Erases every epoch created more than 120 s ago, and epochs kept aside too long. */
   expire(now: number): void {
     for (const [epoch, chain] of this.chains) {
       if (now - chain.created >= EPOCH_LIFETIME_SECONDS) {
@@ -195,13 +208,24 @@ export class ReceiveChain {
         this.chains.delete(epoch);
       }
     }
+    const f = this.future[0];
+    if (f && (now - f.created >= FUTURE_SECONDS || !this.chains.has(this.latest))) {
+      this.dropFuture();
+    }
+  }
+
+  private dropFuture(): void {
+    for (const c of this.future) c.clear();
+    this.future = [];
   }
 
   /** Adds the epoch after the latest (a cookie tells the client to). */
   advance(now: number): boolean {
     const last = this.chains.get(this.latest);
     if (!last || this.latest >= MAX_EPOCH_NUMBER) return false;
+    this.dropFuture();
     const next = makeChain(last, now);
+    this.derivations++;
     this.chains.set(next.epoch, next);
     this.latest = next.epoch;
     return true;
@@ -219,34 +243,48 @@ export class ReceiveChain {
     keys.delete(ctr);
   }
 
-  /** Finds the key for (epoch, ctr) without changing any state until commit(). */
+  /**
+   * Finds the key for (epoch, ctr); no epoch moves until commit(). Anything outside the window
+   * is refused before a single derivation, so a packet costs at most
+   * MAX_DERIVATIONS_PER_PACKET, and only the first time: derived keys are kept.
+   */
   find(epoch: number, ctr: number, now: number): Candidate | null {
     const existing = this.chains.get(epoch);
-    if (existing) return findInChain(existing, ctr, null);
-    // A newer epoch: derive the epochs up to it, as long as at most MAX_EPOCHS are live.
-    if (epoch <= this.latest) return null; // erased or never existed
-    let last = this.chains.get(this.latest);
+    if (existing) return this.keyIn(existing, ctr, null);
+    // A newer epoch: at most MAX_EPOCHS live once it is adopted.
+    const ahead = epoch - this.latest;
+    if (ahead <= 0 || this.chains.size + ahead > MAX_EPOCHS) return null;
+    const last = this.chains.get(this.latest);
     if (!last) return null;
-    const created: EpochChain[] = [];
-    while (last.epoch < epoch && this.chains.size + created.length < MAX_EPOCHS) {
-      last = makeChain(last, now);
-      created.push(last);
+    const known = this.future[ahead - 1];
+    // an epoch not derived yet holds no keys: its window ends at MAX_CHAIN_KEYS
+    if (known ? known.stepsTo(ctr) < 0 : ctr >= MAX_CHAIN_KEYS) return null;
+    while (this.future.length < ahead) {
+      this.future.push(makeChain(this.future.at(-1) ?? last, now));
+      this.derivations++;
     }
-    const discardAll = () => created.forEach((c) => c.clear());
-    if (last.epoch !== epoch) {
-      discardAll();
-      return null;
-    }
-    const found = findInChain(last, ctr, () => {
-      for (const c of created) this.chains.set(c.epoch, c);
+    return this.keyIn(this.future[ahead - 1], ctr, () => {
+      for (const c of this.future.splice(0, ahead)) {
+        c.created = now; // its 120 s start when it becomes live
+        this.chains.set(c.epoch, c);
+      }
       this.latest = epoch;
     });
-    if (!found) discardAll();
-    return found && {
-      ...found,
-      discard: () => {
-        found.discard();
-        discardAll();
+  }
+
+  /** `ctr`'s key in `chain`, stepping the chain within the window (those keys are kept). */
+  private keyIn(chain: EpochChain, ctr: number, onCommit: (() => void) | null): Candidate | null {
+    const steps = chain.stepsTo(ctr);
+    if (steps < 0) return null;
+    for (let i = 0; i < steps; i++) chain.step();
+    this.derivations += steps;
+    const key = chain.keys.get(ctr)!;
+    return {
+      key,
+      commit: () => {
+        chain.keys.delete(ctr);
+        wipe(key);
+        onCommit?.();
       },
     };
   }
@@ -254,58 +292,13 @@ export class ReceiveChain {
   clear(): void {
     for (const c of this.chains.values()) c.clear();
     this.chains.clear();
+    this.dropFuture();
   }
 }
 
 function makeChain(previous: EpochChain, now: number): EpochChain {
   const start = Math.min(now, previous.expiry);
   return new EpochChain(previous.nextEpochRoot.slice(), previous.epoch + 1, start, now);
-}
-
-/** Looks `ctr` up in `chain`, deriving ahead on a fork within the MAX_CHAIN_KEYS bound. */
-function findInChain(
-  chain: EpochChain,
-  ctr: number,
-  onCommit: (() => void) | null,
-): Candidate | null {
-  const direct = chain.keys.get(ctr);
-  if (direct) {
-    return {
-      key: direct,
-      commit: () => {
-        chain.keys.delete(ctr);
-        wipe(direct);
-        onCommit?.();
-      },
-      discard: () => {},
-    };
-  }
-  if (ctr <= chain.highestCtr) return null; // derived already, so used: keys are one-time
-  const fork = chain.fork();
-  let held = chain.keys.size;
-  if (held === 0) {
-    fork.step(); // as the reference: an exhausted chain always steps once
-    held += KEYS_PER_CHAIN_STEP;
-  }
-  while (ctr > fork.highestCtr && held < MAX_CHAIN_KEYS) {
-    fork.step();
-    held += KEYS_PER_CHAIN_STEP;
-  }
-  const key = fork.keys.get(ctr);
-  if (!key) {
-    fork.clear();
-    return null;
-  }
-  return {
-    key,
-    commit: () => {
-      fork.keys.delete(ctr);
-      wipe(key);
-      chain.absorb(fork);
-      onCommit?.();
-    },
-    discard: () => fork.clear(),
-  };
 }
 
 export type OpenResult =
@@ -361,6 +354,11 @@ export class TunnelSession {
 
   get receiveEpoch(): number {
     return this.recv.latestEpoch;
+  }
+
+  /** Receive-side key derivations so far (kdf calls): what packets cost beyond the AEAD. */
+  get derivations(): number {
+    return this.recv.derivations;
   }
 
   /** True while some receive keys are unexpired; a dead session can never decrypt again. */
@@ -446,7 +444,6 @@ export class TunnelSession {
     const candidate = this.recv.find(epoch, ctr, now);
     if (!candidate) return { ok: false, reason: "no-key" };
     if (!aeadOpen(candidate.key, ZERO_NONCE, ad, sealed, plaintext)) {
-      candidate.discard();
       return { ok: false, reason: "auth" };
     }
     candidate.commit();
@@ -466,9 +463,20 @@ export class TunnelSession {
     }
   }
 
-  /** What a cookie must carry to rebuild this session at the next epoch. */
-  cookieState(): { epoch: number; sendRoot: Uint8Array; recvRoot: Uint8Array } | null {
+  /**
+   * What a cookie must carry to rebuild this session at the next epoch. The send side first
+   * settles on its epoch at `now`, the time the cookie is sealed: were the packet carrying the
+   * cookie to start a new epoch, the rebuilt session would send with that epoch's keys again.
+   * An idle peer's receive side lags behind the clock: it is derived forward to that epoch
+   * (the session is retired right after, so the extra epochs live only for the cookie).
+   */
+  cookieState(now: number): { epoch: number; sendRoot: Uint8Array; recvRoot: Uint8Array } | null {
+    if (this.closed) return null;
+    this.send.settle(now);
     const epoch = this.send.epoch;
+    for (let i = 0; i < MAX_EPOCHS && this.recv.latestEpoch < epoch; i++) {
+      if (!this.recv.advance(now)) break;
+    }
     const recvRoot = this.recv.nextEpochRoot(epoch);
     if (!recvRoot) return null;
     return { epoch, sendRoot: this.send.nextEpochRoot.slice(), recvRoot: recvRoot.slice() };

@@ -7,13 +7,7 @@ import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL } from "../core/constants.ts";
 import { parseInitiation, respondFinish, respondOpen } from "../core/handshake.ts";
 import { tidKeyAt, TunnelSession } from "../core/session.ts";
 import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../core/data_path.ts";
-import {
-  buildCookie,
-  type CookieKeyring,
-  cookieTimestamp,
-  isCookie,
-  openCookie,
-} from "../core/cookie.ts";
+import { buildCookie, type CookieKeyring, isCookie } from "../core/cookie.ts";
 import { ReplayCache, replayKey } from "../core/replay.ts";
 import { HandshakeQueue, InitiationLimiter } from "../core/admission.ts";
 import type { Initiation } from "../core/handshake.ts";
@@ -87,6 +81,9 @@ export class ServerDevice {
   private readonly clients = new Map<number, { handshakes: number; held: HeldPacket[] }>();
   private running = 0;
   handshakes = 0;
+  resumes = 0;
+  /** Sees each handshake's secrets after they were erased (tests check they are zero). */
+  onHandshakeSecrets?: (secrets: readonly Uint8Array[]) => void;
 
   constructor(
     private readonly config: ServerConfig,
@@ -214,10 +211,11 @@ export class ServerDevice {
   private async respond(job: HandshakeJob): Promise<void> {
     const { msg: copy, host, port } = job;
     const started = job.arrived;
-    let mcelieceSs: Uint8Array | null = null;
-    let sntrupSs: Uint8Array | null = null;
+    // Every secret of this handshake, erased however it ends (dropped, refused, thrown, done).
+    const secrets: Uint8Array[] = [];
     try {
-      mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
+      const mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
+      secrets.push(mcelieceSs);
       const live = this.ephemeral.live(this.clock.wall());
       const opened = respondOpen(
         copy,
@@ -226,14 +224,17 @@ export class ServerDevice {
         live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
       );
       if (!opened) return this.drops.count("handshake-auth");
+      secrets.push(opened.cs); // the chaining key
       const slot = this.ephemeral.get(opened.slotId);
       if (!slot) return this.drops.count("handshake-slot-expired");
-      sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
+      const sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
+      secrets.push(sntrupSs);
       const result = respondFinish(copy, opened, sntrupSs);
+      secrets.push(result.i2r, result.r2i);
       const now = this.clock.mono();
       if (this.replay.has(copy.c0, now)) return this.drops.count("handshake-replay");
-      this.replay.add(copy.c0, now);
-      // The responder sends with the responder-to-initiator root.
+      if (!this.replay.add(copy.c0, now)) return this.drops.count("handshake-replay-full");
+      // The responder sends with the responder-to-initiator root (the session erases both).
       const session = TunnelSession.create(result.tid, result.r2i, result.i2r, now);
       const tidKey = tidKeyAt(result.tid, 0);
       this.addSession(session, tidKey, host, port, now);
@@ -244,7 +245,8 @@ export class ServerDevice {
       );
       this.releaseHeld(job.source, tidKey);
     } finally {
-      wipe(mcelieceSs, sntrupSs);
+      wipe(...secrets);
+      this.onHandshakeSecrets?.(secrets);
     }
   }
 
@@ -254,16 +256,19 @@ export class ServerDevice {
    */
   private onCookie(data: Uint8Array, host: number, port: number): void {
     if (data.length < COOKIE_BYTES) return this.drops.count("cookie-short");
-    const cookie = data.subarray(0, COOKIE_BYTES);
-    const ts = cookieTimestamp(cookie);
-    const key = ts === null ? null : this.cookies.keyFor(ts);
-    const contents = key ? openCookie(key, cookie) : null;
-    if (!contents) return this.drops.count("cookie-invalid");
+    // Once per cookie, for the whole life of its key: a replayed cookie would rebuild a session
+    // whose keys were already used (keystream reuse) and deliver its packet a second time.
+    const r = this.cookies.redeem(data.subarray(0, COOKIE_BYTES));
+    if (!r.ok) {
+      this.drops.count(`cookie-${r.reason}`);
+      // the packet behind it stands on its own: its session (if any) refuses replays
+      if (data.length > COOKIE_BYTES) this.onDatagram(data.subarray(COOKIE_BYTES), host, port);
+      return;
+    }
+    const contents = r.contents;
     const tidKey = tidKeyAt(contents.tid, 0);
     const now = this.clock.mono();
     if (!this.peers.byTunnelId(tidKey)) {
-      if (this.replay.has(cookie, now)) return this.drops.count("cookie-replay");
-      this.replay.add(cookie, now);
       const session = TunnelSession.fromCookie(
         contents.tid,
         contents.epoch,
@@ -272,6 +277,7 @@ export class ServerDevice {
         now,
       );
       this.addSession(session, tidKey, host, port, now);
+      this.resumes++;
       this.log.info(`tunnel ${hex(contents.tid).slice(0, 12)} resumed from a cookie`);
     }
     wipe(contents.sendRoot, contents.recvRoot);
@@ -305,19 +311,20 @@ export class ServerDevice {
   private evictWithCookie(): void {
     const lru = this.peers.leastRecentlyUsed();
     if (!lru) return;
-    const issued = this.cookies.issue(this.clock.wall());
-    const state = lru.session.cookieState();
+    const now = this.clock.mono(); // the cookie's state and its packet: one moment
+    const state = lru.session.cookieState(now);
+    const issued = state && this.cookies.issue(this.clock.wall());
     if (issued && state) {
       const cookie = buildCookie(issued.key, issued.nonce, issued.timestamp, {
         tid: lru.session.tid,
         ...state,
       });
       try {
-        this.io.sendUdp(lru.session.sealPacket(cookie, this.clock.mono()), lru.host, lru.port);
+        this.io.sendUdp(lru.session.sealPacket(cookie, now), lru.host, lru.port);
       } catch { /* a send error only costs the client a new handshake */ }
-      wipe(state.sendRoot, state.recvRoot);
     }
-    this.removePeer(lru, "evicted with a cookie");
+    if (state) wipe(state.sendRoot, state.recvRoot);
+    this.removePeer(lru, issued ? "evicted with a cookie" : "evicted");
   }
 
   removePeer(peer: Peer, why: string): void {

@@ -161,7 +161,7 @@ async function load(plan: LoadPlan): Promise<void> {
     lastResend = t;
     for (const p of pending.values()) {
       if (p.answeredAt !== null || p.echoes > RESEND_AFTER.length || t < p.resendAt) continue;
-      const ping = p.session.seal(icmpEcho(src, dst, p.seq, p.echoes), t);
+      const ping = p.session.sealPacket(icmpEcho(src, dst, p.seq, p.echoes), t);
       p.sock.sendTo(ping, target, plan.port);
       p.resendAt = t + (RESEND_AFTER[p.echoes] ?? Infinity);
       p.echoes++;

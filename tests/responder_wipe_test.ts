@@ -1,0 +1,171 @@
+// Issue 10, point 2: the server's handshake responder erases every secret it made, on every
+// way out: done, replayed, refused, a slot gone, a KEM that throws. The test keeps references
+// to the buffers (the shared secrets the KEMs returned, and the list the device erased,
+// chaining key and roots included) and checks they are all zero after each outcome.
+
+import assert from "node:assert/strict";
+import { fixture } from "./fixtures.ts";
+import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
+import { StderrLogger } from "../lib/runtime/log.ts";
+import { ServerDevice } from "../lib/server/device.ts";
+import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
+import { CookieKeyring } from "../lib/core/cookie.ts";
+import { initiate } from "../lib/core/handshake.ts";
+import { x25519PublicKey } from "../lib/core/crypto.ts";
+import { ipv4ToNumber } from "../lib/core/ip.ts";
+import { until } from "./helpers/device_net.ts";
+
+const quiet = new StderrLogger("test", "error");
+const WALL = 1_700_000_010;
+
+/** An ephemeral store that has lost a slot between finding it and using it. */
+class ForgetfulStore extends EphemeralKeyStore {
+  override get(): null {
+    return null;
+  }
+}
+
+interface Outcome {
+  drop: string | null;
+  secrets: Uint8Array[];
+}
+
+async function scenario(
+  pool: CryptoPool,
+  opts: {
+    store?: EphemeralKeyStore;
+    sntrupThrows?: boolean;
+    mcelieceThrows?: boolean;
+    wrongMcelieceSs?: boolean;
+    replayCache?: number;
+    twice?: boolean;
+  },
+): Promise<Outcome[]> {
+  const store = opts.store ?? new EphemeralKeyStore();
+  const kp = await pool.sntrupKeypair();
+  const ex = crypto.getRandomValues(new Uint8Array(32));
+  store.add({
+    slot: WALL - (WALL % 30),
+    sntrupPk: kp.publicKey,
+    sntrupSk: kp.secretKey,
+    x25519Pk: x25519PublicKey(ex),
+    x25519Sk: ex,
+  });
+  const held: Uint8Array[] = []; // what the KEMs handed the device
+  const device = new ServerDevice(
+    {
+      x25519Sk: fixture("x25519_sk"),
+      tunAddress: ipv4ToNumber("10.42.0.1"),
+      prefix: 16,
+      hostAddress: ipv4ToNumber("198.18.0.1"),
+      maxPeers: 4,
+      maxPendingHandshakes: 4,
+    },
+    { sendUdp: () => {}, writeTun: () => {} },
+    {
+      mcelieceDecap: async (c) => {
+        if (opts.mcelieceThrows) throw new Error("refused ciphertext");
+        const ss = await pool.mcelieceDecap(c);
+        if (opts.wrongMcelieceSs) ss[0] ^= 1;
+        held.push(ss);
+        return ss;
+      },
+      sntrupDecap: async (c, sk) => {
+        if (opts.sntrupThrows) throw new Error("decapsulation failed");
+        const ss = await pool.sntrupDecap(c, sk);
+        held.push(ss);
+        return ss;
+      },
+    },
+    store,
+    new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
+    quiet,
+    { mono: () => 1000, wall: () => WALL },
+  );
+  if (opts.replayCache !== undefined) {
+    // a full replay cache: the handshake must be refused, its secrets erased
+    for (let i = 0; i < opts.replayCache; i++) {
+      device.replay.add(crypto.getRandomValues(new Uint8Array(194)), 1000);
+    }
+  }
+  const outcomes: Outcome[] = [];
+  device.onHandshakeSecrets = (s) => outcomes.push({ drop: null, secrets: [...s] });
+  const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
+  const mc = await pool.mcelieceEncap(pkId);
+  const nt = await pool.sntrupEncap(kp.publicKey);
+  const e = crypto.getRandomValues(new Uint8Array(32));
+  const hs = initiate({
+    mcelieceCt: mc.ciphertext,
+    mcelieceSs: mc.sharedSecret,
+    clientX25519Sk: e,
+    clientX25519Pk: x25519PublicKey(e),
+    serverStaticX25519Pk: fixture("x25519_pk"),
+    serverEphemeralX25519Pk: x25519PublicKey(ex),
+    sntrupCt: nt.ciphertext,
+    sntrupSs: nt.sharedSecret,
+  });
+  const before = device.drops.snapshot();
+  device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
+  if (opts.twice) device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
+  assert.ok(await until(() => outcomes.length === 1, 10_000), "handshake finished");
+  await until(() => false, 5); // the rejection handler runs after the finally block
+  const after = device.drops.snapshot();
+  // the handshake's own drop reason (a refused copy counts "handshake-replay" at admission)
+  const grew = Object.keys(after).filter((k) =>
+    after[k] !== (before[k] ?? 0) && !(opts.twice && k === "handshake-replay")
+  );
+  if (opts.twice) assert.equal(after["handshake-replay"], 1, "the copy was refused");
+  outcomes.forEach((o, i) => o.drop = grew[i] ?? null);
+  for (const o of outcomes) o.secrets.push(...held);
+  device.close();
+  return outcomes;
+}
+
+function assertErased(o: Outcome, what: string, expectedCount: number): void {
+  assert.equal(o.secrets.length, expectedCount, `${what}: secrets seen`);
+  for (const [i, s] of o.secrets.entries()) {
+    assert.ok(s.length === 32 && s.every((b) => b === 0), `${what}: secret ${i} not erased`);
+  }
+}
+
+Deno.test({
+  name: "responder: every secret of a handshake is erased on every way out",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+    try {
+      // done: McEliece ss, chaining key, sntrup ss, both roots (+ the two KEM results held)
+      const [ok] = await scenario(pool, {});
+      assert.equal(ok.drop, null);
+      assertErased(ok, "completed", 5 + 2);
+      // c1 does not open: only the McEliece shared secret exists
+      const [auth] = await scenario(pool, { wrongMcelieceSs: true });
+      assert.equal(auth.drop, "handshake-auth");
+      assertErased(auth, "auth", 1 + 1);
+      // the slot vanished between finding it and using it: the chaining key is made by then
+      const [slot] = await scenario(pool, { store: new ForgetfulStore() });
+      assert.equal(slot.drop, "handshake-slot-expired");
+      assertErased(slot, "slot expired", 2 + 1);
+      // sntrup761 decapsulation fails
+      const [sntrup] = await scenario(pool, { sntrupThrows: true });
+      assert.equal(sntrup.drop, "handshake-rejected");
+      assertErased(sntrup, "sntrup fails", 2 + 1);
+      // McEliece decapsulation fails: nothing was made
+      const [mceliece] = await scenario(pool, { mcelieceThrows: true });
+      assert.equal(mceliece.drop, "handshake-rejected");
+      assertErased(mceliece, "McEliece fails", 0);
+      // the same message twice at once: the copy is refused at admission, before any work
+      const [once, ...none] = await scenario(pool, { twice: true });
+      assert.equal(none.length, 0, "the copy made no secrets");
+      assert.deepEqual(once.drop, null);
+      assertErased(once, "the first of two", 5 + 2);
+      // the replay cache is full: refused after all the work
+      const [full] = await scenario(pool, { replayCache: 1 << 16 });
+      assert.equal(full.drop, "handshake-replay-full");
+      assertErased(full, "replay cache full", 5 + 2);
+    } finally {
+      await pool.close();
+    }
+  },
+});
