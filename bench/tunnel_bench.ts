@@ -16,6 +16,10 @@
 //   --json FILE     also write the figures as JSON
 //   --keep-logs     print the daemons' last log lines even when all went well
 //   --profile DIR   run our server with --cpu-prof, the profile lands in DIR
+//   --jumbo N       also run our server and client at MTU N (e.g. 9000): one stream each way
+//   --first N       only the first request, N times, each with a fresh client (the median
+//                   says more than one run on a busy machine); our server, and with
+//                   --reference the reference server too
 
 import {
   createLab,
@@ -45,6 +49,8 @@ interface Options {
   json: string | null;
   keepLogs: boolean;
   profile: string | null;
+  jumbo: number | null;
+  first: number;
 }
 
 function parseArgs(args: string[]): Options {
@@ -57,6 +63,8 @@ function parseArgs(args: string[]): Options {
     json: null,
     keepLogs: false,
     profile: null,
+    jumbo: null,
+    first: 0,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -78,6 +86,8 @@ function parseArgs(args: string[]): Options {
     else if (a === "--json") o.json = value();
     else if (a === "--keep-logs") o.keepLogs = true;
     else if (a === "--profile") o.profile = value();
+    else if (a === "--jumbo") o.jumbo = positive(value());
+    else if (a === "--first") o.first = positive(value());
     else throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -99,6 +109,16 @@ interface Figures {
   busyMachineCpu?: number | null;
   idleServerCpu?: number | null;
   idleClientCpu?: number | null;
+  /** Four TCP streams client → server, Mbit/s. */
+  up4?: number | null;
+  /** The first request: DNS answer → HTTP response (wall, with curl's start), curl's own time,
+   * the key download and the whole connection as the client logged them, ms. */
+  firstRequest?: number | null;
+  firstRequestCurl?: number | null;
+  keyDownload?: number | null;
+  tunnelUp?: number | null;
+  /** A DNS lookup right after the first request, as dig reports it, ms. */
+  dnsAfter?: number | null;
   notes: string[];
 }
 
@@ -138,9 +158,16 @@ async function cpuWhile(pids: number[], during: Promise<unknown>): Promise<numbe
   return pids.map((p, i) => ((treeTicks(p) - before[i]) / CLK_TCK / seconds) * 100);
 }
 
-async function iperf(lab: Lab, target: string, seconds: number, reverse: boolean) {
+async function iperf(
+  lab: Lab,
+  target: string,
+  seconds: number,
+  reverse: boolean,
+  streams = 1,
+) {
   const args = ["iperf3", "-c", target, "-t", String(seconds), "-J", "--connect-timeout", "5000"];
   if (reverse) args.push("-R");
+  if (streams > 1) args.push("-P", String(streams));
   const r = await run(lab.clientNs, args, { check: false, timeoutMs: (seconds + 30) * 1000 });
   try {
     const j = JSON.parse(r.stdout);
@@ -189,9 +216,12 @@ async function measure(
   if (up.error) notes.push(`up: ${up.error}`);
   const down = await iperf(lab, target, opts.seconds, true);
   if (down.error) notes.push(`down: ${down.error}`);
+  const up4 = await iperf(lab, target, opts.seconds, false, 4);
+  if (up4.error) notes.push(`4 streams: ${up4.error}`);
   return {
     up: up.mbps,
     down: down.mbps,
+    up4: up4.mbps,
     rtt: p.avg,
     rttMin: p.min,
     busyServerCpu: busy[0] ?? null,
@@ -247,6 +277,39 @@ async function startOurClient(lab: Lab, opts: Options): Promise<LabProcess> {
   return client;
 }
 
+const HTTP_PORT = 8080;
+
+/**
+ * The first request to a server the client has not seen: resolve the name through the client
+ * (its answer starts the connection), then fetch a page over the tunnel with curl. Timed in the
+ * client namespace from the DNS answer (dig exiting) to curl exiting with the response.
+ */
+async function firstRequest(lab: Lab) {
+  const script = `a=$(dig +short +time=3 +tries=1 ${NAME} A | tail -n 1); t1=$(date +%s%N); ` +
+    `c=$(curl -s -o /dev/null --max-time 10 -w '%{http_code} %{time_total}' http://$a:${HTTP_PORT}/); ` +
+    `t2=$(date +%s%N); q=$(dig +noall +stats +time=3 +tries=1 ${NAME} A | ` +
+    `sed -n 's/.*Query time: \\([0-9]*\\) msec.*/\\1/p'); echo "$a $(( (t2 - t1) / 1000 )) $c $q"`;
+  const r = await run(lab.clientNs, ["bash", "-c", script], { check: false, timeoutMs: 30_000 });
+  const f = r.stdout.trim().split(/\s+/);
+  if (f.length < 4 || f[2] !== "200") {
+    return { addr: f[0] ?? "", wall: null, curl: null, dnsAfter: null, error: r.stdout + r.stderr };
+  }
+  return {
+    addr: f[0],
+    wall: Number(f[1]) / 1000,
+    curl: Number(f[3]) * 1000,
+    dnsAfter: f[4] === undefined ? null : Number(f[4]),
+    error: null,
+  };
+}
+
+/** "long-term keys verified (937 parts, N requests, X ms)" and "tunnel … up (X ms)". */
+function connectionTimes(log: string): { keys: number | null; up: number | null } {
+  const keys = log.match(/long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms\)/);
+  const up = log.match(/: tunnel [0-9a-f]+ up \((\d+) ms\)/);
+  return { keys: keys ? Number(keys[1]) : null, up: up ? Number(up[1]) : null };
+}
+
 /** Resolves the announced name through the client (it answers with an internal address) and
  * waits until the tunnel carries a ping: the first one pays for the key download. */
 async function tunnelTarget(lab: Lab): Promise<string> {
@@ -277,12 +340,13 @@ function ratio(v: number | null | undefined, base: number | null | undefined): s
 }
 
 function printTable(plain: Figures, columns: { name: string; f: Figures }[]): void {
-  const rows: string[][] = [["", "plain veth", ...columns.map((c) => c.name)]];
+  const rows: string[][] = [["", "plain veth", ...columns.map((c) => c.name), "target"]];
   const add = (
     label: string,
     get: (f: Figures) => number | null | undefined,
     digits: number,
     withRatio: boolean,
+    target: string,
     withPlain = true,
   ) => {
     const base = get(plain);
@@ -290,24 +354,39 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
       label,
       withPlain ? fmt(base, digits) : "",
       ...columns.map((c) => fmt(get(c.f), digits) + (withRatio ? ratio(get(c.f), base) : "")),
+      target,
     ]);
   };
-  add("TCP client→server, Mbit/s", (f) => f.up, 0, true);
-  add("TCP server→client, Mbit/s", (f) => f.down, 0, true);
-  add("ping avg RTT, ms", (f) => f.rtt, 3, true);
-  add("ping min RTT, ms", (f) => f.rttMin, 3, true);
+  add("TCP client→server, Mbit/s", (f) => f.up, 0, true, "≥ 1500");
+  add("TCP server→client, Mbit/s", (f) => f.down, 0, true, "≥ 1500");
+  add("TCP client→server, 4 streams, Mbit/s", (f) => f.up4, 0, true, "≥ 2000");
+  add("ping avg RTT, ms", (f) => f.rtt, 3, true, "");
+  add("ping min RTT, ms", (f) => f.rttMin, 3, true, "");
   rows.push([
     "added avg RTT, ms",
     "",
     ...columns.map((c) =>
       c.f.rtt !== null && plain.rtt !== null ? (c.f.rtt - plain.rtt).toFixed(3) : "—"
     ),
+    "≤ 0.15",
   ]);
-  add("server CPU during TCP up, %", (f) => f.busyServerCpu, 1, false, false);
-  add("client CPU during TCP up, %", (f) => f.busyClientCpu, 1, false, false);
-  add("machine CPU during TCP up, % of all", (f) => f.busyMachineCpu, 0, false);
-  add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, false);
-  add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, false);
+  add(
+    "first request, DNS answer → HTTP response, ms",
+    (f) => f.firstRequest,
+    0,
+    false,
+    "≤ 150 (ref. ≤ 300)",
+    false,
+  );
+  add("  of it curl's own time, ms", (f) => f.firstRequestCurl, 0, false, "", false);
+  add("  key download (client log), ms", (f) => f.keyDownload, 0, false, "≤ 50", false);
+  add("  tunnel up from DNS (client log), ms", (f) => f.tunnelUp, 0, false, "", false);
+  add("DNS lookup right after, ms", (f) => f.dnsAfter, 0, false, "≤ 5", false);
+  add("server CPU during TCP up, %", (f) => f.busyServerCpu, 1, false, "", false);
+  add("client CPU during TCP up, %", (f) => f.busyClientCpu, 1, false, "", false);
+  add("machine CPU during TCP up, % of all", (f) => f.busyMachineCpu, 0, false, "");
+  add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, "~0", false);
+  add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, "~0", false);
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const line = (r: string[]) =>
     r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
@@ -316,6 +395,55 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
   for (const r of rows.slice(1)) console.log(line(r));
   for (const c of [{ name: "plain veth", f: plain }, ...columns]) {
     for (const n of c.f.notes) console.log(`note (${c.name}): ${n}`);
+  }
+}
+
+/** --first N: the first request only, N fresh clients against one server. */
+async function firstRequests(
+  lab: Lab,
+  opts: Options,
+  label: string,
+  startServer: () => Promise<{ stop: () => Promise<void>; log: () => string }>,
+): Promise<void> {
+  console.log(`\n== ${label}: first request, ${opts.first} fresh clients`);
+  const server = await startServer();
+  const rows: number[][] = [];
+  try {
+    for (let i = 0; i < opts.first; i++) {
+      const client = await startOurClient(lab, opts);
+      try {
+        const first = await firstRequest(lab);
+        const t = connectionTimes(client.output());
+        console.log(
+          `first request ${fmt(first.wall, 0)} ms (curl ${fmt(first.curl, 0)} ms), key ` +
+            `download ${fmt(t.keys, 0)} ms, tunnel up ${fmt(t.up, 0)} ms, DNS after ` +
+            `${fmt(first.dnsAfter, 0)} ms` +
+            (first.error ? ` — failed: ${first.error.trim()}` : ""),
+        );
+        if (first.wall !== null && t.keys !== null && t.up !== null) {
+          rows.push([first.wall, t.keys, t.up, first.dnsAfter ?? NaN]);
+        }
+      } finally {
+        await client.stop("SIGTERM", 8000, false).catch(() => {});
+      }
+    }
+  } finally {
+    await server.stop();
+  }
+  const sorted = (k: number) => rows.map((r) => r[k]).sort((a, b) => a - b);
+  const median = (k: number) => {
+    const v = sorted(k);
+    return v.length ? v[Math.floor(v.length / 2)] : null;
+  };
+  const best = (k: number) => sorted(k)[0] ?? null;
+  for (const [what, pick] of [["median", median], ["best", best]] as const) {
+    console.log(
+      `${what} of ${rows.length}: first request ${
+        fmt(pick(0), 0)
+      } ms (target ≤ 150, ref. ≤ 300), ` +
+        `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${fmt(pick(2), 0)} ms, ` +
+        `DNS after ${fmt(pick(3), 0)} ms (target ≤ 5)`,
+    );
   }
 }
 
@@ -333,10 +461,21 @@ async function tunnelRun(
   let ok = false;
   try {
     client = await startOurClient(lab, opts);
+    const first = await firstRequest(lab);
+    const times = connectionTimes(client.output());
     const target = await tunnelTarget(lab);
-    console.log(`tunnel up to ${target}`);
+    console.log(
+      `tunnel up to ${target}; first request ${fmt(first.wall, 0)} ms ` +
+        `(curl ${fmt(first.curl, 0)} ms), key download ${fmt(times.keys, 0)} ms`,
+    );
     const daemons = { server: server.pid, client: client.pid };
     const f = await measure(lab, target, opts, daemons);
+    f.firstRequest = first.wall;
+    f.firstRequestCurl = first.curl;
+    f.dnsAfter = first.dnsAfter;
+    f.keyDownload = times.keys;
+    f.tunnelUp = times.up;
+    if (first.error) f.notes.push(`first request failed: ${first.error.trim()}`);
     const idle = await idleCpu(daemons, opts.idle);
     f.idleServerCpu = idle.server;
     f.idleClientCpu = idle.client;
@@ -392,6 +531,47 @@ async function main(): Promise<void> {
     });
     stops.push(async () => void await iperfServer.stop());
     await iperfServer.waitFor("Server listening", 10_000);
+    const webRoot = await Deno.makeTempDir({ prefix: "pqts-perf-web" });
+    await Deno.writeTextFile(`${webRoot}/index.html`, "hello through the tunnel\n");
+    const web = spawn(lab.serverNs, [
+      "python3",
+      "-m",
+      "http.server",
+      String(HTTP_PORT),
+      "--bind",
+      "0.0.0.0",
+      "--directory",
+      webRoot,
+    ], { name: "http server" });
+    stops.push(async () => {
+      await web.stop();
+      await Deno.remove(webRoot, { recursive: true }).catch(() => {});
+    });
+
+    if (opts.first > 0) {
+      if (opts.ours) {
+        await firstRequests(lab, opts, "our server", async () => {
+          const p = startOurServer(lab, opts);
+          await p.waitFor("serving", 60_000);
+          return { stop: async () => void await p.stop(), log: () => p.output() };
+        });
+      }
+      if (opts.reference) {
+        const ref = await import("../tests/lab/reference.ts");
+        await ref.prepareReferenceRoot();
+        try {
+          await ref.installServerKeys(`${ROOT}/tests/fixtures/`);
+          await firstRequests(lab, opts, "reference server", async () => {
+            const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
+            return { stop: () => p.stop(), log: () => p.log() };
+          });
+        } finally {
+          await ref.restoreReferenceKeys();
+          await ref.releaseReferenceRoot();
+        }
+      }
+      return;
+    }
 
     console.log("\n== plain veth");
     results.plain = await measure(lab, lab.serverAddr, opts, null);
@@ -403,6 +583,14 @@ async function main(): Promise<void> {
     if (opts.ours) {
       results.ours = await tunnelRun(lab, opts, "our server ↔ our client", async () => {
         const p = startOurServer(lab, opts);
+        await p.waitFor("serving", 60_000);
+        return { pid: p.pid, stop: async () => void await p.stop(), log: () => p.output() };
+      });
+    }
+    if (opts.ours && opts.jumbo !== null) {
+      const jumbo = { ...opts, mtu: opts.jumbo };
+      results.jumbo = await tunnelRun(lab, jumbo, `ours at MTU ${opts.jumbo}`, async () => {
+        const p = startOurServer(lab, jumbo);
         await p.waitFor("serving", 60_000);
         return { pid: p.pid, stop: async () => void await p.stop(), log: () => p.output() };
       });
@@ -433,6 +621,7 @@ async function main(): Promise<void> {
 
   const columns = [
     ...(results.ours ? [{ name: "ours", f: results.ours }] : []),
+    ...(results.jumbo ? [{ name: `ours, MTU ${opts.jumbo}`, f: results.jumbo }] : []),
     ...(results.reference ? [{ name: "reference server", f: results.reference }] : []),
   ];
   printTable(results.plain, columns);

@@ -36,6 +36,7 @@ import { libcPath, waitReadable } from "../../ffi/libc.ts";
 import { sodiumPath } from "../../ffi/sodium.ts";
 import { kemLibraryPaths } from "../../ffi/kem_native.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
+import { nettlePath } from "../../ffi/nettle.ts";
 
 export interface ClientOptions {
   port: number;
@@ -84,7 +85,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       } catch { /* the worker removed it */ }
     });
 
-    const tun = TunDevice.open(opts.interfaceName);
+    const tun = TunDevice.open(opts.interfaceName, { offload: true });
     cleanup.add(() => tun.close());
     await configureInterface(tun.name, {
       address: ipv4ToNumber(opts.tunAddress),
@@ -216,7 +217,9 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
   const main = new URL("../../main.ts", import.meta.url);
   if (main.protocol !== "file:" || !/\/deno$/.test(exe)) return [exe, ...args]; // compiled
   const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-  const ffi = [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p) => p !== null);
+  const ffi = [libcPath(), sodiumPath(), nettlePath(), ...kemLibraryPaths()].filter((p) =>
+    p !== null
+  );
   return [
     exe,
     "run",
