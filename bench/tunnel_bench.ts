@@ -33,7 +33,12 @@ import {
   spawn,
   tail,
 } from "../tests/lab/netns.ts";
-import { announcement, dig, mergeZones, startDnsmasq } from "../tests/lab/dnsmasq.ts";
+import {
+  announcement,
+  dig,
+  mergeZones,
+  startDnsmasq,
+} from "../tests/lab/dnsmasq.ts";
 
 const PREFIX = "pqts-perf";
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -75,7 +80,9 @@ function parseArgs(args: string[]): Options {
     };
     const positive = (v: string) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new Error(`${a} must be a positive integer`);
+      if (!Number.isInteger(n) || n < 1) {
+        throw new Error(`${a} must be a positive integer`);
+      }
       return n;
     };
     if (a === "--seconds") o.seconds = positive(value());
@@ -117,8 +124,10 @@ interface Figures {
   firstRequestCurl?: number | null;
   keyDownload?: number | null;
   tunnelUp?: number | null;
-  /** A DNS lookup right after the first request, as dig reports it, ms. */
+  /** A DNS lookup right after the first request, and one of an ordinary name before it (the
+   * DNS path's own time through the client), as dig reports them, ms. */
   dnsAfter?: number | null;
+  dnsBefore?: number | null;
   notes: string[];
 }
 
@@ -143,19 +152,26 @@ function treeTicks(pid: number): number {
 
 /** Busy and total jiffies of all cores, from /proc/stat. */
 function machineTicks(): { busy: number; total: number } {
-  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1, 9)
+  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(
+    /\s+/,
+  ).slice(1, 9)
     .map(Number);
   const total = f.reduce((a, b) => a + b, 0);
   return { busy: total - f[3] - f[4], total }; // idle and iowait are not busy
 }
 
 /** Measures the CPU of process trees while `during` runs: % of one core each. */
-async function cpuWhile(pids: number[], during: Promise<unknown>): Promise<number[]> {
+async function cpuWhile(
+  pids: number[],
+  during: Promise<unknown>,
+): Promise<number[]> {
   const t0 = performance.now();
   const before = pids.map(treeTicks);
   await during;
   const seconds = (performance.now() - t0) / 1000;
-  return pids.map((p, i) => ((treeTicks(p) - before[i]) / CLK_TCK / seconds) * 100);
+  return pids.map((p, i) =>
+    ((treeTicks(p) - before[i]) / CLK_TCK / seconds) * 100
+  );
 }
 
 async function iperf(
@@ -165,10 +181,22 @@ async function iperf(
   reverse: boolean,
   streams = 1,
 ) {
-  const args = ["iperf3", "-c", target, "-t", String(seconds), "-J", "--connect-timeout", "5000"];
+  const args = [
+    "iperf3",
+    "-c",
+    target,
+    "-t",
+    String(seconds),
+    "-J",
+    "--connect-timeout",
+    "5000",
+  ];
   if (reverse) args.push("-R");
   if (streams > 1) args.push("-P", String(streams));
-  const r = await run(lab.clientNs, args, { check: false, timeoutMs: (seconds + 30) * 1000 });
+  const r = await run(lab.clientNs, args, {
+    check: false,
+    timeoutMs: (seconds + 30) * 1000,
+  });
   try {
     const j = JSON.parse(r.stdout);
     if (j.error) return { mbps: null, error: String(j.error) };
@@ -176,17 +204,33 @@ async function iperf(
     const retr = j.end?.sum_sent?.retransmits;
     return {
       mbps: typeof bps === "number" ? bps / 1e6 : null,
-      error: typeof retr === "number" && retr > 0 ? `${retr} retransmits` : null,
+      error: typeof retr === "number" && retr > 0
+        ? `${retr} retransmits`
+        : null,
     };
   } catch {
-    return { mbps: null, error: `iperf3 exited ${r.code}: ${(r.stderr || r.stdout).trim()}` };
+    return {
+      mbps: null,
+      error: `iperf3 exited ${r.code}: ${(r.stderr || r.stdout).trim()}`,
+    };
   }
 }
 
 async function ping(lab: Lab, target: string, count: number, interval: string) {
   const r = await run(
     lab.clientNs,
-    ["ping", "-q", "-n", "-c", String(count), "-i", interval, "-W", "1", target],
+    [
+      "ping",
+      "-q",
+      "-n",
+      "-c",
+      String(count),
+      "-i",
+      interval,
+      "-W",
+      "1",
+      target,
+    ],
     { check: false, timeoutMs: 60_000 },
   );
   const m = r.stdout.match(/= ([\d.]+)\/([\d.]+)\/([\d.]+)\/([\d.]+) ms/);
@@ -210,7 +254,10 @@ async function measure(
   if (p.loss) notes.push(`ping loss ${p.loss}%`);
   const upRun = iperf(lab, target, opts.seconds, false);
   const m0 = machineTicks();
-  const busy = await cpuWhile(daemons ? [daemons.server, daemons.client] : [], upRun);
+  const busy = await cpuWhile(
+    daemons ? [daemons.server, daemons.client] : [],
+    upRun,
+  );
   const m1 = machineTicks();
   const up = await upRun;
   if (up.error) notes.push(`up: ${up.error}`);
@@ -231,7 +278,10 @@ async function measure(
   };
 }
 
-async function idleCpu(daemons: { server: number; client: number }, seconds: number) {
+async function idleCpu(
+  daemons: { server: number; client: number },
+  seconds: number,
+) {
   await sleep(1000); // let the last test's packets drain
   const [server, client] = await cpuWhile(
     [daemons.server, daemons.client],
@@ -251,7 +301,9 @@ function startOurServer(lab: Lab, opts: Options): LabProcess {
     Deno.execPath(),
     "run",
     "-A",
-    ...(opts.profile === null ? [] : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
+    ...(opts.profile === null
+      ? []
+      : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
     `${ROOT}/main.ts`,
     "server",
     "-d",
@@ -285,27 +337,45 @@ const HTTP_PORT = 8080;
  * client namespace from the DNS answer (dig exiting) to curl exiting with the response.
  */
 async function firstRequest(lab: Lab) {
-  const script = `a=$(dig +short +time=3 +tries=1 ${NAME} A | tail -n 1); t1=$(date +%s%N); ` +
+  const stats = `sed -n 's/.*Query time: \\([0-9]*\\) msec.*/\\1/p'`;
+  const script =
+    `b=$(dig +noall +stats +time=3 +tries=1 plain.lab.test A | ${stats}); ` +
+    `a=$(dig +short +time=3 +tries=1 ${NAME} A | tail -n 1); t1=$(date +%s%N); ` +
     `c=$(curl -s -o /dev/null --max-time 10 -w '%{http_code} %{time_total}' http://$a:${HTTP_PORT}/); ` +
     `t2=$(date +%s%N); q=$(dig +noall +stats +time=3 +tries=1 ${NAME} A | ` +
-    `sed -n 's/.*Query time: \\([0-9]*\\) msec.*/\\1/p'); echo "$a $(( (t2 - t1) / 1000 )) $c $q"`;
-  const r = await run(lab.clientNs, ["bash", "-c", script], { check: false, timeoutMs: 30_000 });
+    `${stats}); echo "$a $(( (t2 - t1) / 1000 )) $c $q $b"`;
+  const r = await run(lab.clientNs, ["bash", "-c", script], {
+    check: false,
+    timeoutMs: 30_000,
+  });
   const f = r.stdout.trim().split(/\s+/);
   if (f.length < 4 || f[2] !== "200") {
-    return { addr: f[0] ?? "", wall: null, curl: null, dnsAfter: null, error: r.stdout + r.stderr };
+    return {
+      addr: f[0] ?? "",
+      wall: null,
+      curl: null,
+      dnsAfter: null,
+      dnsBefore: null,
+      error: r.stdout + r.stderr,
+    };
   }
   return {
     addr: f[0],
     wall: Number(f[1]) / 1000,
     curl: Number(f[3]) * 1000,
     dnsAfter: f[4] === undefined ? null : Number(f[4]),
+    dnsBefore: f[5] === undefined ? null : Number(f[5]),
     error: null,
   };
 }
 
 /** "long-term keys verified (937 parts, N requests, X ms)" and "tunnel … up (X ms)". */
-function connectionTimes(log: string): { keys: number | null; up: number | null } {
-  const keys = log.match(/long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms\)/);
+function connectionTimes(
+  log: string,
+): { keys: number | null; up: number | null } {
+  const keys = log.match(
+    /long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms\)/,
+  );
   const up = log.match(/: tunnel [0-9a-f]+ up \((\d+) ms\)/);
   return { keys: keys ? Number(keys[1]) : null, up: up ? Number(up[1]) : null };
 }
@@ -315,10 +385,22 @@ function connectionTimes(log: string): { keys: number | null; up: number | null 
 async function tunnelTarget(lab: Lab): Promise<string> {
   const answer = await dig(lab.clientNs, NAME);
   const a = answer.answers.find((x) => x.type === "A");
-  if (!a) throw new Error(`no A record for ${NAME} through the client:\n${answer.raw}`);
+  if (!a) {
+    throw new Error(
+      `no A record for ${NAME} through the client:\n${answer.raw}`,
+    );
+  }
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
-    const r = await run(lab.clientNs, ["ping", "-n", "-c", "1", "-W", "2", a.data], {
+    const r = await run(lab.clientNs, [
+      "ping",
+      "-n",
+      "-c",
+      "1",
+      "-W",
+      "2",
+      a.data,
+    ], {
       check: false,
     });
     if (r.code === 0) return a.data;
@@ -333,14 +415,25 @@ function fmt(v: number | null | undefined, digits: number): string {
   return v === null || v === undefined ? "—" : v.toFixed(digits);
 }
 
-function ratio(v: number | null | undefined, base: number | null | undefined): string {
+function ratio(
+  v: number | null | undefined,
+  base: number | null | undefined,
+): string {
   if (v === null || v === undefined || !base) return "";
   const r = v / base;
   return ` (${r >= 10 ? r.toFixed(1) : r.toFixed(r >= 0.1 ? 2 : 4)}×)`;
 }
 
-function printTable(plain: Figures, columns: { name: string; f: Figures }[]): void {
-  const rows: string[][] = [["", "plain veth", ...columns.map((c) => c.name), "target"]];
+function printTable(
+  plain: Figures,
+  columns: { name: string; f: Figures }[],
+): void {
+  const rows: string[][] = [[
+    "",
+    "plain veth",
+    ...columns.map((c) => c.name),
+    "target",
+  ]];
   const add = (
     label: string,
     get: (f: Figures) => number | null | undefined,
@@ -353,7 +446,9 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
     rows.push([
       label,
       withPlain ? fmt(base, digits) : "",
-      ...columns.map((c) => fmt(get(c.f), digits) + (withRatio ? ratio(get(c.f), base) : "")),
+      ...columns.map((c) =>
+        fmt(get(c.f), digits) + (withRatio ? ratio(get(c.f), base) : "")
+      ),
       target,
     ]);
   };
@@ -366,7 +461,9 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
     "added avg RTT, ms",
     "",
     ...columns.map((c) =>
-      c.f.rtt !== null && plain.rtt !== null ? (c.f.rtt - plain.rtt).toFixed(3) : "—"
+      c.f.rtt !== null && plain.rtt !== null
+        ? (c.f.rtt - plain.rtt).toFixed(3)
+        : "—"
     ),
     "≤ 0.15",
   ]);
@@ -378,18 +475,77 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
     "≤ 150 (ref. ≤ 300)",
     false,
   );
-  add("  of it curl's own time, ms", (f) => f.firstRequestCurl, 0, false, "", false);
-  add("  key download (client log), ms", (f) => f.keyDownload, 0, false, "≤ 50", false);
-  add("  tunnel up from DNS (client log), ms", (f) => f.tunnelUp, 0, false, "", false);
-  add("DNS lookup right after, ms", (f) => f.dnsAfter, 0, false, "≤ 5", false);
-  add("server CPU during TCP up, %", (f) => f.busyServerCpu, 1, false, "", false);
-  add("client CPU during TCP up, %", (f) => f.busyClientCpu, 1, false, "", false);
-  add("machine CPU during TCP up, % of all", (f) => f.busyMachineCpu, 0, false, "");
+  add(
+    "  of it curl's own time, ms",
+    (f) => f.firstRequestCurl,
+    0,
+    false,
+    "",
+    false,
+  );
+  add(
+    "  key download (client log), ms",
+    (f) => f.keyDownload,
+    0,
+    false,
+    "≤ 50",
+    false,
+  );
+  add(
+    "  tunnel up from DNS (client log), ms",
+    (f) => f.tunnelUp,
+    0,
+    false,
+    "",
+    false,
+  );
+  add(
+    "DNS lookup of a plain name before, ms",
+    (f) => f.dnsBefore,
+    0,
+    false,
+    "",
+    false,
+  );
+  add(
+    "DNS lookup right after, ms",
+    (f) => f.dnsAfter,
+    0,
+    false,
+    "≤ 5 more",
+    false,
+  );
+  add(
+    "server CPU during TCP up, %",
+    (f) => f.busyServerCpu,
+    1,
+    false,
+    "",
+    false,
+  );
+  add(
+    "client CPU during TCP up, %",
+    (f) => f.busyClientCpu,
+    1,
+    false,
+    "",
+    false,
+  );
+  add(
+    "machine CPU during TCP up, % of all",
+    (f) => f.busyMachineCpu,
+    0,
+    false,
+    "",
+  );
   add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, "~0", false);
   add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, "~0", false);
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  const widths = rows[0].map((_, i) =>
+    Math.max(...rows.map((r) => r[i].length))
+  );
   const line = (r: string[]) =>
-    r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+    r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
+      .join("  ");
   console.log("\n" + line(rows[0]));
   console.log(widths.map((w) => "-".repeat(w)).join("  "));
   for (const r of rows.slice(1)) console.log(line(r));
@@ -414,14 +570,27 @@ async function firstRequests(
       try {
         const first = await firstRequest(lab);
         const t = connectionTimes(client.output());
+        const failed = first.error ? ` — failed: ${first.error.trim()}` : "";
         console.log(
-          `first request ${fmt(first.wall, 0)} ms (curl ${fmt(first.curl, 0)} ms), key ` +
-            `download ${fmt(t.keys, 0)} ms, tunnel up ${fmt(t.up, 0)} ms, DNS after ` +
-            `${fmt(first.dnsAfter, 0)} ms` +
-            (first.error ? ` — failed: ${first.error.trim()}` : ""),
+          `first request ${fmt(first.wall, 0)} ms (curl ${
+            fmt(first.curl, 0)
+          } ms), ` +
+            `key download ${fmt(t.keys, 0)} ms, tunnel up ${
+              fmt(t.up, 0)
+            } ms, ` +
+            `DNS after ${fmt(first.dnsAfter, 0)} ms (before ${
+              fmt(first.dnsBefore, 0)
+            } ms)` +
+            failed,
         );
         if (first.wall !== null && t.keys !== null && t.up !== null) {
-          rows.push([first.wall, t.keys, t.up, first.dnsAfter ?? NaN]);
+          rows.push([
+            first.wall,
+            t.keys,
+            t.up,
+            first.dnsAfter ?? NaN,
+            first.dnsBefore ?? NaN,
+          ]);
         }
       } finally {
         await client.stop("SIGTERM", 8000, false).catch(() => {});
@@ -441,8 +610,12 @@ async function firstRequests(
       `${what} of ${rows.length}: first request ${
         fmt(pick(0), 0)
       } ms (target ≤ 150, ref. ≤ 300), ` +
-        `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${fmt(pick(2), 0)} ms, ` +
-        `DNS after ${fmt(pick(3), 0)} ms (target ≤ 5)`,
+        `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${
+          fmt(pick(2), 0)
+        } ms, ` +
+        `DNS after ${fmt(pick(3), 0)} ms (plain name before: ${
+          fmt(pick(4), 0)
+        } ms)`,
     );
   }
 }
@@ -453,7 +626,9 @@ async function tunnelRun(
   lab: Lab,
   opts: Options,
   label: string,
-  startServer: () => Promise<{ pid: number; stop: () => Promise<void>; log: () => string }>,
+  startServer: () => Promise<
+    { pid: number; stop: () => Promise<void>; log: () => string }
+  >,
 ): Promise<Figures> {
   console.log(`\n== ${label}`);
   const server = await startServer();
@@ -466,22 +641,29 @@ async function tunnelRun(
     const target = await tunnelTarget(lab);
     console.log(
       `tunnel up to ${target}; first request ${fmt(first.wall, 0)} ms ` +
-        `(curl ${fmt(first.curl, 0)} ms), key download ${fmt(times.keys, 0)} ms`,
+        `(curl ${fmt(first.curl, 0)} ms), key download ${
+          fmt(times.keys, 0)
+        } ms`,
     );
     const daemons = { server: server.pid, client: client.pid };
     const f = await measure(lab, target, opts, daemons);
     f.firstRequest = first.wall;
     f.firstRequestCurl = first.curl;
     f.dnsAfter = first.dnsAfter;
+    f.dnsBefore = first.dnsBefore;
     f.keyDownload = times.keys;
     f.tunnelUp = times.up;
-    if (first.error) f.notes.push(`first request failed: ${first.error.trim()}`);
+    if (first.error) {
+      f.notes.push(`first request failed: ${first.error.trim()}`);
+    }
     const idle = await idleCpu(daemons, opts.idle);
     f.idleServerCpu = idle.server;
     f.idleClientCpu = idle.client;
     if (!isAlive(server.pid)) f.notes.push("the server died");
     console.log(
-      `up ${fmt(f.up, 0)} Mbit/s, down ${fmt(f.down, 0)} Mbit/s, rtt ${fmt(f.rtt, 3)} ms, ` +
+      `up ${fmt(f.up, 0)} Mbit/s, down ${fmt(f.down, 0)} Mbit/s, rtt ${
+        fmt(f.rtt, 3)
+      } ms, ` +
         `idle CPU ${fmt(f.idleServerCpu, 2)}% / ${fmt(f.idleClientCpu, 2)}%`,
     );
     ok = true;
@@ -491,21 +673,30 @@ async function tunnelRun(
     await server.stop();
     if (!ok || opts.keepLogs) {
       console.log(`--- ${label}: server log ---\n${tail(server.log(), 30)}`);
-      console.log(`--- ${label}: client log ---\n${tail(client?.output() ?? "", 30)}`);
+      console.log(
+        `--- ${label}: client log ---\n${tail(client?.output() ?? "", 30)}`,
+      );
     }
   }
 }
 
 async function main(): Promise<void> {
   const opts = parseArgs(Deno.args);
-  if (Deno.uid() !== 0) throw new Error("run as root: the lab needs network namespaces");
+  if (Deno.uid() !== 0) {
+    throw new Error("run as root: the lab needs network namespaces");
+  }
   const vectors = JSON.parse(
     await Deno.readTextFile(`${ROOT}/tests/fixtures/reference-vectors.json`),
   );
-  const commit = (await run(null, ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], {
-    check: false,
-  })).stdout.trim();
-  console.log(`tunnel bench: commit ${commit || "?"}, ${opts.seconds} s per iperf3 direction`);
+  const commit =
+    (await run(null, ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], {
+      check: false,
+    })).stdout.trim();
+  console.log(
+    `tunnel bench: commit ${
+      commit || "?"
+    }, ${opts.seconds} s per iperf3 direction`,
+  );
 
   await Deno.mkdir(RUNTIME_DIR, { recursive: true });
   const lab = await createLab({ prefix: PREFIX }); // removes leftovers of a crashed run first
@@ -526,13 +717,22 @@ async function main(): Promise<void> {
       logQueries: false,
     });
     stops.push(() => dns.stop());
-    const iperfServer = spawn(lab.serverNs, ["iperf3", "-s", "-B", "0.0.0.0", "--forceflush"], {
+    const iperfServer = spawn(lab.serverNs, [
+      "iperf3",
+      "-s",
+      "-B",
+      "0.0.0.0",
+      "--forceflush",
+    ], {
       name: "iperf3 -s",
     });
     stops.push(async () => void await iperfServer.stop());
     await iperfServer.waitFor("Server listening", 10_000);
     const webRoot = await Deno.makeTempDir({ prefix: "pqts-perf-web" });
-    await Deno.writeTextFile(`${webRoot}/index.html`, "hello through the tunnel\n");
+    await Deno.writeTextFile(
+      `${webRoot}/index.html`,
+      "hello through the tunnel\n",
+    );
     const web = spawn(lab.serverNs, [
       "python3",
       "-m",
@@ -553,7 +753,10 @@ async function main(): Promise<void> {
         await firstRequests(lab, opts, "our server", async () => {
           const p = startOurServer(lab, opts);
           await p.waitFor("serving", 60_000);
-          return { stop: async () => void await p.stop(), log: () => p.output() };
+          return {
+            stop: async () => void await p.stop(),
+            log: () => p.output(),
+          };
         });
       }
       if (opts.reference) {
@@ -562,7 +765,9 @@ async function main(): Promise<void> {
         try {
           await ref.installServerKeys(`${ROOT}/tests/fixtures/`);
           await firstRequests(lab, opts, "reference server", async () => {
-            const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
+            const p = await ref.startReferenceServer(lab.serverNs, {
+              hostIp: lab.serverAddr,
+            });
             return { stop: () => p.stop(), log: () => p.log() };
           });
         } finally {
@@ -576,24 +781,44 @@ async function main(): Promise<void> {
     console.log("\n== plain veth");
     results.plain = await measure(lab, lab.serverAddr, opts, null);
     console.log(
-      `up ${fmt(results.plain.up, 0)} Mbit/s, down ${fmt(results.plain.down, 0)} Mbit/s, ` +
+      `up ${fmt(results.plain.up, 0)} Mbit/s, down ${
+        fmt(results.plain.down, 0)
+      } Mbit/s, ` +
         `rtt ${fmt(results.plain.rtt, 3)} ms`,
     );
 
     if (opts.ours) {
-      results.ours = await tunnelRun(lab, opts, "our server ↔ our client", async () => {
-        const p = startOurServer(lab, opts);
-        await p.waitFor("serving", 60_000);
-        return { pid: p.pid, stop: async () => void await p.stop(), log: () => p.output() };
-      });
+      results.ours = await tunnelRun(
+        lab,
+        opts,
+        "our server ↔ our client",
+        async () => {
+          const p = startOurServer(lab, opts);
+          await p.waitFor("serving", 60_000);
+          return {
+            pid: p.pid,
+            stop: async () => void await p.stop(),
+            log: () => p.output(),
+          };
+        },
+      );
     }
     if (opts.ours && opts.jumbo !== null) {
       const jumbo = { ...opts, mtu: opts.jumbo };
-      results.jumbo = await tunnelRun(lab, jumbo, `ours at MTU ${opts.jumbo}`, async () => {
-        const p = startOurServer(lab, jumbo);
-        await p.waitFor("serving", 60_000);
-        return { pid: p.pid, stop: async () => void await p.stop(), log: () => p.output() };
-      });
+      results.jumbo = await tunnelRun(
+        lab,
+        jumbo,
+        `ours at MTU ${opts.jumbo}`,
+        async () => {
+          const p = startOurServer(lab, jumbo);
+          await p.waitFor("serving", 60_000);
+          return {
+            pid: p.pid,
+            stop: async () => void await p.stop(),
+            log: () => p.output(),
+          };
+        },
+      );
     }
     if (opts.reference) {
       const ref = await import("../tests/lab/reference.ts");
@@ -605,7 +830,9 @@ async function main(): Promise<void> {
           opts,
           "reference server ↔ our client",
           async () => {
-            const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
+            const p = await ref.startReferenceServer(lab.serverNs, {
+              hostIp: lab.serverAddr,
+            });
             return { pid: p.pid, stop: () => p.stop(), log: () => p.log() };
           },
         );
@@ -621,12 +848,19 @@ async function main(): Promise<void> {
 
   const columns = [
     ...(results.ours ? [{ name: "ours", f: results.ours }] : []),
-    ...(results.jumbo ? [{ name: `ours, MTU ${opts.jumbo}`, f: results.jumbo }] : []),
-    ...(results.reference ? [{ name: "reference server", f: results.reference }] : []),
+    ...(results.jumbo
+      ? [{ name: `ours, MTU ${opts.jumbo}`, f: results.jumbo }]
+      : []),
+    ...(results.reference
+      ? [{ name: "reference server", f: results.reference }]
+      : []),
   ];
   printTable(results.plain, columns);
   if (opts.json) {
-    await Deno.writeTextFile(opts.json, JSON.stringify({ commit, opts, results }, null, 2) + "\n");
+    await Deno.writeTextFile(
+      opts.json,
+      JSON.stringify({ commit, opts, results }, null, 2) + "\n",
+    );
   }
 }
 
