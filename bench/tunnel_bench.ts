@@ -33,12 +33,7 @@ import {
   spawn,
   tail,
 } from "../tests/lab/netns.ts";
-import {
-  announcement,
-  dig,
-  mergeZones,
-  startDnsmasq,
-} from "../tests/lab/dnsmasq.ts";
+import { announcement, dig, mergeZones, startDnsmasq } from "../tests/lab/dnsmasq.ts";
 
 const PREFIX = "pqts-perf";
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -169,9 +164,7 @@ async function cpuWhile(
   const before = pids.map(treeTicks);
   await during;
   const seconds = (performance.now() - t0) / 1000;
-  return pids.map((p, i) =>
-    ((treeTicks(p) - before[i]) / CLK_TCK / seconds) * 100
-  );
+  return pids.map((p, i) => ((treeTicks(p) - before[i]) / CLK_TCK / seconds) * 100);
 }
 
 async function iperf(
@@ -204,9 +197,7 @@ async function iperf(
     const retr = j.end?.sum_sent?.retransmits;
     return {
       mbps: typeof bps === "number" ? bps / 1e6 : null,
-      error: typeof retr === "number" && retr > 0
-        ? `${retr} retransmits`
-        : null,
+      error: typeof retr === "number" && retr > 0 ? `${retr} retransmits` : null,
     };
   } catch {
     return {
@@ -301,9 +292,7 @@ function startOurServer(lab: Lab, opts: Options): LabProcess {
     Deno.execPath(),
     "run",
     "-A",
-    ...(opts.profile === null
-      ? []
-      : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
+    ...(opts.profile === null ? [] : ["--cpu-prof", `--cpu-prof-dir=${opts.profile}`]),
     `${ROOT}/main.ts`,
     "server",
     "-d",
@@ -338,8 +327,7 @@ const HTTP_PORT = 8080;
  */
 async function firstRequest(lab: Lab) {
   const stats = `sed -n 's/.*Query time: \\([0-9]*\\) msec.*/\\1/p'`;
-  const script =
-    `b=$(dig +noall +stats +time=3 +tries=1 plain.lab.test A | ${stats}); ` +
+  const script = `b=$(dig +noall +stats +time=3 +tries=1 plain.lab.test A | ${stats}); ` +
     `a=$(dig +short +time=3 +tries=1 ${NAME} A | tail -n 1); t1=$(date +%s%N); ` +
     `c=$(curl -s -o /dev/null --max-time 10 -w '%{http_code} %{time_total}' http://$a:${HTTP_PORT}/); ` +
     `t2=$(date +%s%N); q=$(dig +noall +stats +time=3 +tries=1 ${NAME} A | ` +
@@ -446,9 +434,7 @@ function printTable(
     rows.push([
       label,
       withPlain ? fmt(base, digits) : "",
-      ...columns.map((c) =>
-        fmt(get(c.f), digits) + (withRatio ? ratio(get(c.f), base) : "")
-      ),
+      ...columns.map((c) => fmt(get(c.f), digits) + (withRatio ? ratio(get(c.f), base) : "")),
       target,
     ]);
   };
@@ -461,9 +447,7 @@ function printTable(
     "added avg RTT, ms",
     "",
     ...columns.map((c) =>
-      c.f.rtt !== null && plain.rtt !== null
-        ? (c.f.rtt - plain.rtt).toFixed(3)
-        : "—"
+      c.f.rtt !== null && plain.rtt !== null ? (c.f.rtt - plain.rtt).toFixed(3) : "—"
     ),
     "≤ 0.15",
   ]);
@@ -540,9 +524,7 @@ function printTable(
   );
   add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, "~0", false);
   add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, "~0", false);
-  const widths = rows[0].map((_, i) =>
-    Math.max(...rows.map((r) => r[i].length))
-  );
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const line = (r: string[]) =>
     r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
       .join("  ");
@@ -572,15 +554,9 @@ async function firstRequests(
         const t = connectionTimes(client.output());
         const failed = first.error ? ` — failed: ${first.error.trim()}` : "";
         console.log(
-          `first request ${fmt(first.wall, 0)} ms (curl ${
-            fmt(first.curl, 0)
-          } ms), ` +
-            `key download ${fmt(t.keys, 0)} ms, tunnel up ${
-              fmt(t.up, 0)
-            } ms, ` +
-            `DNS after ${fmt(first.dnsAfter, 0)} ms (before ${
-              fmt(first.dnsBefore, 0)
-            } ms)` +
+          `first request ${fmt(first.wall, 0)} ms (curl ${fmt(first.curl, 0)} ms), ` +
+            `key download ${fmt(t.keys, 0)} ms, tunnel up ${fmt(t.up, 0)} ms, ` +
+            `DNS after ${fmt(first.dnsAfter, 0)} ms (before ${fmt(first.dnsBefore, 0)} ms)` +
             failed,
         );
         if (first.wall !== null && t.keys !== null && t.up !== null) {
@@ -610,12 +586,8 @@ async function firstRequests(
       `${what} of ${rows.length}: first request ${
         fmt(pick(0), 0)
       } ms (target ≤ 150, ref. ≤ 300), ` +
-        `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${
-          fmt(pick(2), 0)
-        } ms, ` +
-        `DNS after ${fmt(pick(3), 0)} ms (plain name before: ${
-          fmt(pick(4), 0)
-        } ms)`,
+        `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${fmt(pick(2), 0)} ms, ` +
+        `DNS after ${fmt(pick(3), 0)} ms (plain name before: ${fmt(pick(4), 0)} ms)`,
     );
   }
 }
@@ -641,9 +613,7 @@ async function tunnelRun(
     const target = await tunnelTarget(lab);
     console.log(
       `tunnel up to ${target}; first request ${fmt(first.wall, 0)} ms ` +
-        `(curl ${fmt(first.curl, 0)} ms), key download ${
-          fmt(times.keys, 0)
-        } ms`,
+        `(curl ${fmt(first.curl, 0)} ms), key download ${fmt(times.keys, 0)} ms`,
     );
     const daemons = { server: server.pid, client: client.pid };
     const f = await measure(lab, target, opts, daemons);
@@ -661,9 +631,7 @@ async function tunnelRun(
     f.idleClientCpu = idle.client;
     if (!isAlive(server.pid)) f.notes.push("the server died");
     console.log(
-      `up ${fmt(f.up, 0)} Mbit/s, down ${fmt(f.down, 0)} Mbit/s, rtt ${
-        fmt(f.rtt, 3)
-      } ms, ` +
+      `up ${fmt(f.up, 0)} Mbit/s, down ${fmt(f.down, 0)} Mbit/s, rtt ${fmt(f.rtt, 3)} ms, ` +
         `idle CPU ${fmt(f.idleServerCpu, 2)}% / ${fmt(f.idleClientCpu, 2)}%`,
     );
     ok = true;
@@ -688,14 +656,11 @@ async function main(): Promise<void> {
   const vectors = JSON.parse(
     await Deno.readTextFile(`${ROOT}/tests/fixtures/reference-vectors.json`),
   );
-  const commit =
-    (await run(null, ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], {
-      check: false,
-    })).stdout.trim();
+  const commit = (await run(null, ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], {
+    check: false,
+  })).stdout.trim();
   console.log(
-    `tunnel bench: commit ${
-      commit || "?"
-    }, ${opts.seconds} s per iperf3 direction`,
+    `tunnel bench: commit ${commit || "?"}, ${opts.seconds} s per iperf3 direction`,
   );
 
   await Deno.mkdir(RUNTIME_DIR, { recursive: true });
@@ -781,9 +746,7 @@ async function main(): Promise<void> {
     console.log("\n== plain veth");
     results.plain = await measure(lab, lab.serverAddr, opts, null);
     console.log(
-      `up ${fmt(results.plain.up, 0)} Mbit/s, down ${
-        fmt(results.plain.down, 0)
-      } Mbit/s, ` +
+      `up ${fmt(results.plain.up, 0)} Mbit/s, down ${fmt(results.plain.down, 0)} Mbit/s, ` +
         `rtt ${fmt(results.plain.rtt, 3)} ms`,
     );
 
@@ -848,12 +811,8 @@ async function main(): Promise<void> {
 
   const columns = [
     ...(results.ours ? [{ name: "ours", f: results.ours }] : []),
-    ...(results.jumbo
-      ? [{ name: `ours, MTU ${opts.jumbo}`, f: results.jumbo }]
-      : []),
-    ...(results.reference
-      ? [{ name: "reference server", f: results.reference }]
-      : []),
+    ...(results.jumbo ? [{ name: `ours, MTU ${opts.jumbo}`, f: results.jumbo }] : []),
+    ...(results.reference ? [{ name: "reference server", f: results.reference }] : []),
   ];
   printTable(results.plain, columns);
   if (opts.json) {
