@@ -16,6 +16,10 @@
 //   --json FILE     also write the figures as JSON
 //   --keep-logs     print the daemons' last log lines even when all went well
 //   --profile DIR   run our server with --cpu-prof, the profile lands in DIR
+//   --jumbo N       also run our server and client at MTU N (e.g. 9000): one stream each way
+//   --first N       only the first request, N times, each with a fresh client (the median
+//                   says more than one run on a busy machine); our server, and with
+//                   --reference the reference server too
 
 import {
   createLab,
@@ -46,6 +50,8 @@ interface Options {
   json: string | null;
   keepLogs: boolean;
   profile: string | null;
+  jumbo: number | null;
+  first: number;
 }
 
 function parseArgs(args: string[]): Options {
@@ -58,6 +64,8 @@ function parseArgs(args: string[]): Options {
     json: null,
     keepLogs: false,
     profile: null,
+    jumbo: null,
+    first: 0,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -68,7 +76,9 @@ function parseArgs(args: string[]): Options {
     };
     const positive = (v: string) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new Error(`${a} must be a positive integer`);
+      if (!Number.isInteger(n) || n < 1) {
+        throw new Error(`${a} must be a positive integer`);
+      }
       return n;
     };
     if (a === "--seconds") o.seconds = positive(value());
@@ -79,6 +89,8 @@ function parseArgs(args: string[]): Options {
     else if (a === "--json") o.json = value();
     else if (a === "--keep-logs") o.keepLogs = true;
     else if (a === "--profile") o.profile = value();
+    else if (a === "--jumbo") o.jumbo = positive(value());
+    else if (a === "--first") o.first = positive(value());
     else throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -100,6 +112,18 @@ interface Figures {
   busyMachineCpu?: number | null;
   idleServerCpu?: number | null;
   idleClientCpu?: number | null;
+  /** Four TCP streams client → server, Mbit/s. */
+  up4?: number | null;
+  /** The first request: DNS answer → HTTP response (wall, with curl's start), curl's own time,
+   * the key download and the whole connection as the client logged them, ms. */
+  firstRequest?: number | null;
+  firstRequestCurl?: number | null;
+  keyDownload?: number | null;
+  tunnelUp?: number | null;
+  /** A DNS lookup right after the first request, and one of an ordinary name before it (the
+   * DNS path's own time through the client), as dig reports them, ms. */
+  dnsAfter?: number | null;
+  dnsBefore?: number | null;
   notes: string[];
 }
 
@@ -124,14 +148,19 @@ function treeTicks(pid: number): number {
 
 /** Busy and total jiffies of all cores, from /proc/stat. */
 function machineTicks(): { busy: number; total: number } {
-  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1, 9)
+  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(
+    /\s+/,
+  ).slice(1, 9)
     .map(Number);
   const total = f.reduce((a, b) => a + b, 0);
   return { busy: total - f[3] - f[4], total }; // idle and iowait are not busy
 }
 
 /** Measures the CPU of process trees while `during` runs: % of one core each. */
-async function cpuWhile(pids: number[], during: Promise<unknown>): Promise<number[]> {
+async function cpuWhile(
+  pids: number[],
+  during: Promise<unknown>,
+): Promise<number[]> {
   const t0 = performance.now();
   const before = pids.map(treeTicks);
   await during;
@@ -139,10 +168,29 @@ async function cpuWhile(pids: number[], during: Promise<unknown>): Promise<numbe
   return pids.map((p, i) => ((treeTicks(p) - before[i]) / CLK_TCK / seconds) * 100);
 }
 
-async function iperf(lab: Lab, target: string, seconds: number, reverse: boolean) {
-  const args = ["iperf3", "-c", target, "-t", String(seconds), "-J", "--connect-timeout", "5000"];
+async function iperf(
+  lab: Lab,
+  target: string,
+  seconds: number,
+  reverse: boolean,
+  streams = 1,
+) {
+  const args = [
+    "iperf3",
+    "-c",
+    target,
+    "-t",
+    String(seconds),
+    "-J",
+    "--connect-timeout",
+    "5000",
+  ];
   if (reverse) args.push("-R");
-  const r = await run(lab.clientNs, args, { check: false, timeoutMs: (seconds + 30) * 1000 });
+  if (streams > 1) args.push("-P", String(streams));
+  const r = await run(lab.clientNs, args, {
+    check: false,
+    timeoutMs: (seconds + 30) * 1000,
+  });
   try {
     const j = JSON.parse(r.stdout);
     if (j.error) return { mbps: null, error: String(j.error) };
@@ -153,14 +201,28 @@ async function iperf(lab: Lab, target: string, seconds: number, reverse: boolean
       error: typeof retr === "number" && retr > 0 ? `${retr} retransmits` : null,
     };
   } catch {
-    return { mbps: null, error: `iperf3 exited ${r.code}: ${(r.stderr || r.stdout).trim()}` };
+    return {
+      mbps: null,
+      error: `iperf3 exited ${r.code}: ${(r.stderr || r.stdout).trim()}`,
+    };
   }
 }
 
 async function ping(lab: Lab, target: string, count: number, interval: string) {
   const r = await run(
     lab.clientNs,
-    ["ping", "-q", "-n", "-c", String(count), "-i", interval, "-W", "1", target],
+    [
+      "ping",
+      "-q",
+      "-n",
+      "-c",
+      String(count),
+      "-i",
+      interval,
+      "-W",
+      "1",
+      target,
+    ],
     { check: false, timeoutMs: 60_000 },
   );
   const m = r.stdout.match(/= ([\d.]+)\/([\d.]+)\/([\d.]+)\/([\d.]+) ms/);
@@ -184,15 +246,21 @@ async function measure(
   if (p.loss) notes.push(`ping loss ${p.loss}%`);
   const upRun = iperf(lab, target, opts.seconds, false);
   const m0 = machineTicks();
-  const busy = await cpuWhile(daemons ? [daemons.server, daemons.client] : [], upRun);
+  const busy = await cpuWhile(
+    daemons ? [daemons.server, daemons.client] : [],
+    upRun,
+  );
   const m1 = machineTicks();
   const up = await upRun;
   if (up.error) notes.push(`up: ${up.error}`);
   const down = await iperf(lab, target, opts.seconds, true);
   if (down.error) notes.push(`down: ${down.error}`);
+  const up4 = await iperf(lab, target, opts.seconds, false, 4);
+  if (up4.error) notes.push(`4 streams: ${up4.error}`);
   return {
     up: up.mbps,
     down: down.mbps,
+    up4: up4.mbps,
     rtt: p.avg,
     rttMin: p.min,
     busyServerCpu: busy[0] ?? null,
@@ -202,7 +270,10 @@ async function measure(
   };
 }
 
-async function idleCpu(daemons: { server: number; client: number }, seconds: number) {
+async function idleCpu(
+  daemons: { server: number; client: number },
+  seconds: number,
+) {
   await sleep(1000); // let the last test's packets drain
   const [server, client] = await cpuWhile(
     [daemons.server, daemons.client],
@@ -238,15 +309,77 @@ async function startOurClient(lab: Lab, opts: Options): Promise<LabProcess> {
   return client;
 }
 
+const HTTP_PORT = 8080;
+
+/**
+ * The first request to a server the client has not seen: resolve the name through the client
+ * (its answer starts the connection), then fetch a page over the tunnel with curl. Timed in the
+ * client namespace from the DNS answer (dig exiting) to curl exiting with the response.
+ */
+async function firstRequest(lab: Lab) {
+  const stats = `sed -n 's/.*Query time: \\([0-9]*\\) msec.*/\\1/p'`;
+  const script = `b=$(dig +noall +stats +time=3 +tries=1 plain.lab.test A | ${stats}); ` +
+    `a=$(dig +short +time=3 +tries=1 ${NAME} A | tail -n 1); t1=$(date +%s%N); ` +
+    `c=$(curl -s -o /dev/null --max-time 10 -w '%{http_code} %{time_total}' http://$a:${HTTP_PORT}/); ` +
+    `t2=$(date +%s%N); q=$(dig +noall +stats +time=3 +tries=1 ${NAME} A | ` +
+    `${stats}); echo "$a $(( (t2 - t1) / 1000 )) $c $q $b"`;
+  const r = await run(lab.clientNs, ["bash", "-c", script], {
+    check: false,
+    timeoutMs: 30_000,
+  });
+  const f = r.stdout.trim().split(/\s+/);
+  if (f.length < 4 || f[2] !== "200") {
+    return {
+      addr: f[0] ?? "",
+      wall: null,
+      curl: null,
+      dnsAfter: null,
+      dnsBefore: null,
+      error: r.stdout + r.stderr,
+    };
+  }
+  return {
+    addr: f[0],
+    wall: Number(f[1]) / 1000,
+    curl: Number(f[3]) * 1000,
+    dnsAfter: f[4] === undefined ? null : Number(f[4]),
+    dnsBefore: f[5] === undefined ? null : Number(f[5]),
+    error: null,
+  };
+}
+
+/** "long-term keys verified (937 parts, N requests, X ms)" and "tunnel … up (X ms)". */
+function connectionTimes(
+  log: string,
+): { keys: number | null; up: number | null } {
+  const keys = log.match(
+    /long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms\)/,
+  );
+  const up = log.match(/: tunnel [0-9a-f]+ up \((\d+) ms\)/);
+  return { keys: keys ? Number(keys[1]) : null, up: up ? Number(up[1]) : null };
+}
+
 /** Resolves the announced name through the client (it answers with an internal address) and
  * waits until the tunnel carries a ping: the first one pays for the key download. */
 async function tunnelTarget(lab: Lab): Promise<string> {
   const answer = await dig(lab.clientNs, NAME);
   const a = answer.answers.find((x) => x.type === "A");
-  if (!a) throw new Error(`no A record for ${NAME} through the client:\n${answer.raw}`);
+  if (!a) {
+    throw new Error(
+      `no A record for ${NAME} through the client:\n${answer.raw}`,
+    );
+  }
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
-    const r = await run(lab.clientNs, ["ping", "-n", "-c", "1", "-W", "2", a.data], {
+    const r = await run(lab.clientNs, [
+      "ping",
+      "-n",
+      "-c",
+      "1",
+      "-W",
+      "2",
+      a.data,
+    ], {
       check: false,
     });
     if (r.code === 0) return a.data;
@@ -261,19 +394,31 @@ function fmt(v: number | null | undefined, digits: number): string {
   return v === null || v === undefined ? "—" : v.toFixed(digits);
 }
 
-function ratio(v: number | null | undefined, base: number | null | undefined): string {
+function ratio(
+  v: number | null | undefined,
+  base: number | null | undefined,
+): string {
   if (v === null || v === undefined || !base) return "";
   const r = v / base;
   return ` (${r >= 10 ? r.toFixed(1) : r.toFixed(r >= 0.1 ? 2 : 4)}×)`;
 }
 
-function printTable(plain: Figures, columns: { name: string; f: Figures }[]): void {
-  const rows: string[][] = [["", "plain veth", ...columns.map((c) => c.name)]];
+function printTable(
+  plain: Figures,
+  columns: { name: string; f: Figures }[],
+): void {
+  const rows: string[][] = [[
+    "",
+    "plain veth",
+    ...columns.map((c) => c.name),
+    "target",
+  ]];
   const add = (
     label: string,
     get: (f: Figures) => number | null | undefined,
     digits: number,
     withRatio: boolean,
+    target: string,
     withPlain = true,
   ) => {
     const base = get(plain);
@@ -281,32 +426,160 @@ function printTable(plain: Figures, columns: { name: string; f: Figures }[]): vo
       label,
       withPlain ? fmt(base, digits) : "",
       ...columns.map((c) => fmt(get(c.f), digits) + (withRatio ? ratio(get(c.f), base) : "")),
+      target,
     ]);
   };
-  add("TCP client→server, Mbit/s", (f) => f.up, 0, true);
-  add("TCP server→client, Mbit/s", (f) => f.down, 0, true);
-  add("ping avg RTT, ms", (f) => f.rtt, 3, true);
-  add("ping min RTT, ms", (f) => f.rttMin, 3, true);
+  add("TCP client→server, Mbit/s", (f) => f.up, 0, true, "≥ 1500");
+  add("TCP server→client, Mbit/s", (f) => f.down, 0, true, "≥ 1500");
+  add("TCP client→server, 4 streams, Mbit/s", (f) => f.up4, 0, true, "≥ 2000");
+  add("ping avg RTT, ms", (f) => f.rtt, 3, true, "");
+  add("ping min RTT, ms", (f) => f.rttMin, 3, true, "");
   rows.push([
     "added avg RTT, ms",
     "",
     ...columns.map((c) =>
       c.f.rtt !== null && plain.rtt !== null ? (c.f.rtt - plain.rtt).toFixed(3) : "—"
     ),
+    "≤ 0.15",
   ]);
-  add("server CPU during TCP up, %", (f) => f.busyServerCpu, 1, false, false);
-  add("client CPU during TCP up, %", (f) => f.busyClientCpu, 1, false, false);
-  add("machine CPU during TCP up, % of all", (f) => f.busyMachineCpu, 0, false);
-  add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, false);
-  add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, false);
+  add(
+    "first request, DNS answer → HTTP response, ms",
+    (f) => f.firstRequest,
+    0,
+    false,
+    "≤ 150 (ref. ≤ 300)",
+    false,
+  );
+  add(
+    "  of it curl's own time, ms",
+    (f) => f.firstRequestCurl,
+    0,
+    false,
+    "",
+    false,
+  );
+  add(
+    "  key download (client log), ms",
+    (f) => f.keyDownload,
+    0,
+    false,
+    "≤ 50",
+    false,
+  );
+  add(
+    "  tunnel up from DNS (client log), ms",
+    (f) => f.tunnelUp,
+    0,
+    false,
+    "",
+    false,
+  );
+  add(
+    "DNS lookup of a plain name before, ms",
+    (f) => f.dnsBefore,
+    0,
+    false,
+    "",
+    false,
+  );
+  add(
+    "DNS lookup right after, ms",
+    (f) => f.dnsAfter,
+    0,
+    false,
+    "≤ 5 more",
+    false,
+  );
+  add(
+    "server CPU during TCP up, %",
+    (f) => f.busyServerCpu,
+    1,
+    false,
+    "",
+    false,
+  );
+  add(
+    "client CPU during TCP up, %",
+    (f) => f.busyClientCpu,
+    1,
+    false,
+    "",
+    false,
+  );
+  add(
+    "machine CPU during TCP up, % of all",
+    (f) => f.busyMachineCpu,
+    0,
+    false,
+    "",
+  );
+  add("server CPU idle, %", (f) => f.idleServerCpu, 2, false, "~0", false);
+  add("client CPU idle, %", (f) => f.idleClientCpu, 2, false, "~0", false);
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const line = (r: string[]) =>
-    r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+    r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
+      .join("  ");
   console.log("\n" + line(rows[0]));
   console.log(widths.map((w) => "-".repeat(w)).join("  "));
   for (const r of rows.slice(1)) console.log(line(r));
   for (const c of [{ name: "plain veth", f: plain }, ...columns]) {
     for (const n of c.f.notes) console.log(`note (${c.name}): ${n}`);
+  }
+}
+
+/** --first N: the first request only, N fresh clients against one server. */
+async function firstRequests(
+  lab: Lab,
+  opts: Options,
+  label: string,
+  startServer: () => Promise<{ stop: () => Promise<void>; log: () => string }>,
+): Promise<void> {
+  console.log(`\n== ${label}: first request, ${opts.first} fresh clients`);
+  const server = await startServer();
+  const rows: number[][] = [];
+  try {
+    for (let i = 0; i < opts.first; i++) {
+      const client = await startOurClient(lab, opts);
+      try {
+        const first = await firstRequest(lab);
+        const t = connectionTimes(client.output());
+        const failed = first.error ? ` — failed: ${first.error.trim()}` : "";
+        console.log(
+          `first request ${fmt(first.wall, 0)} ms (curl ${fmt(first.curl, 0)} ms), ` +
+            `key download ${fmt(t.keys, 0)} ms, tunnel up ${fmt(t.up, 0)} ms, ` +
+            `DNS after ${fmt(first.dnsAfter, 0)} ms (before ${fmt(first.dnsBefore, 0)} ms)` +
+            failed,
+        );
+        if (first.wall !== null && t.keys !== null && t.up !== null) {
+          rows.push([
+            first.wall,
+            t.keys,
+            t.up,
+            first.dnsAfter ?? NaN,
+            first.dnsBefore ?? NaN,
+          ]);
+        }
+      } finally {
+        await client.stop("SIGTERM", 8000, false).catch(() => {});
+      }
+    }
+  } finally {
+    await server.stop();
+  }
+  const sorted = (k: number) => rows.map((r) => r[k]).sort((a, b) => a - b);
+  const median = (k: number) => {
+    const v = sorted(k);
+    return v.length ? v[Math.floor(v.length / 2)] : null;
+  };
+  const best = (k: number) => sorted(k)[0] ?? null;
+  for (const [what, pick] of [["median", median], ["best", best]] as const) {
+    console.log(
+      `${what} of ${rows.length}: first request ${
+        fmt(pick(0), 0)
+      } ms (target ≤ 150, ref. ≤ 300), ` +
+        `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${fmt(pick(2), 0)} ms, ` +
+        `DNS after ${fmt(pick(3), 0)} ms (plain name before: ${fmt(pick(4), 0)} ms)`,
+    );
   }
 }
 
@@ -316,7 +589,9 @@ async function tunnelRun(
   lab: Lab,
   opts: Options,
   label: string,
-  startServer: () => Promise<{ pid: number; stop: () => Promise<void>; log: () => string }>,
+  startServer: () => Promise<
+    { pid: number; stop: () => Promise<void>; log: () => string }
+  >,
 ): Promise<Figures> {
   console.log(`\n== ${label}`);
   const server = await startServer();
@@ -324,10 +599,24 @@ async function tunnelRun(
   let ok = false;
   try {
     client = await startOurClient(lab, opts);
+    const first = await firstRequest(lab);
+    const times = connectionTimes(client.output());
     const target = await tunnelTarget(lab);
-    console.log(`tunnel up to ${target}`);
+    console.log(
+      `tunnel up to ${target}; first request ${fmt(first.wall, 0)} ms ` +
+        `(curl ${fmt(first.curl, 0)} ms), key download ${fmt(times.keys, 0)} ms`,
+    );
     const daemons = { server: server.pid, client: client.pid };
     const f = await measure(lab, target, opts, daemons);
+    f.firstRequest = first.wall;
+    f.firstRequestCurl = first.curl;
+    f.dnsAfter = first.dnsAfter;
+    f.dnsBefore = first.dnsBefore;
+    f.keyDownload = times.keys;
+    f.tunnelUp = times.up;
+    if (first.error) {
+      f.notes.push(`first request failed: ${first.error.trim()}`);
+    }
     const idle = await idleCpu(daemons, opts.idle);
     f.idleServerCpu = idle.server;
     f.idleClientCpu = idle.client;
@@ -343,21 +632,27 @@ async function tunnelRun(
     await server.stop();
     if (!ok || opts.keepLogs) {
       console.log(`--- ${label}: server log ---\n${tail(server.log(), 30)}`);
-      console.log(`--- ${label}: client log ---\n${tail(client?.output() ?? "", 30)}`);
+      console.log(
+        `--- ${label}: client log ---\n${tail(client?.output() ?? "", 30)}`,
+      );
     }
   }
 }
 
 async function main(): Promise<void> {
   const opts = parseArgs(Deno.args);
-  if (Deno.uid() !== 0) throw new Error("run as root: the lab needs network namespaces");
+  if (Deno.uid() !== 0) {
+    throw new Error("run as root: the lab needs network namespaces");
+  }
   const vectors = JSON.parse(
     await Deno.readTextFile(`${ROOT}/tests/fixtures/reference-vectors.json`),
   );
   const commit = (await run(null, ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], {
     check: false,
   })).stdout.trim();
-  console.log(`tunnel bench: commit ${commit || "?"}, ${opts.seconds} s per iperf3 direction`);
+  console.log(
+    `tunnel bench: commit ${commit || "?"}, ${opts.seconds} s per iperf3 direction`,
+  );
 
   await Deno.mkdir(RUNTIME_DIR, { recursive: true });
   const lab = await createLab({ prefix: PREFIX }); // removes leftovers of a crashed run first
@@ -378,11 +673,66 @@ async function main(): Promise<void> {
       logQueries: false,
     });
     stops.push(() => dns.stop());
-    const iperfServer = spawn(lab.serverNs, ["iperf3", "-s", "-B", "0.0.0.0", "--forceflush"], {
+    const iperfServer = spawn(lab.serverNs, [
+      "iperf3",
+      "-s",
+      "-B",
+      "0.0.0.0",
+      "--forceflush",
+    ], {
       name: "iperf3 -s",
     });
     stops.push(async () => void await iperfServer.stop());
     await iperfServer.waitFor("Server listening", 10_000);
+    const webRoot = await Deno.makeTempDir({ prefix: "pqts-perf-web" });
+    await Deno.writeTextFile(
+      `${webRoot}/index.html`,
+      "hello through the tunnel\n",
+    );
+    const web = spawn(lab.serverNs, [
+      "python3",
+      "-m",
+      "http.server",
+      String(HTTP_PORT),
+      "--bind",
+      "0.0.0.0",
+      "--directory",
+      webRoot,
+    ], { name: "http server" });
+    stops.push(async () => {
+      await web.stop();
+      await Deno.remove(webRoot, { recursive: true }).catch(() => {});
+    });
+
+    if (opts.first > 0) {
+      if (opts.ours) {
+        await firstRequests(lab, opts, "our server", async () => {
+          const p = startOurServer(lab, opts);
+          await p.waitFor("serving", 60_000);
+          return {
+            stop: async () => void await p.stop(),
+            log: () => p.output(),
+          };
+        });
+      }
+      if (opts.reference) {
+        const ref = await import("../tests/lab/reference.ts");
+        await ref.prepareReferenceRoot();
+        try {
+          await ref.installServerKeys(`${ROOT}/tests/fixtures/`);
+          await firstRequests(lab, opts, "reference server", async () => {
+            const p = await ref.startReferenceServer(lab.serverNs, {
+              hostIp: lab.serverAddr,
+            });
+            return { stop: () => p.stop(), log: () => p.log() };
+          });
+        } finally {
+          await ref.restoreReferenceKeys();
+          await ref.releaseReferenceRoot();
+        }
+      }
+      return;
+    }
 
     console.log("\n== plain veth");
     results.plain = await measure(lab, lab.serverAddr, opts, null);
@@ -392,11 +742,37 @@ async function main(): Promise<void> {
     );
 
     if (opts.ours) {
-      results.ours = await tunnelRun(lab, opts, "our server ↔ our client", async () => {
-        const p = startOurServer(lab, opts);
-        await p.waitFor("serving", 60_000);
-        return { pid: p.pid, stop: async () => void await p.stop(), log: () => p.output() };
-      });
+      results.ours = await tunnelRun(
+        lab,
+        opts,
+        "our server ↔ our client",
+        async () => {
+          const p = startOurServer(lab, opts);
+          await p.waitFor("serving", 60_000);
+          return {
+            pid: p.pid,
+            stop: async () => void await p.stop(),
+            log: () => p.output(),
+          };
+        },
+      );
+    }
+    if (opts.ours && opts.jumbo !== null) {
+      const jumbo = { ...opts, mtu: opts.jumbo };
+      results.jumbo = await tunnelRun(
+        lab,
+        jumbo,
+        `ours at MTU ${opts.jumbo}`,
+        async () => {
+          const p = startOurServer(lab, jumbo);
+          await p.waitFor("serving", 60_000);
+          return {
+            pid: p.pid,
+            stop: async () => void await p.stop(),
+            log: () => p.output(),
+          };
+        },
+      );
     }
     if (opts.reference) {
       const ref = await import("../tests/lab/reference.ts");
@@ -408,7 +784,9 @@ async function main(): Promise<void> {
           opts,
           "reference server ↔ our client",
           async () => {
-            const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
+            const p = await ref.startReferenceServer(lab.serverNs, {
+              hostIp: lab.serverAddr,
+            });
             return { pid: p.pid, stop: () => p.stop(), log: () => p.log() };
           },
         );
@@ -424,11 +802,15 @@ async function main(): Promise<void> {
 
   const columns = [
     ...(results.ours ? [{ name: "ours", f: results.ours }] : []),
+    ...(results.jumbo ? [{ name: `ours, MTU ${opts.jumbo}`, f: results.jumbo }] : []),
     ...(results.reference ? [{ name: "reference server", f: results.reference }] : []),
   ];
   printTable(results.plain, columns);
   if (opts.json) {
-    await Deno.writeTextFile(opts.json, JSON.stringify({ commit, opts, results }, null, 2) + "\n");
+    await Deno.writeTextFile(
+      opts.json,
+      JSON.stringify({ commit, opts, results }, null, 2) + "\n",
+    );
   }
 }
 

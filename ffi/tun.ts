@@ -20,8 +20,17 @@ import {
 
 const TUNSETIFF = 0x400454can;
 const TUNGETIFF = 0x800454d2n;
+const TUNSETOFFLOAD = 0x400454d0n;
 const IFF_TUN = 0x0001;
 const IFF_NO_PI = 0x1000;
+const IFF_VNET_HDR = 0x4000;
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO_ECN = 0x08;
+const TUN_F_USO4 = 0x20;
+const TUN_F_USO6 = 0x40;
+/** Every read and write of a device with offloads starts with a struct virtio_net_hdr. */
+export const VNET_HDR_BYTES = 10;
 const IFNAMSIZ = 16;
 /** sizeof(struct ifreq) on Linux: the name plus a 24-byte union. */
 const IFREQ_SIZE = 40;
@@ -30,6 +39,26 @@ export interface TunHandle {
   fd: number;
   /** The interface name the kernel chose (patterns such as "pqc%d" are expanded). */
   name: string;
+  /** TUN_F_* offloads granted (0 without IFF_VNET_HDR). */
+  offloads: number;
+}
+
+export interface TunOptions {
+  /**
+   * IFF_VNET_HDR with checksum and TCP (and, where the kernel has it, UDP) segmentation
+   * offloads: reads and writes carry a virtio_net_hdr and may be up to 64 kB segments.
+   */
+  offload?: boolean;
+}
+
+/** Asks for the offloads we can split, the largest set the kernel accepts. */
+function setOffloads(fd: number): number {
+  const base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN;
+  // USO needs both families at once (Linux 6.2 and later).
+  for (const want of [base | TUN_F_USO4 | TUN_F_USO6, base, TUN_F_CSUM, 0]) {
+    if (libc().ioctlValue(fd, TUNSETOFFLOAD, BigInt(want)) === 0) return want;
+  }
+  return 0;
 }
 
 function ifreqName(ifr: Uint8Array): string {
@@ -41,7 +70,7 @@ function ifreqName(ifr: Uint8Array): string {
  * Creates a TUN interface (no packet-information header) and returns its descriptor, which is
  * non-blocking and close-on-exec. `pattern` may contain "%d" for the kernel to number it.
  */
-export function openTun(pattern = "pqc%d"): TunHandle {
+export function openTun(pattern = "pqc%d", opts: TunOptions = {}): TunHandle {
   const encoded = new TextEncoder().encode(pattern);
   if (encoded.length === 0 || encoded.length >= IFNAMSIZ || encoded.includes(0)) {
     throw new RangeError(`TUN name "${pattern}" must be 1..${IFNAMSIZ - 1} bytes without NUL`);
@@ -52,13 +81,21 @@ export function openTun(pattern = "pqc%d"): TunHandle {
   );
   const ifr = new Uint8Array(IFREQ_SIZE);
   ifr.set(encoded);
-  new DataView(ifr.buffer).setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI, true);
+  const flags = IFF_TUN | IFF_NO_PI | (opts.offload ? IFF_VNET_HDR : 0);
+  new DataView(ifr.buffer).setUint16(IFNAMSIZ, flags, true);
   if (libc().ioctl(fd, TUNSETIFF, ifr) < 0) {
     const code = errno();
     libc().close(fd);
     throw new SysError(`ioctl(TUNSETIFF, "${pattern}")`, code);
   }
-  return { fd, name: ifreqName(ifr) };
+  return { fd, name: ifreqName(ifr), offloads: opts.offload ? setOffloads(fd) : 0 };
+}
+
+/** Whether a TUN descriptor was opened with IFF_VNET_HDR. */
+function hasVnetHeader(fd: number): boolean {
+  const ifr = new Uint8Array(IFREQ_SIZE);
+  check("ioctl(TUNGETIFF)", libc().ioctl(fd, TUNGETIFF, ifr));
+  return (new DataView(ifr.buffer).getUint16(IFNAMSIZ, true) & IFF_VNET_HDR) !== 0;
 }
 
 /** Name of the interface a TUN descriptor is attached to. */
@@ -89,15 +126,18 @@ export class TunDevice {
     lastErrno: 0,
   };
   #fd: number;
+  /** Where write() puts the empty virtio_net_hdr in front of a packet. */
+  #frame: Uint8Array | null;
 
-  private constructor(fd: number, readonly name: string) {
+  private constructor(fd: number, readonly name: string, readonly vnetHeader: boolean) {
     this.#fd = fd;
+    this.#frame = vnetHeader ? new Uint8Array(VNET_HDR_BYTES + 65535) : null;
   }
 
   /** Creates a new interface; see openTun. */
-  static open(pattern = "pqc%d"): TunDevice {
-    const { fd, name } = openTun(pattern);
-    return new TunDevice(fd, name);
+  static open(pattern = "pqc%d", opts: TunOptions = {}): TunDevice {
+    const { fd, name } = openTun(pattern, opts);
+    return new TunDevice(fd, name, opts.offload === true);
   }
 
   /**
@@ -107,7 +147,7 @@ export class TunDevice {
   static fromFd(fd: number): TunDevice {
     const name = tunName(fd);
     setNonBlocking(fd);
-    return new TunDevice(fd, name);
+    return new TunDevice(fd, name, hasVnetHeader(fd));
   }
 
   get fd(): number {
@@ -121,7 +161,8 @@ export class TunDevice {
   /**
    * Reads queued packets into `bufs[0..]`, one packet per buffer, until the queue is empty or
    * the buffers run out; `lens[i]` receives each length. Returns the number of packets read.
-   * A buffer shorter than a packet gets it truncated, so size them for the MTU.
+   * A buffer shorter than a packet gets it truncated, so size them for the MTU (for 64 kB plus
+   * the header with offloads). With `vnetHeader` each buffer starts with a virtio_net_hdr.
    */
   readBatch(bufs: Uint8Array[], lens: number[]): number {
     const fd = this.#fd;
@@ -148,9 +189,25 @@ export class TunDevice {
 
   /** Writes one IP packet; false (and counted) if the kernel refused it. */
   write(packet: Uint8Array): boolean {
+    const f = this.#frame;
+    if (f === null) return this.writeFrame(packet);
+    if (packet.length > f.length - VNET_HDR_BYTES) {
+      this.stats.writeErrors++;
+      return false;
+    }
+    f.fill(0, 0, VNET_HDR_BYTES); // no offload: the packet's checksums are complete
+    f.set(packet, VNET_HDR_BYTES);
+    return this.writeFrame(f.subarray(0, VNET_HDR_BYTES + packet.length));
+  }
+
+  /**
+   * Writes one frame as it is: with `vnetHeader`, a virtio_net_hdr and then the packet (which
+   * may be a large segment the header describes); without, a plain IP packet.
+   */
+  writeFrame(frame: Uint8Array): boolean {
     if (this.#fd < 0) return false;
     for (;;) {
-      const n = Number(libc().write(this.#fd, packet, BigInt(packet.length)));
+      const n = Number(libc().write(this.#fd, frame, BigInt(frame.length)));
       if (n >= 0) {
         this.stats.packetsWritten++;
         return true;

@@ -42,10 +42,21 @@ const H_NAME = 0;
 const H_NAMELEN = 8;
 const H_IOV = 16;
 const H_IOVLEN = 24;
+const H_CONTROL = 32;
+const H_CONTROLLEN = 40;
 const H_FLAGS = 48;
 const H_LEN = 56;
 const IOVEC = 16;
 const SOCKADDR_IN = 16;
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
+const UDP_GRO = 104;
+/** CMSG_SPACE of a 2- or 4-byte value: a 16-byte cmsghdr, the data padded to 8. */
+const CMSG_SPACE = 24;
+/** UDP_MAX_SEGMENTS of the oldest kernels with UDP GSO (later ones allow 128). */
+const GSO_MAX_SEGMENTS = 64;
+/** What one coalesced receive (UDP GRO) can hold. */
+const GRO_SLOT = 65536;
 
 /** The largest UDP payload IPv4 can carry. */
 export const MAX_UDP_PAYLOAD = 65507;
@@ -107,21 +118,33 @@ class MessageArea {
   readonly u32: Uint32Array;
   readonly dataAt: number;
   readonly nameAt: number;
+  readonly iovAt: number;
+  /** Per entry: CMSG_SPACE bytes for one control message (0 when `withControl` is false). */
+  readonly controlAt: number;
+  readonly base: bigint;
   /** Per slot: a view of the full packet buffer and of its sockaddr_in. */
   readonly slots: Uint8Array[] = [];
   readonly names: Uint8Array[] = [];
 
-  constructor(readonly count: number, readonly slot: number) {
+  constructor(readonly count: number, readonly slot: number, withControl = false) {
     const iovAt = count * MMSGHDR;
+    this.iovAt = iovAt;
     this.nameAt = iovAt + count * IOVEC;
-    this.dataAt = Math.ceil((this.nameAt + count * SOCKADDR_IN) / 64) * 64;
+    this.controlAt = this.nameAt + count * SOCKADDR_IN;
+    const controlEnd = this.controlAt + (withControl ? count * CMSG_SPACE : 0);
+    this.dataAt = Math.ceil(controlEnd / 64) * 64;
     const stride = Math.ceil(slot / 64) * 64;
     const buffer = new ArrayBuffer(this.dataAt + count * stride);
     this.bytes = new Uint8Array(buffer);
     this.view = new DataView(buffer);
     this.u32 = new Uint32Array(buffer, 0, this.dataAt / 4);
     const base = addressOf(this.bytes);
+    this.base = base;
     for (let i = 0; i < count; i++) {
+      if (withControl) {
+        const c = this.controlAt + i * CMSG_SPACE;
+        this.view.setBigUint64(i * MMSGHDR + H_CONTROL, base + BigInt(c), true);
+      }
       const h = i * MMSGHDR;
       const iov = iovAt + i * IOVEC;
       const name = this.nameAt + i * SOCKADDR_IN;
@@ -144,6 +167,53 @@ class MessageArea {
   }
 }
 
+/**
+ * mmsghdr entries for UDP GSO sends: each covers a run of send slots (their iovecs are adjacent
+ * in the send area) and carries a UDP_SEGMENT control message with the datagram size, so the
+ * kernel sends the run as one large buffer that it cuts into the same datagrams.
+ */
+class GsoArea {
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  readonly firstSlot: number[];
+  readonly slotCount: number[];
+
+  constructor(readonly count: number) {
+    const controlAt = count * MMSGHDR;
+    const buffer = new ArrayBuffer(controlAt + count * CMSG_SPACE);
+    this.bytes = new Uint8Array(buffer);
+    this.view = new DataView(buffer);
+    this.firstSlot = new Array<number>(count).fill(0);
+    this.slotCount = new Array<number>(count).fill(0);
+    const base = addressOf(this.bytes);
+    for (let i = 0; i < count; i++) {
+      const c = controlAt + i * CMSG_SPACE;
+      this.view.setBigUint64(i * MMSGHDR + H_CONTROL, base + BigInt(c), true);
+      this.view.setBigUint64(c, 18n, true); // cmsg_len = CMSG_LEN(2)
+      this.view.setInt32(c + 8, SOL_UDP, true);
+      this.view.setInt32(c + 12, UDP_SEGMENT, true);
+    }
+  }
+
+  /** Entry `e` sends `n` slots of `tx` from `first`, cut into `size`-byte datagrams. */
+  set(e: number, tx: MessageArea, first: number, n: number, size: number): void {
+    const h = e * MMSGHDR;
+    const v = this.view;
+    v.setBigUint64(h + H_NAME, tx.base + BigInt(tx.nameAt + first * SOCKADDR_IN), true);
+    v.setUint32(h + H_NAMELEN, SOCKADDR_IN, true);
+    v.setBigUint64(h + H_IOV, tx.base + BigInt(tx.iovAt + first * IOVEC), true);
+    v.setBigUint64(h + H_IOVLEN, BigInt(n), true);
+    v.setBigUint64(h + H_CONTROLLEN, n > 1 ? BigInt(CMSG_SPACE) : 0n, true);
+    if (n > 1) v.setUint16(this.count * MMSGHDR + e * CMSG_SPACE + 16, size, true);
+    this.firstSlot[e] = first;
+    this.slotCount[e] = n;
+  }
+
+  from(first: number): Uint8Array {
+    return first === 0 ? this.bytes : this.bytes.subarray(first * MMSGHDR);
+  }
+}
+
 export class UdpSocket {
   readonly stats: UdpStats = {
     received: 0,
@@ -161,6 +231,12 @@ export class UdpSocket {
   #fd: number;
   #rx: MessageArea;
   #tx: MessageArea | null;
+  /** UDP GSO: runs of same-size datagrams to one address go out as one buffer. */
+  #gso: GsoArea | null = null;
+  /** Datagrams larger than this are not sent with GSO (the kernel refused such a size). */
+  #gsoMaxSize = 0;
+  /** UDP GRO: the kernel may deliver several datagrams of one sender in one receive. */
+  #gro = false;
   /** Datagrams waiting in the send slots for flush(). */
   #queued = 0;
   #nameLen = new Uint32Array(1);
@@ -252,6 +328,41 @@ export class UdpSocket {
     return this.localAddress().port;
   }
 
+  #setUdpOption(option: number, value: number): boolean {
+    const v = new Uint8Array(new Int32Array([value]).buffer);
+    return libc().setsockopt(this.#fd, SOL_UDP, option, v, 4) === 0;
+  }
+
+  /**
+   * Sends runs of equal-size datagrams to one address as one buffer the kernel cuts up (UDP GSO,
+   * Linux 4.18); the datagrams on the wire are the same. False when the kernel lacks it.
+   */
+  enableGso(): boolean {
+    if (this.#tx === null || this.#fd < 0) return false;
+    // Setting the per-socket size to 0 (off) tells whether the kernel knows the option at all;
+    // the size then travels with each send.
+    if (!this.#setUdpOption(UDP_SEGMENT, 0)) return false;
+    this.#gso = new GsoArea(this.batch);
+    this.#gsoMaxSize = this.maxDatagram;
+    return true;
+  }
+
+  /**
+   * Lets the kernel hand over several datagrams of one sender in one receive (UDP GRO, Linux
+   * 5.0); recvBatch still returns them one by one. False when the kernel lacks it.
+   */
+  enableGro(): boolean {
+    if (this.mode !== "mmsg" || this.#fd < 0 || this.#gro) return this.#gro;
+    if (!this.#setUdpOption(UDP_GRO, 1)) return false;
+    this.#rx = new MessageArea(this.batch, GRO_SLOT, true);
+    this.#gro = true;
+    return true;
+  }
+
+  get offloads(): { gso: boolean; gro: boolean } {
+    return { gso: this.#gso !== null, gro: this.#gro };
+  }
+
   /**
    * Takes up to `max` queued datagrams without blocking; an empty array when none is queued.
    * Each `data` is a view into this socket's receive slots, overwritten by the next call.
@@ -264,6 +375,10 @@ export class UdpSocket {
 
   #recvMmsg(max: number): Datagram[] {
     const rx = this.#rx;
+    const gro = this.#gro;
+    if (gro) {
+      for (let i = 0; i < max; i++) rx.u32[(i * MMSGHDR + H_CONTROLLEN) >> 2] = CMSG_SPACE;
+    }
     let n: number;
     for (;;) {
       n = libc().recvmmsg(this.#fd, rx.bytes, max, MSG_DONTWAIT, null);
@@ -284,14 +399,30 @@ export class UdpSocket {
         continue;
       }
       const name = rx.nameAt + i * SOCKADDR_IN;
-      out.push({
-        data: rx.slots[i].subarray(0, u32[h + (H_LEN >> 2)]),
-        addr: view.getUint32(name + 4, false),
-        port: view.getUint16(name + 2, false),
-      });
+      const addr = view.getUint32(name + 4, false);
+      const port = view.getUint16(name + 2, false);
+      const len = u32[h + (H_LEN >> 2)];
+      const size = gro ? this.#groSize(rx, i) : 0;
+      if (size === 0 || size >= len) {
+        out.push({ data: rx.slots[i].subarray(0, len), addr, port });
+        continue;
+      }
+      // Several datagrams of `size` bytes (the last may be shorter), as they were sent.
+      for (let at = 0; at < len; at += size) {
+        out.push({ data: rx.slots[i].subarray(at, Math.min(len, at + size)), addr, port });
+      }
     }
     this.stats.received += out.length;
     return out;
+  }
+
+  /** The datagram size of a coalesced receive, from its UDP_GRO control message; 0 if none. */
+  #groSize(rx: MessageArea, i: number): number {
+    const u32 = rx.u32;
+    if (u32[(i * MMSGHDR + H_CONTROLLEN) >> 2] < 20) return 0;
+    const c = (rx.controlAt + i * CMSG_SPACE) >> 2;
+    if (u32[c + 2] !== SOL_UDP || u32[c + 3] !== UDP_GRO) return 0;
+    return u32[c + 4];
   }
 
   #recvPlain(max: number): Datagram[] {
@@ -449,8 +580,9 @@ export class UdpSocket {
    * sendmmsg over the first `n` filled slots of `tx`. A datagram the kernel refuses is skipped
    * (counted); a full send buffer stops it, leaving `handled` < n for the caller to drop.
    */
-  #sendSlots(tx: MessageArea, n: number): { sent: number; handled: number } {
-    let k = 0;
+  #sendSlots(tx: MessageArea, n: number, from = 0): { sent: number; handled: number } {
+    if (this.#gso !== null && n - from > 1) return this.#sendGso(tx, this.#gso, n, from);
+    let k = from;
     let sent = 0;
     while (k < n) {
       const r = libc().sendmmsg(this.#fd, tx.from(k), n - k, MSG_DONTWAIT);
@@ -469,6 +601,80 @@ export class UdpSocket {
       this.#sendFailed(code, 1); // this one datagram is refused: skip it
       k++;
     }
+    return { sent, handled: n };
+  }
+
+  /** Groups slots from..n into runs (one destination, one size, the last may be shorter). */
+  #runs(tx: MessageArea, gso: GsoArea, n: number, from: number): number {
+    const u32 = tx.u32;
+    const iovLenAt = (tx.iovAt + 8) >> 2;
+    const nameAt = tx.nameAt >> 2;
+    let runs = 0;
+    let k = from;
+    while (k < n) {
+      const size = u32[iovLenAt + k * (IOVEC >> 2)];
+      const a0 = u32[nameAt + k * 4];
+      const a1 = u32[nameAt + k * 4 + 1];
+      let m = 1;
+      let bytes = size;
+      if (size <= this.#gsoMaxSize) {
+        while (k + m < n && m < GSO_MAX_SEGMENTS) {
+          const j = k + m;
+          const len = u32[iovLenAt + j * (IOVEC >> 2)];
+          if (len > size || bytes + len > MAX_UDP_PAYLOAD) break;
+          if (u32[nameAt + j * 4] !== a0 || u32[nameAt + j * 4 + 1] !== a1) break;
+          m++;
+          bytes += len;
+          if (len < size) break; // only the last may be shorter
+        }
+      }
+      gso.set(runs++, tx, k, m, size);
+      k += m;
+    }
+    return runs;
+  }
+
+  /** sendmmsg over runs of slots, each run one UDP GSO send; as #sendSlots otherwise. */
+  #sendGso(
+    tx: MessageArea,
+    gso: GsoArea,
+    n: number,
+    from: number,
+  ): { sent: number; handled: number } {
+    const runs = this.#runs(tx, gso, n, from);
+    let r = 0;
+    let sent = 0;
+    while (r < runs) {
+      const got = libc().sendmmsg(this.#fd, gso.from(r), runs - r, MSG_DONTWAIT);
+      if (got > 0) {
+        for (let i = r; i < r + got; i++) sent += gso.slotCount[i];
+        r += got;
+        continue;
+      }
+      const code = errno();
+      if (code === EINTR) continue;
+      const first = gso.firstSlot[r];
+      if (code === EAGAIN) {
+        this.stats.lastErrno = code;
+        this.stats.sent += sent;
+        return { sent, handled: first };
+      }
+      const count = gso.slotCount[r];
+      if (count > 1) {
+        // The kernel refused to cut this size (e.g. larger than the path MTU): no GSO for it
+        // from now on, and the rest goes out the plain way.
+        this.#gsoMaxSize = Math.min(
+          this.#gsoMaxSize,
+          tx.u32[(tx.iovAt + 8 + first * IOVEC) >> 2] - 1,
+        );
+        this.stats.sent += sent;
+        const rest = this.#sendSlots(tx, n, first);
+        return { sent: sent + rest.sent, handled: rest.handled };
+      }
+      this.#sendFailed(code, 1); // this one datagram is refused: skip it
+      r++;
+    }
+    this.stats.sent += sent;
     return { sent, handled: n };
   }
 

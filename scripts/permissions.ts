@@ -14,7 +14,7 @@ import {
   type Places,
   workerFlags,
 } from "../lib/runtime/permissions.ts";
-import { LIBC_PATHS, SODIUM_PATHS } from "../lib/runtime/permissions.ts";
+import { LIBC_PATHS, NETTLE_PATHS, SODIUM_PATHS } from "../lib/runtime/permissions.ts";
 
 /** Files that a compiled binary must embed (doc/permissions.md, compile, says why). */
 const COMPILE_INCLUDES = [
@@ -113,7 +113,7 @@ export function renderDoc(text: string): string {
       `main.ts ${command}`,
     );
   }
-  const worker = workerFlags([...LIBC_PATHS, ...SODIUM_PATHS], {
+  const worker = workerFlags([...LIBC_PATHS, ...SODIUM_PATHS, ...NETTLE_PATHS], {
     ...DEFAULT_PLACES,
     code: "CODE",
   });

@@ -10,7 +10,7 @@
 import { KeyTreeAssembler, TREE_SHAPE } from "../core/keytree.ts";
 import { parseKeyResponse, staticKeyRequest } from "../core/keymsg.ts";
 
-const INITIAL_WINDOW = 16;
+const INITIAL_WINDOW = 64;
 const MAX_WINDOW = 128;
 const MIN_RTO = 0.1;
 const MAX_RTO = 2;

@@ -34,6 +34,7 @@ import { libcPath, waitReadable } from "../../ffi/libc.ts";
 import { sodiumPath } from "../../ffi/sodium.ts";
 import { kemLibraryPaths } from "../../ffi/kem_native.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
+import { nettlePath } from "../../ffi/nettle.ts";
 
 export interface ClientOptions {
   port: number;
@@ -208,7 +209,9 @@ function workerArgv(opts: ClientOptions, controlPath: string): string[] {
   const main = new URL("../../main.ts", import.meta.url);
   if (main.protocol !== "file:" || !/\/deno$/.test(exe)) return [exe, ...args]; // compiled
   const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-  const ffi = [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p) => p !== null);
+  const ffi = [libcPath(), sodiumPath(), nettlePath(), ...kemLibraryPaths()].filter((p) =>
+    p !== null
+  );
   return [
     exe,
     "run",

@@ -16,6 +16,8 @@ import { StderrLogger } from "../runtime/log.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
 import { installAeadBackend } from "../runtime/aead_backend.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
+import { installHashBackend } from "../runtime/hash_backend.ts";
+import { warmUp } from "../runtime/warmup.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
@@ -43,7 +45,7 @@ export interface WorkerOptions {
 
 export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-client", opts.verbose ? "debug" : "info");
-  log.info(`AEAD backend: ${installAeadBackend()}`);
+  log.info(`AEAD backend: ${installAeadBackend()}, SHAKE256: ${installHashBackend()}`);
   const user = lookupUser(opts.user);
   const drops = new DropCounters();
   const cleanup = new Cleanup(log);
@@ -71,6 +73,7 @@ async function serve(
   cleanup.add(() => sock.close());
   const pool = await CryptoPool.start({ kem: opts.kem });
   cleanup.add(() => pool.close());
+  await warmUp(pool, "client");
   log.info(`KEM backend: ${pool.backend}`);
   dropPrivileges(user.uid, user.gid);
 
@@ -83,6 +86,7 @@ async function serve(
   const keyChannels = new Set<KeyChannel>();
   cleanup.add(() => keyChannels.forEach((c) => c.close()));
   const loop = new TunnelLoop({ tun, sock });
+  log.info(`data path offloads: ${loop.offloads}`);
   let seconds = 0;
   const ticks = new TickLoop("pqconnect-client", now, () => {
     device.tick();
@@ -106,7 +110,7 @@ async function serve(
       writeTun: (packet) => loop.writeTun(packet),
       udpBuffer: () => loop.udpBuffer(),
       openKeyChannel: (host, port, deliver) =>
-        openKeyChannel(host, port, deliver, running, keyChannels),
+        openKeyChannel(loop, host, port, deliver, keyChannels),
       resolveTxt: async (name) => {
         const records = await Deno.resolveDns(name, "TXT");
         return records.map((parts) => parts.join(""));
@@ -160,12 +164,14 @@ async function serve(
       running,
       (p) => device.onTunPacket(p),
       (d, host, port) => device.onDatagram(d, host, port),
+      { drops },
     ),
     pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
       if (!takeAnswers(dns, jobs, drops)) shutdown.stop("supervisor gone");
     }),
     ticks.run(running),
   ]);
+  log.info(`data path: ${loop.summary()}`);
   return 0;
 }
 
@@ -193,33 +199,53 @@ function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters):
 }
 
 /**
- * A UDP socket of its own for one key-server conversation: a pump hands what arrives from
- * host:port to `deliver` until the channel is closed, and then closes the socket.
+ * A UDP socket of its own for one key-server conversation, served on the tunnel's packet loop
+ * (no thread hop per batch): what arrives from host:port goes to `deliver` until the channel is
+ * closed, and then the socket is closed.
  */
 function openKeyChannel(
+  loop: TunnelLoop,
   host: number,
   port: number,
   deliver: (datagram: Uint8Array) => void,
-  running: () => boolean,
   open: Set<KeyChannel>,
 ): KeyChannel {
   const s = UdpSocket.bind(0, 0, { maxDatagram: 2048, batch: 64 });
   let closed = false;
+  // Requests sent while answers are handled go out together (sendmmsg) after the batch.
+  let draining = false;
+  const source = {
+    fd: s.fd,
+    drain: () => {
+      const got = s.recvBatch();
+      draining = true;
+      try {
+        for (const d of got) {
+          // The socket's receive slots are reused: hand out copies.
+          if (!closed && d.addr === host && d.port === port) deliver(d.data.slice());
+        }
+      } finally {
+        draining = false;
+      }
+      if (!closed) s.flush();
+      return got.length;
+    },
+  };
   const channel: KeyChannel = {
     send: (d) => {
-      if (!closed) s.sendTo(d, host, port);
+      if (closed) return;
+      s.queue(d, host, port);
+      if (!draining) s.flush();
     },
     close: () => {
+      if (closed) return;
       closed = true;
       open.delete(channel);
+      loop.removeSource(source);
+      s.close();
     },
   };
   open.add(channel);
-  pump("pqconnect-client", () => !closed && running(), (ms) => s.waitReadable(ms), () => {
-    for (const d of s.recvBatch()) {
-      // The socket's receive slots are reused: hand out copies.
-      if (!closed && d.addr === host && d.port === port) deliver(d.data.slice());
-    }
-  }).finally(() => s.close());
+  loop.addSource(source);
   return channel;
 }

@@ -7,11 +7,25 @@ import { x25519 } from "@noble/curves/ed25519.js";
 import { aeadOpen, aeadSeal } from "./aead.ts";
 import { TAG_BYTES } from "./constants.ts";
 
-/** h(x) = SHAKE256(x) with 32 bytes of output. */
-export function h(...parts: Uint8Array[]): Uint8Array {
+/** SHAKE256 over the concatenation of `parts`, 32 bytes out. */
+export type Shake256 = (parts: readonly Uint8Array[]) => Uint8Array;
+
+function jsShake256(parts: readonly Uint8Array[]): Uint8Array {
   const ctx = shake256.create({ dkLen: 32 });
   for (const p of parts) ctx.update(p);
   return ctx.digest();
+}
+
+let shake: Shake256 = jsShake256;
+
+/** The shell may hand in a native SHAKE256 (lib/runtime/hash_backend.ts); null: the JS one. */
+export function setShake256(fn: Shake256 | null): void {
+  shake = fn ?? jsShake256;
+}
+
+/** h(x) = SHAKE256(x) with 32 bytes of output. */
+export function h(...parts: Uint8Array[]): Uint8Array {
+  return shake(parts);
 }
 
 export interface Sealed {

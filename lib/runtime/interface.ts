@@ -1,4 +1,5 @@
-// The TUN device a daemon starts with: created, given its address and MTU, and closed by the
+// The TUN device a daemon starts with: created with the kernel's segmentation offloads (large TCP
+// and UDP segments in, see lib/core/offload.ts), given its address and MTU, and closed by the
 // daemon's cleanup (the kernel removes the interface with its last descriptor).
 
 import { ipv4ToNumber } from "../core/ip.ts";
@@ -15,7 +16,7 @@ export interface InterfaceOptions {
 }
 
 export async function openInterface(opts: InterfaceOptions, cleanup: Cleanup): Promise<TunDevice> {
-  const tun = TunDevice.open(opts.interfaceName);
+  const tun = TunDevice.open(opts.interfaceName, { offload: true });
   cleanup.add(() => tun.close());
   await configureInterface(tun.name, {
     address: ipv4ToNumber(opts.tunAddress),

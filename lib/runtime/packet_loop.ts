@@ -13,9 +13,11 @@
 // to parking on the blocking pool, so an idle tunnel costs no CPU.
 
 import { libc, POLLIN } from "../../ffi/libc.ts";
-import type { TunDevice } from "../../ffi/tun.ts";
+import { type TunDevice, VNET_HDR_BYTES } from "../../ffi/tun.ts";
 import type { UdpSocket } from "../../ffi/udp.ts";
 import type { TunnelIo } from "../core/data_path.ts";
+import { splitFrame, TcpCoalescer } from "../core/offload.ts";
+import type { DropCounters } from "../core/log.ts";
 
 export async function pump(
   name: string,
@@ -64,35 +66,99 @@ export interface PacketLoopOptions {
 /** How long an idle loop parks in one wait on the blocking pool (ms). */
 const PARK_MS = 250;
 
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const MSG_DONTWAIT = 0x40;
+
+/**
+ * Sources that may come and go while a packetLoop serves them (the client's key conversations).
+ * A change wakes the loop through a socket pair, even while it is parked on the thread pool.
+ */
+export class SourceList {
+  #list: PacketSource[];
+  #wake: [number, number];
+  #byte = new Uint8Array(1);
+  generation = 0;
+
+  constructor(initial: PacketSource[]) {
+    const fds = new Int32Array(2);
+    const r = libc().socketpair(
+      AF_UNIX,
+      SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+      0,
+      new Uint8Array(fds.buffer),
+    );
+    if (r < 0) throw new Error("socketpair for the packet loop's wakeups failed");
+    this.#wake = [fds[0], fds[1]];
+    const wake = { fd: fds[0], drain: () => this.#drainWake() };
+    this.#list = [wake, ...initial];
+  }
+
+  get list(): readonly PacketSource[] {
+    return this.#list;
+  }
+
+  add(source: PacketSource): void {
+    this.#list = [...this.#list, source];
+    this.generation++;
+    libc().send(this.#wake[1], this.#byte, 1n, MSG_DONTWAIT); // a full pair is awake anyway
+  }
+
+  remove(source: PacketSource): void {
+    this.#list = this.#list.filter((s) => s !== source);
+    this.generation++;
+  }
+
+  #drainWake(): number {
+    while (Number(libc().recv(this.#wake[0], this.#byte, 1n, MSG_DONTWAIT)) > 0) { /* empty */ }
+    return 0;
+  }
+
+  close(): void {
+    libc().close(this.#wake[0]);
+    libc().close(this.#wake[1]);
+  }
+}
+
 export async function packetLoop(
   name: string,
   running: () => boolean,
-  sources: PacketSource[],
+  sourcesIn: PacketSource[] | SourceList,
   opts: PacketLoopOptions = {},
 ): Promise<void> {
-  const spinMs = (opts.spinMicros ?? 30) / 1000;
+  const spinMs = (opts.spinMicros ?? 0) / 1000;
   const hotMs = opts.hotMs ?? 1000;
   const maxBlockMs = opts.maxBlockMs ?? 2;
   const flush = opts.flush ?? (() => {});
-  const count = sources.length;
+  const set = sourcesIn instanceof SourceList ? sourcesIn : null;
+  let sources: readonly PacketSource[] = [];
+  let count = 0;
   // One pollfd (fd, events, revents) per source.
-  const pfds = new Uint8Array(8 * count);
-  const pview = new DataView(pfds.buffer);
-  for (let i = 0; i < count; i++) {
-    pview.setInt32(8 * i, sources[i].fd, true);
-    pview.setInt16(8 * i + 4, POLLIN, true);
-  }
-  const nfds = BigInt(count);
-  const { poll, pollAsync } = libc();
-  const readyMask = (): number => {
-    let mask = 0;
-    for (let i = 0; i < count; i++) if (pview.getInt16(8 * i + 6, true) !== 0) mask |= 1 << i;
-    return mask;
+  let pfds = new Uint8Array(0);
+  let pview = new DataView(pfds.buffer);
+  let nfds = 0n;
+  let built = -1;
+  const build = () => {
+    sources = set ? set.list : sourcesIn as PacketSource[];
+    count = sources.length;
+    pfds = new Uint8Array(8 * count);
+    pview = new DataView(pfds.buffer);
+    for (let i = 0; i < count; i++) {
+      pview.setInt32(8 * i, sources[i].fd, true);
+      pview.setInt16(8 * i + 4, POLLIN, true);
+    }
+    nfds = BigInt(count);
+    built = set ? set.generation : 0;
   };
+  build();
+  const { poll, pollAsync } = libc();
 
   let lastPacket = -Infinity;
   let lastYield = performance.now();
   while (running()) {
+    if (set && set.generation !== built) build();
     const now = performance.now();
     const quiet = now - lastPacket;
     const turnDue = lastYield + maxBlockMs;
@@ -110,10 +176,16 @@ export async function packetLoop(
       n = poll(pfds, nfds, Math.max(1, Math.ceil(turnDue - now)));
     }
     if (n <= 0 || !running()) continue;
-    const mask = readyMask();
+    // A source removed while we waited is skipped: its descriptor may be closed already.
+    const current = set ? set.list : sources;
     let packets = 0;
     try {
-      for (let i = 0; i < count; i++) if (mask & (1 << i)) packets += sources[i].drain();
+      for (let i = 0; i < count; i++) {
+        if (pview.getInt16(8 * i + 6, true) === 0) continue;
+        const src = sources[i];
+        if (current !== sources && !current.includes(src)) continue;
+        packets += src.drain();
+      }
     } catch (e) {
       reportError(name, e);
     }
@@ -132,21 +204,82 @@ export interface TunnelSockets {
   sock: UdpSocket;
 }
 
+/** Room for one TUN read: a 64 kB segment behind its virtio_net_hdr. */
+const TUN_FRAME_BYTES = VNET_HDR_BYTES + 65535;
+
 /**
  * The packet loop of a tunnel endpoint, and the TunnelIo the device's data path writes to:
- * datagrams sent while a batch is handled are queued and go out together (sendmmsg) when the
- * batch is done; sent at any other time (a handshake finishing, a cookie) they go out at once.
- * udpBuffer() lets a device seal straight into the next send slot.
+ * datagrams sent while a batch is handled are queued and go out together (sendmmsg, and UDP GSO where the kernel has it) when the batch is done; sent at
+ * any other time (a handshake finishing, a cookie) they go out at once. udpBuffer() lets a
+ * device seal straight into the next send slot.
+ *
+ * With a TUN device opened with offloads, a read may be one 64 kB TCP segment: it is cut into
+ * MTU-sized packets before the device sees them (lib/core/offload.ts), and the packets the device
+ * writes during a batch are joined again per TCP flow, so one write moves up to 64 kB. The
+ * device sees one IP packet at a time either way.
  */
 export class TunnelLoop implements TunnelIo {
   #draining = false;
   readonly #bufs: Uint8Array[];
   readonly #lens: number[];
+  readonly #coalescer: TcpCoalescer | null;
+  /** Sources served besides the TUN device and the socket; see addSource. */
+  #sources: SourceList | null = null;
+  /** Packets cut from TUN segments, and frames refused by the kernel or malformed. */
+  readonly stats = { segmentsSplit: 0, framesRead: 0, framesWritten: 0 };
+  #drops: DropCounters | null = null;
 
-  constructor(readonly io: TunnelSockets, tunBatch = 64, tunBufferBytes = 65536) {
-    this.#bufs = Array.from({ length: tunBatch }, () => new Uint8Array(tunBufferBytes));
+  constructor(readonly io: TunnelSockets, tunBatch = 64) {
+    const bytes = io.tun.vnetHeader ? TUN_FRAME_BYTES : 65536;
+    this.#bufs = Array.from({ length: tunBatch }, () => new Uint8Array(bytes));
     this.#lens = new Array<number>(tunBatch).fill(0);
+    this.#coalescer = io.tun.vnetHeader
+      ? new TcpCoalescer((frame) => {
+        this.stats.framesWritten++;
+        if (!io.tun.writeFrame(frame)) this.#drops?.count("tun-write-failed");
+      })
+      : null;
+    io.sock.enableGso();
+    io.sock.enableGro();
   }
+
+  /** What the kernel granted: TUN offloads, UDP GSO and GRO. */
+  get offloads(): string {
+    const { gso, gro } = this.io.sock.offloads;
+    const on = [
+      ...(this.io.tun.vnetHeader ? ["TUN segmentation"] : []),
+      ...(gso ? ["UDP GSO"] : []),
+      ...(gro ? ["UDP GRO"] : []),
+    ];
+    return on.length === 0 ? "none" : on.join(", ");
+  }
+
+  /** One line for the log: how much the offloads batched. */
+  summary(): string {
+    const { tun, sock } = this.io;
+    const c = this.#coalescer?.stats;
+    return `TUN: ${this.stats.framesRead} frames read (${this.stats.segmentsSplit} packets cut ` +
+      `from segments), ${tun.stats.packetsWritten} writes` +
+      (c ? ` (${c.coalescedSegments} packets joined into segments)` : "") +
+      `; UDP: ${sock.stats.received} datagrams in, ${sock.stats.sent} out, ` +
+      `${sock.stats.sendFailures} not sent`;
+  }
+
+  /**
+   * Serves one more source on this loop from now on (until removeSource): a key conversation's
+   * socket, answered without waiting for a turn of the event loop.
+   */
+  addSource(source: PacketSource): void {
+    if (this.#sources) this.#sources.add(source);
+    else this.#pending.push(source);
+  }
+
+  removeSource(source: PacketSource): void {
+    this.#pending = this.#pending.filter((s) => s !== source);
+    this.#sources?.remove(source);
+  }
+
+  #pending: PacketSource[] = [];
 
   /** Queues (or, outside a batch, sends) one datagram; false if it was refused at once. */
   sendUdp(data: Uint8Array, host: number, port: number): boolean {
@@ -160,21 +293,36 @@ export class TunnelLoop implements TunnelIo {
     return this.io.sock.sendSlot();
   }
 
+  /**
+   * Writes one IP packet to the TUN device. During a batch, with offloads, it waits (by
+   * reference: the packet must stay valid until the batch ends) to be joined with the next
+   * segments of its TCP flow; true then means queued.
+   */
   writeTun(packet: Uint8Array): boolean {
+    if (this.#draining && this.#coalescer !== null) {
+      this.#coalescer.push(packet);
+      return true;
+    }
     return this.io.tun.write(packet);
   }
 
-  /** Serves both sides until `running` turns false. */
+  /** Serves both sides until `running` turns false. Drops are counted in `drops` if given. */
   run(
     name: string,
     running: () => boolean,
     onTunPacket: (packet: Uint8Array) => void,
     onDatagram: (data: Uint8Array, host: number, port: number) => void,
-    opts: PacketLoopOptions = {},
+    opts: PacketLoopOptions & {
+      drops?: DropCounters;
+      /** More sources served on the same loop (the server's key port). */
+      sources?: PacketSource[];
+    } = {},
   ): Promise<void> {
     const { tun, sock } = this.io;
     const bufs = this.#bufs;
     const lens = this.#lens;
+    this.#drops = opts.drops ?? null;
+    const stats = this.stats;
     const batch = (fn: () => number) => () => {
       this.#draining = true;
       try {
@@ -183,18 +331,33 @@ export class TunnelLoop implements TunnelIo {
         this.#draining = false;
       }
     };
-    return packetLoop(name, running, [
+    // Only IPv4 is tunnelled: the kernel's own IPv6 chatter on the device (router
+    // solicitations, MLD) must not keep the loop awake.
+    let ipv4 = 0;
+    const onSegment = (p: Uint8Array) => {
+      if (p[0] >> 4 === 4) ipv4++;
+      onTunPacket(p);
+    };
+    const vnet = tun.vnetHeader;
+    const coalescer = this.#coalescer;
+    const sources = new SourceList([
       {
         fd: tun.fd,
         drain: batch(() => {
           const n = tun.readBatch(bufs, lens);
-          let ipv4 = 0;
+          ipv4 = 0;
           for (let i = 0; i < n; i++) {
-            // Only IPv4 is tunnelled: the kernel's own IPv6 chatter on the device (router
-            // solicitations, MLD) must not keep the loop awake.
-            if (bufs[i][0] >> 4 === 4) ipv4++;
-            onTunPacket(bufs[i].subarray(0, lens[i]));
+            const frame = bufs[i].subarray(0, lens[i]);
+            if (!vnet) {
+              onSegment(frame);
+              continue;
+            }
+            stats.framesRead++;
+            const r = splitFrame(frame, onSegment);
+            if (!r.ok) this.#drops?.count(r.reason);
+            else if (r.packets > 1) stats.segmentsSplit += r.packets;
           }
+          coalescer?.flush(); // nothing written now may outlive the read buffers
           return ipv4;
         }),
       },
@@ -203,9 +366,21 @@ export class TunnelLoop implements TunnelIo {
         drain: batch(() => {
           const got = sock.recvBatch();
           for (const d of got) onDatagram(d.data, d.addr, d.port);
+          // The packets written meanwhile are views into the receive slots: out before the
+          // next receive.
+          coalescer?.flush();
           return got.length;
         }),
       },
-    ], { ...opts, flush: () => sock.flush() });
+      ...(opts.sources ?? []),
+      ...this.#pending,
+    ]);
+    this.#pending = [];
+    this.#sources = sources;
+    return packetLoop(name, running, sources, { ...opts, flush: () => sock.flush() })
+      .finally(() => {
+        this.#sources = null;
+        sources.close();
+      });
   }
 }

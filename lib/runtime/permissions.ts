@@ -5,11 +5,14 @@
 
 import { LIBC_CANDIDATES } from "../../ffi/libc.ts";
 import { SODIUM_CANDIDATES } from "../../ffi/sodium.ts";
+import { NETTLE_CANDIDATES } from "../../ffi/nettle.ts";
 import { kemLibraryPaths } from "../../ffi/kem_native.ts";
 
 /** The C library and libsodium on this platform's layouts (x86_64 Debian/Ubuntu). */
 export const LIBC_PATHS = LIBC_CANDIDATES.filter((p) => p.includes("/x86_64-linux-gnu/"));
 export const SODIUM_PATHS = SODIUM_CANDIDATES.filter((p) => p.includes("/x86_64-linux-gnu/"));
+/** Nettle, for a native SHAKE256 (optional like libsodium). */
+export const NETTLE_PATHS = NETTLE_CANDIDATES.filter((p) => p.includes("/x86_64-linux-gnu/"));
 /** The native KEM libraries, wherever the loader (ffi/kem_native.ts) may find them. */
 export const KEM_PATHS = kemLibraryPaths();
 
@@ -46,7 +49,7 @@ export const PERMISSION_COMMANDS: PermissionCommand[] = [
   "check",
 ];
 
-const FFI = [...LIBC_PATHS, ...SODIUM_PATHS, ...KEM_PATHS];
+const FFI = [...LIBC_PATHS, ...SODIUM_PATHS, ...NETTLE_PATHS, ...KEM_PATHS];
 
 /** The flags one command runs with (besides --no-prompt). */
 export function commandFlags(command: PermissionCommand, at: Places): string[] {

@@ -8,12 +8,12 @@ import { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { CookieKeyring } from "../core/cookie.ts";
 import { makeEphemeralKeys } from "./ephemeral_keys.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
-import type { DropCounters } from "../core/log.ts";
-import { answerKeyRequest } from "../core/keyserver.ts";
 import { formatPq1Label } from "../core/names.ts";
 import { ipv4ToNumber, numberToIpv4 } from "../core/ip.ts";
 import { StderrLogger } from "../runtime/log.ts";
 import { installAeadBackend } from "../runtime/aead_backend.ts";
+import { installHashBackend } from "../runtime/hash_backend.ts";
+import { warmUp } from "../runtime/warmup.ts";
 import { ServerDevice } from "./device.ts";
 import { openInterface } from "../runtime/interface.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
@@ -21,7 +21,8 @@ import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
-import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
+import { TunnelLoop } from "../runtime/packet_loop.ts";
+import { keyServerSource } from "./key_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 
@@ -49,7 +50,7 @@ const HANDSHAKES_PER_WORKER = { native: 32, wasm: 2 };
 
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");
-  log.info(`AEAD backend: ${installAeadBackend()}`);
+  log.info(`AEAD backend: ${installAeadBackend()}, SHAKE256: ${installHashBackend()}`);
   // Everything that can fail on bad configuration fails here, before anything is created.
   const keys = readServerKeys(opts.keyDir);
   const tree = KeyTree.build(keys.mceliecePk, keys.x25519Pk);
@@ -68,7 +69,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     );
     const cryptoSock = UdpSocket.bind(0, opts.port, { maxDatagram });
     cleanup.add(() => cryptoSock.close());
-    const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 16 });
+    const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 64 });
     cleanup.add(() => keySock.close());
     // One crypto worker per core, each with its own copy of the McEliece secret key (wiped when
     // the pool closes); the packet loop only posts work to them and never waits.
@@ -80,6 +81,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       maxPending: workers * HANDSHAKES_PER_WORKER.native + 16,
     });
     cleanup.add(() => pool.close());
+    await warmUp(pool, "server");
     const inFlight = workers * HANDSHAKES_PER_WORKER[pool.backend];
     log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
@@ -101,6 +103,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     };
     const ephemeral = new EphemeralKeyStore();
     const loop = new TunnelLoop({ tun, sock: cryptoSock });
+    log.info(`data path offloads: ${loop.offloads}`);
     const device = new ServerDevice(
       {
         x25519Sk,
@@ -156,32 +159,19 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         running,
         (p) => device.onTunPacket(p),
         (d, host, port) => device.onDatagram(d, host, port),
+        {
+          drops: device.drops,
+          sources: [keyServerSource(keySock, tree, ephemeral, clock.wall, device.drops)],
+        },
       ),
-      pump("pqconnect-server", running, (ms) => keySock.waitReadable(ms), () => {
-        answerKeyRequests(keySock, tree, ephemeral, clock.wall(), device.drops);
-      }),
       ticks.run(running),
     ];
     await Promise.all(pumps);
     device.drops.report(log);
+    log.info(`data path: ${loop.summary()}`);
     log.info(`stopped after ${device.handshakes} handshakes; ${tun.name} removed`);
     return 0;
   } finally {
     await cleanup.run();
-  }
-}
-
-/** Every key request queued on the key port, answered (or counted as dropped). */
-function answerKeyRequests(
-  keySock: UdpSocket,
-  tree: KeyTree,
-  ephemeral: EphemeralKeyStore,
-  wall: number,
-  drops: DropCounters,
-): void {
-  for (const d of keySock.recvBatch()) {
-    const answer = answerKeyRequest(d.data, tree, ephemeral, wall);
-    if (answer.ok) keySock.sendTo(answer.response, d.addr, d.port);
-    else drops.count(`key-${answer.reason}`);
   }
 }
