@@ -75,7 +75,7 @@ Deno.test({
       deno,
       ...common,
       `--allow-net=${t.lab.serverAddr},${t.lab.clientAddr}`,
-      `--allow-read=${PROJECT_DIR}/tests/fixtures,${PROJECT_DIR}/wasm`,
+      `--allow-read=${PROJECT_DIR}/tests/fixtures,${PROJECT_DIR}/wasm,${PROJECT_DIR}/lib,${PROJECT_DIR}/ffi`,
       `${PROJECT_DIR}/tests/lab/soak_driver.ts`,
       t.lab.serverAddr,
       t.lab.clientAddr,
