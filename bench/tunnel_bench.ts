@@ -288,6 +288,13 @@ function mtuArgs(opts: Options): string[] {
   return opts.mtu === null ? [] : ["--mtu", String(opts.mtu)];
 }
 
+/** Our server, once it says it is serving: its pid, how to stop it and its log. */
+async function servingOurServer(lab: Lab, opts: Options) {
+  const p = startOurServer(lab, opts);
+  await p.waitFor("serving", 60_000);
+  return { pid: p.pid, stop: async () => void await p.stop(), log: () => p.output() };
+}
+
 function startOurServer(lab: Lab, opts: Options): LabProcess {
   return spawn(lab.serverNs, ourServerArgv(lab.serverAddr, opts.profile, mtuArgs(opts)), {
     name: "our server",
@@ -706,14 +713,7 @@ async function main(): Promise<void> {
 
     if (opts.first > 0) {
       if (opts.ours) {
-        await firstRequests(lab, opts, "our server", async () => {
-          const p = startOurServer(lab, opts);
-          await p.waitFor("serving", 60_000);
-          return {
-            stop: async () => void await p.stop(),
-            log: () => p.output(),
-          };
-        });
+        await firstRequests(lab, opts, "our server", () => servingOurServer(lab, opts));
       }
       if (opts.reference) {
         const ref = await import("../tests/lab/reference.ts");
@@ -746,15 +746,7 @@ async function main(): Promise<void> {
         lab,
         opts,
         "our server ↔ our client",
-        async () => {
-          const p = startOurServer(lab, opts);
-          await p.waitFor("serving", 60_000);
-          return {
-            pid: p.pid,
-            stop: async () => void await p.stop(),
-            log: () => p.output(),
-          };
-        },
+        () => servingOurServer(lab, opts),
       );
     }
     if (opts.ours && opts.jumbo !== null) {
@@ -763,15 +755,7 @@ async function main(): Promise<void> {
         lab,
         jumbo,
         `ours at MTU ${opts.jumbo}`,
-        async () => {
-          const p = startOurServer(lab, jumbo);
-          await p.waitFor("serving", 60_000);
-          return {
-            pid: p.pid,
-            stop: async () => void await p.stop(),
-            log: () => p.output(),
-          };
-        },
+        () => servingOurServer(lab, jumbo),
       );
     }
     if (opts.reference) {
