@@ -5,6 +5,8 @@
 // --allow-ffi that does not name it), sodium() returns null and callers use the JS code. The
 // permission is queried first, so a narrowed process never gets a permission prompt.
 
+import { optionalLibrary } from "./optional_library.ts";
+
 /** Where libsodium 1.0.x lives on the Debian/Ubuntu and RPM layouts we support. */
 export const SODIUM_CANDIDATES = [
   "/lib/x86_64-linux-gnu/libsodium.so.23",
@@ -64,49 +66,16 @@ const SYMBOLS = {
 
 export type Sodium = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
-let state: { symbols: Sodium; path: string } | null | undefined;
-
-function permitted(path: string): boolean {
-  try {
-    return Deno.permissions.querySync({ name: "ffi", path }).state === "granted";
-  } catch {
-    return false;
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    // Not even stat-able (no --allow-read for it): let dlopen decide below.
-    return true;
-  }
-}
-
-function load(): { symbols: Sodium; path: string } | null {
-  if (state !== undefined) return state;
-  state = null;
-  for (const path of SODIUM_CANDIDATES) {
-    if (!permitted(path) || !exists(path)) continue;
-    try {
-      const lib = Deno.dlopen(path, SYMBOLS);
-      // 0: initialised now, 1: already was; -1: unusable (no entropy source, ...).
-      if (lib.symbols.sodium_init() < 0) {
-        lib.close();
-        continue;
-      }
-      state = { symbols: lib.symbols, path };
-      break;
-    } catch {
-      // Missing, wrong architecture or not permitted: try the next one.
-    }
-  }
-  return state;
-}
+// sodium_init: 0 initialised now, 1 already was; -1 unusable (no entropy source, ...).
+const library = optionalLibrary(
+  SODIUM_CANDIDATES,
+  SYMBOLS,
+  (lib) => lib.symbols.sodium_init() >= 0,
+);
 
 /** libsodium's functions, or null when it cannot be used in this process. */
 export function sodium(): Sodium | null {
-  return load()?.symbols ?? null;
+  return library.symbols();
 }
 
 /**
@@ -114,12 +83,5 @@ export function sodium(): Sodium | null {
  * --allow-ffi must name besides the C library. null when none is installed.
  */
 export function sodiumPath(): string | null {
-  const loaded = load();
-  if (loaded) return loaded.path;
-  for (const path of SODIUM_CANDIDATES) {
-    try {
-      if (Deno.statSync(path).isFile) return path;
-    } catch { /* absent or not readable */ }
-  }
-  return null;
+  return library.path();
 }
