@@ -6,7 +6,7 @@
 // long enough to cross epochs, cookie evictions and key erasure. Prints "SOAK {...}" counters
 // every 5 s and at the end.
 //
-//   deno run --unstable-net --allow-net --allow-read=tests/fixtures,wasm \
+//   deno run --unstable-net --allow-net --allow-read=tests/fixtures,wasm,lib,ffi \
 //     tests/lab/soak_driver.ts <server addr> <client addr> <seconds> <tunnels> <echo port>
 
 import { fixture } from "../fixtures.ts";
