@@ -45,6 +45,12 @@ export class DnsJobs {
 
   /** Queues one answer (the bytes must stay untouched until it is done); false when full. */
   add(id: number, packet: Uint8Array): boolean {
+    // Nearly every answer needs no edit: its verdict goes back at once, whatever is queued.
+    const quick = this.rewriter.quick(packet);
+    if (quick !== null) {
+      this.done(id, quick);
+      return true;
+    }
     if (this.#jobs.length >= this.#max) {
       this.drops.count("dns-jobs-full");
       return false;

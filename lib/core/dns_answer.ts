@@ -337,6 +337,18 @@ export function runSteps<T>(steps: Generator<void, T, void>): T {
 }
 
 /**
+ * The cheap test that decides whether a message can need an edit at all: an answer (QR set,
+ * opcode QUERY) holding the bytes "pq1" somewhere, or asking one question that may be the
+ * canary. False for nearly every answer; then nothing needs to be copied or walked.
+ */
+export function mayNeedEdit(m: Uint8Array, canary = true): boolean {
+  if (m.length < 12) return true; // let the walk call it malformed
+  const flags = readU16be(m, 2);
+  if ((flags & 0x8000) === 0 || (flags & 0x7800) !== 0) return false;
+  return containsPq1(m, 12) || (canary && readU16be(m, 4) === 1 && mightBeCanary(m));
+}
+
+/**
  * `editDnsAnswer` in steps: it yields after every `perStep` records, so a shell can spread one
  * huge answer over several turns and let tunnel packets through in between (issue 9: one
  * 64 KiB answer must not hold the data path for more than a fraction of a millisecond).

@@ -13,6 +13,7 @@ import {
   type AnswerEditOptions,
   type AssignAddress,
   editDnsAnswerInSteps,
+  mayNeedEdit,
   type Pq1NameParser,
   RECORDS_PER_STEP,
   runSteps,
@@ -91,7 +92,21 @@ export class DnsRewriter {
 
   /** Decides what to do with one queued packet. Never throws; never changes `packet`. */
   process(packet: Uint8Array): DnsRewriteResult {
-    return runSteps(this.processInSteps(packet, Infinity));
+    return this.quick(packet) ?? runSteps(this.processInSteps(packet, Infinity));
+  }
+
+  /**
+   * The verdict for a packet that needs no edit (nearly all of them), found without copying or
+   * walking anything; null when the packet has to go through `processInSteps`.
+   */
+  quick(packet: Uint8Array): DnsRewriteResult | null {
+    const where = locate(packet);
+    let reason: PassReason;
+    if (typeof where === "string") reason = where;
+    else if (!needsEdit(packet, where.messages, this.#edit)) reason = "unchanged";
+    else return null;
+    this.stats[reason]++;
+    return pass(reason);
   }
 
   /**
@@ -123,39 +138,62 @@ function pass(reason: PassReason): DnsRewriteResult {
   return { action: "pass", reason };
 }
 
+interface Located {
+  hl: number;
+  total: number;
+  proto: number;
+  /** The DNS messages inside, as [start, end) in the packet. */
+  messages: [number, number][];
+}
+
+/** Where the DNS messages of an IPv4 UDP/TCP packet from port 53 are, or why there are none. */
+function locate(packet: Uint8Array): Located | PassReason {
+  const hl = ipv4HeaderLength(packet);
+  if (hl === 0 || ipv4IsFragment(packet)) return "not-dns";
+  const total = readU16be(packet, 2);
+  if (total > packet.length) return "not-dns";
+  const proto = packet[9];
+  if (proto !== PROTO_UDP && proto !== PROTO_TCP) return "not-dns";
+  if (total - hl < (proto === PROTO_UDP ? 8 : 20)) return "not-dns";
+  if (readU16be(packet, hl) !== DNS_PORT) return "not-dns";
+  const messages: [number, number][] = [];
+  if (proto === PROTO_UDP) {
+    const udpLen = readU16be(packet, hl + 4);
+    if (udpLen < 8 || hl + udpLen > total) return "not-dns";
+    messages.push([hl + 8, hl + udpLen]);
+  } else {
+    const dataOff = (packet[hl + 12] >> 4) * 4;
+    if (dataOff < 20 || hl + dataOff > total) return "not-dns";
+    let o = hl + dataOff;
+    if (o === total) return "not-dns"; // a bare ACK, SYN or FIN
+    while (o < total) {
+      if (o + 2 > total) return "tcp-partial";
+      const len = readU16be(packet, o);
+      if (o + 2 + len > total) return "tcp-partial";
+      messages.push([o + 2, o + 2 + len]);
+      o += 2 + len;
+    }
+  }
+  return { hl, total, proto, messages };
+}
+
+function needsEdit(
+  packet: Uint8Array,
+  messages: [number, number][],
+  opts: AnswerEditOptions,
+): boolean {
+  return messages.some(([s, e]) => mayNeedEdit(packet.subarray(s, e), opts.canary ?? true));
+}
+
 function* rewrite(
   packet: Uint8Array,
   opts: AnswerEditOptions,
   perStep: number,
 ): Generator<void, DnsRewriteResult, void> {
-  const hl = ipv4HeaderLength(packet);
-  if (hl === 0 || ipv4IsFragment(packet)) return pass("not-dns");
-  const total = readU16be(packet, 2);
-  if (total > packet.length) return pass("not-dns");
-  const proto = packet[9];
-  if (proto !== PROTO_UDP && proto !== PROTO_TCP) return pass("not-dns");
-  if (total - hl < (proto === PROTO_UDP ? 8 : 20)) return pass("not-dns");
-  if (readU16be(packet, hl) !== DNS_PORT) return pass("not-dns");
-
-  // The DNS messages inside, as [start, end) in the packet.
-  const messages: [number, number][] = [];
-  if (proto === PROTO_UDP) {
-    const udpLen = readU16be(packet, hl + 4);
-    if (udpLen < 8 || hl + udpLen > total) return pass("not-dns");
-    messages.push([hl + 8, hl + udpLen]);
-  } else {
-    const dataOff = (packet[hl + 12] >> 4) * 4;
-    if (dataOff < 20 || hl + dataOff > total) return pass("not-dns");
-    let o = hl + dataOff;
-    if (o === total) return pass("not-dns"); // a bare ACK, SYN or FIN
-    while (o < total) {
-      if (o + 2 > total) return pass("tcp-partial");
-      const len = readU16be(packet, o);
-      if (o + 2 + len > total) return pass("tcp-partial");
-      messages.push([o + 2, o + 2 + len]);
-      o += 2 + len;
-    }
-  }
+  const where = locate(packet);
+  if (typeof where === "string") return pass(where);
+  const { hl, total, proto, messages } = where;
+  if (!needsEdit(packet, messages, opts)) return pass("unchanged");
 
   // Cheap first: most answers have nothing to edit, and then nothing is copied.
   let out: Uint8Array | null = null;
