@@ -58,6 +58,8 @@ const HTTP_PORT = 8080;
 const ECHO_PORT = 8081;
 /** The source port of the client's lookups during the flood: the attacker aims at it too. */
 const LOOKUP_PORT = 40053;
+/** A client port whose conntrack entry the attacker creates first, forging the resolver. */
+const PRESEED_PORT = 40054;
 const FLOOD = 100_000;
 const FLOOD_SECONDS = 40;
 const TOOLS = `${PROJECT_DIR}/tests/helpers/dns_lab_tools.ts`;
@@ -349,6 +351,69 @@ Deno.test({
       // --- the canary
       const canary = await dig(clientNs, "use-application-dns.net", "A", RESPONDER);
       assert.equal(canary.status, "NXDOMAIN", canary.raw);
+
+      // --- conntrack pre-seeding: a datagram forged from the resolver's address creates the
+      // entry for a client port before the client uses it, so the genuine answer to a later
+      // lookup from that port travels in the entry's original direction. It must still be
+      // edited (protection never silently off).
+      await run(clientNs, ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+      await run(clientNs, ["sysctl", "-qw", "net.ipv4.conf.veth-cla.rp_filter=0"]);
+      await run(null, [
+        "ip",
+        "-n",
+        ATTACKER_NS,
+        "addr",
+        "add",
+        `${RESPONDER}/32`,
+        "dev",
+        "veth-atk",
+      ]);
+      const seen = [
+        "-s",
+        RESPONDER,
+        "-p",
+        "udp",
+        "--sport",
+        "53",
+        "--dport",
+        String(PRESEED_PORT),
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+      ];
+      await run(clientNs, ["iptables", "-I", "INPUT", ...seen]);
+      await run(ATTACKER_NS, [
+        "python3",
+        "-c",
+        "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " +
+        "s.bind((sys.argv[1], 53)); s.sendto(bytes(12), (sys.argv[2], int(sys.argv[3])))",
+        RESPONDER,
+        lab.clientAddr,
+        String(PRESEED_PORT),
+      ]);
+      await sleep(200);
+      const seeded = await run(clientNs, ["iptables", "-nvxL", "INPUT"]);
+      const seedLine = seeded.stdout.split("\n").find((l) => l.includes(`dpt:${PRESEED_PORT}`));
+      assert.ok(seedLine && Number(seedLine.trim().split(/\s+/)[0]) >= 1, seeded.stdout);
+      const preseeded = await run(clientNs, [
+        "dig",
+        "+time=3",
+        "+tries=1",
+        "+short",
+        "-b",
+        `${lab.clientAddr}#${PRESEED_PORT}`,
+        `@${RESPONDER}`,
+        pq1,
+        "A",
+      ]);
+      assert.match(preseeded.stdout.trim(), /^10\.43\.\d+\.\d+$/m, preseeded.stdout);
+      assert.doesNotMatch(preseeded.stdout, /198\.18\./, preseeded.stdout);
+      console.log(
+        `FIGURES dns attack: entry pre-seeded from the resolver's forged address for port ` +
+          `${PRESEED_PORT}; the genuine answer from that port still rewritten ` +
+          `(${preseeded.stdout.trim().split("\n").join(" ")})`,
+      );
 
       // --- a hijack answer for the live server
       const c2 = await counters(clientNs);

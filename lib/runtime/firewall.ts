@@ -1,10 +1,14 @@
 // The firewall rules that send DNS answers (UDP and TCP from port 53) to our NFQUEUE.
 //
-// Only answers to queries this machine sent: conntrack must know the flow (state established)
-// and the packet must travel in its reply direction. A datagram from port 53 that nobody asked
-// for is not queued at all, so an off-path sender cannot feed the worker records (issue 9).
-// The reply direction matters: a flow the other side opened is "established" as soon as we
-// answer it, but its packets from port 53 travel in the original direction.
+// Only datagrams of flows conntrack already knows (state established): a datagram from port 53
+// that starts a flow is not queued at all, so an off-path sender cannot feed the worker records
+// (issue 9). Both directions are queued, on purpose. A sender that forges the resolver's address
+// can create the entry for a client port before the client uses it; the client's query then
+// travels in that entry's reply direction and the genuine answer in its original direction.
+// Queueing only the reply direction would let such an answer reach the application unedited,
+// protection silently off; queueing both costs only that a peer this host has answered (a flow
+// the other side opened from its port 53) can feed the worker, whose tables are bounded and
+// which sends nothing for records that answer no question.
 //
 // Where: the input hook. Answers to this machine's own lookups are locally delivered packets,
 // so they traverse input; forwarded traffic (if the host routes for others) does not, and
@@ -113,8 +117,8 @@ export function nftScript(queueNum: number): string {
     `table ip ${NFT_TABLE} {`,
     `  chain ${NFT_CHAIN} {`,
     `    type filter hook input priority mangle; policy accept;`,
-    `    udp sport 53 ct state established ct direction reply queue num ${queueNum} bypass`,
-    `    tcp sport 53 ct state established ct direction reply queue num ${queueNum} bypass`,
+    `    udp sport 53 ct state established queue num ${queueNum} bypass`,
+    `    tcp sport 53 ct state established queue num ${queueNum} bypass`,
     `  }`,
     `}`,
     "",
@@ -133,8 +137,6 @@ export function iptablesRules(queueNum: number): string[][] {
     "conntrack",
     "--ctstate",
     "ESTABLISHED",
-    "--ctdir",
-    "REPLY",
     "-m",
     "comment",
     "--comment",
