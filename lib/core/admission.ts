@@ -10,9 +10,9 @@ export class InitiationLimiter {
 
   constructor(
     /** Initiations per second each address earns. */
-    private readonly rate = 5,
+    private readonly rate = 3,
     /** The most an address may send at once after a quiet spell. */
-    private readonly burst = 10,
+    private readonly burst = 6,
     /** Addresses tracked at once (each entry some 80 bytes). */
     private readonly maxEntries = 1 << 16,
   ) {}

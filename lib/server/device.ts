@@ -38,7 +38,7 @@ export interface ServerConfig {
   maxPendingHandshakes: number;
   /** Handshakes waiting for a decapsulation slot (default 512); more are dropped. */
   handshakeQueue?: number;
-  /** Initiations per second per source address (default 5), and the burst allowed (10). */
+  /** Initiations per second per source address (default 3), and the burst allowed (6). */
   initiationRate?: number;
   initiationBurst?: number;
 }

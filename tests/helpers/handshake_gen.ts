@@ -217,16 +217,19 @@ async function load(plan: LoadPlan): Promise<void> {
     }
     const answered = [...pending.values()].filter((p) => p.answeredAt !== null);
     const lat = answered.map((p) => (p.answeredAt! - p.sentAt) * 1000).sort((a, b) => a - b);
-    // Answers per second from the first send to the last answer: what the server sustained,
-    // not counting the queue it drains after the window as if it came in the window.
-    const lastAnswer = Math.max(start + sendSeconds, ...answered.map((p) => p.answeredAt!));
+    // Answers per second while answers were coming in (first to last): what the server
+    // sustained. Counting from the first send instead would charge the queueing latency of an
+    // overloaded step to its throughput, and counting only the send window would credit the
+    // queue it drains afterwards as if it had come in the window.
+    const times = answered.map((p) => p.answeredAt!).sort((a, b) => a - b);
     const window = Math.max(plan.window, sendSeconds);
-    const answerWindow = Math.max(window, lastAnswer - start);
+    const span = times.length >= 2 ? times.at(-1)! - times[0] : 0;
+    const answeredRate = span > 0 ? (times.length - 1) / span : times.length / window;
     const r: StepResult = {
       offered: count,
       offeredRate: count / window,
       answered: lat.length,
-      answeredRate: lat.length / answerWindow,
+      answeredRate,
       p50: percentile(lat, 50),
       p99: percentile(lat, 99),
       sendSeconds,
