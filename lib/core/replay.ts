@@ -50,4 +50,8 @@ export class ReplayCache {
   get size(): number {
     return this.seen.size;
   }
+
+  get capacity(): number {
+    return this.maxEntries;
+  }
 }
