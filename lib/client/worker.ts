@@ -23,8 +23,7 @@ import { TunDevice } from "../../ffi/tun.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
-import { waitReadable } from "../../ffi/libc.ts";
-import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
+import { type PacketSource, TunnelLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 
@@ -158,6 +157,20 @@ async function serve(
       `running as ${opts.user} (uid ${user.uid})`,
   );
 
+  // The DNS channel is one more source of the tunnel's loop: an answer is taken on the loop's
+  // next round (a synchronous poll while the tunnel is busy), not after a wait on Deno's thread
+  // pool that has to get a turn of the event loop too.
+  const dnsSource: PacketSource = {
+    fd: dns.fd,
+    drain: () => {
+      const taken = takeAnswers(dns, jobs, drops);
+      if (taken !== null) return taken;
+      loop.removeSource(dnsSource); // at end of file the descriptor stays readable
+      shutdown.stop("supervisor gone");
+      return 0;
+    },
+  };
+  loop.addSource(dnsSource);
   await Promise.all([
     loop.run(
       "pqconnect-client",
@@ -166,9 +179,6 @@ async function serve(
       (d, host, port) => device.onDatagram(d, host, port),
       { drops },
     ),
-    pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
-      if (!takeAnswers(dns, jobs, drops)) shutdown.stop("supervisor gone");
-    }),
     ticks.run(running),
   ]);
   log.info(`data path: ${loop.summary()}`);
@@ -178,14 +188,16 @@ async function serve(
 /**
  * The worker's half of the DNS path: each answer the supervisor relays joins the rewriter's
  * jobs (lib/client/dns_jobs.ts), whose verdicts go back as they are done; small answers are
- * done at once, a huge one continues on later turns. False once the supervisor has closed the
- * channel.
+ * done at once, a huge one continues on later turns. How many answers were taken, or null once
+ * the supervisor has closed the channel.
  */
-function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters): boolean {
+function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters): number | null {
+  let taken = 0;
   for (;;) {
     const m = dns.tryRecv();
     if (m === undefined) break;
-    if (m === null) return false;
+    if (m === null) return null;
+    taken++;
     const msg = decodeChannelMessage(m);
     if (msg?.type !== "dns") {
       drops.count("channel-malformed");
@@ -195,7 +207,7 @@ function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters):
     jobs.add(msg.id, msg.packet);
   }
   jobs.slice();
-  return true;
+  return taken;
 }
 
 /**
