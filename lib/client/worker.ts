@@ -132,12 +132,21 @@ async function serve(
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
     canary: opts.canary,
-    assign: (a, realAddress, owner, answersQuestion) =>
-      device.announce(a, realAddress, owner, answersQuestion),
+    // The connection an answer starts (key download, handshake: ~10 ms of this thread for a new
+    // server) starts once its verdict is sent, so the answer does not wait for it.
+    assign: (a, realAddress, owner, answersQuestion) => {
+      const internal = device.announce(a, realAddress, owner, false);
+      if (answersQuestion && internal !== null) {
+        afterVerdict.push(() => device.announce(a, realAddress, owner, true));
+      }
+      return internal;
+    },
   });
+  const afterVerdict: (() => void)[] = [];
   const jobs = new DnsJobs(rewriter, (id, r) => {
     const verdict = encodeVerdict(id, r.action === "rewrite" ? r.packet : null);
     if (!dns.trySend(verdict)) drops.count("channel-full");
+    for (const connect of afterVerdict.splice(0)) connect();
   }, drops);
   cleanup.add(() => jobs.close());
 
@@ -203,7 +212,6 @@ function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters):
       drops.count("channel-malformed");
       continue;
     }
-    // Not answered when full: the supervisor drops it at its timeout.
     jobs.add(msg.id, msg.packet);
   }
   jobs.slice();
