@@ -227,7 +227,7 @@ function openKeyChannel(
   loop: TunnelLoop,
   host: number,
   port: number,
-  deliver: (datagram: Uint8Array) => void,
+  deliver: (datagram: Uint8Array, more?: boolean) => void,
   open: Set<KeyChannel>,
 ): KeyChannel {
   const s = UdpSocket.bind(0, 0, { maxDatagram: 2048, batch: 64 });
@@ -240,9 +240,12 @@ function openKeyChannel(
       const got = s.recvBatch();
       draining = true;
       try {
-        for (const d of got) {
+        let last = got.length - 1;
+        while (last >= 0 && (got[last].addr !== host || got[last].port !== port)) last--;
+        for (let i = 0; i <= last && !closed; i++) {
+          const d = got[i];
           // The socket's receive slots are reused: hand out copies.
-          if (!closed && d.addr === host && d.port === port) deliver(d.data.slice());
+          if (d.addr === host && d.port === port) deliver(d.data.slice(), i < last);
         }
       } finally {
         draining = false;
