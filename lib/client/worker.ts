@@ -231,6 +231,9 @@ function openKeyChannel(
   open: Set<KeyChannel>,
 ): KeyChannel {
   const s = UdpSocket.bind(0, 0, { maxDatagram: 2048, batch: 64 });
+  // The requests of one batch are one size: one GSO send; the answers come in the same way.
+  s.enableGso();
+  s.enableGro();
   let closed = false;
   // Requests sent while answers are handled go out together (sendmmsg) after the batch.
   let draining = false;
