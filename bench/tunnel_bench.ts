@@ -358,12 +358,16 @@ async function firstRequest(lab: Lab) {
 /** "long-term keys verified (937 parts, N requests, X ms)" and "tunnel … up (X ms)". */
 function connectionTimes(
   log: string,
-): { keys: number | null; up: number | null } {
+): { keys: number | null; partsIn: number | null; up: number | null } {
   const keys = log.match(
-    /long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms\)/,
+    /long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms(?:, all parts in after (\d+) ms)?\)/,
   );
   const up = log.match(/: tunnel [0-9a-f]+ up \((\d+) ms\)/);
-  return { keys: keys ? Number(keys[1]) : null, up: up ? Number(up[1]) : null };
+  return {
+    keys: keys ? Number(keys[1]) : null,
+    partsIn: keys?.[2] ? Number(keys[2]) : null,
+    up: up ? Number(up[1]) : null,
+  };
 }
 
 /** Resolves the announced name through the client (it answers with an internal address) and
@@ -553,7 +557,9 @@ async function firstRequests(
         const failed = first.error ? ` — failed: ${first.error.trim()}` : "";
         console.log(
           `first request ${fmt(first.wall, 0)} ms (curl ${fmt(first.curl, 0)} ms), ` +
-            `key download ${fmt(t.keys, 0)} ms, tunnel up ${fmt(t.up, 0)} ms, ` +
+            `key download ${fmt(t.keys, 0)} ms (all parts in ${fmt(t.partsIn, 0)}), tunnel up ${
+              fmt(t.up, 0)
+            } ms, ` +
             `DNS after ${fmt(first.dnsAfter, 0)} ms (before ${fmt(first.dnsBefore, 0)} ms)` +
             failed,
         );

@@ -28,7 +28,13 @@ export interface KeyChannel {
 
 export interface ClientIo extends TunnelIo {
   /** Opens a key channel to host:port; what arrives from there is handed to `deliver`. */
-  openKeyChannel(host: number, port: number, deliver: (datagram: Uint8Array) => void): KeyChannel;
+  /** `more`: further datagrams of the same batch follow at once, so the device may act once
+   * on the whole batch after the last. */
+  openKeyChannel(
+    host: number,
+    port: number,
+    deliver: (datagram: Uint8Array, more?: boolean) => void,
+  ): KeyChannel;
   /** TXT strings at `name`; empty when there are none. */
   resolveTxt(name: string): Promise<string[]>;
   /** tick() is due at `time` (seconds, the device's clock) or earlier. */
@@ -432,7 +438,8 @@ export class ClientDevice {
           this.log.info(
             `${entry.name}: long-term keys verified (${f.responsesAccepted} parts, ` +
               `${f.requestsSent} requests, ` +
-              `${((this.now() - f.started) * 1000).toFixed(0)} ms)`,
+              `${((this.now() - f.started) * 1000).toFixed(0)} ms, ` +
+              `all parts in after ${(((f.finished ?? NaN) - f.started) * 1000).toFixed(0)} ms)`,
           );
           this.drive(entry);
         }).catch(fail);
@@ -471,10 +478,11 @@ export class ClientDevice {
   ): KeyChannel {
     let channel = entry.keyChannels.get(conversation);
     if (!channel) {
-      channel = this.io.openKeyChannel(host, port, (datagram) => {
+      channel = this.io.openKeyChannel(host, port, (datagram, more) => {
         if (entry.connection !== conn) return;
         conn.onKeyResponse(conversation, datagram, this.now());
-        this.drive(entry);
+        // Once per batch: drive() looks at every request in flight.
+        if (!more) this.drive(entry);
       });
       entry.keyChannels.set(conversation, channel);
     }

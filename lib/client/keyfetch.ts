@@ -33,6 +33,8 @@ export class KeyFetcher {
   private depth = 1;
   private queue: number[] = [0];
   readonly started: number;
+  /** When the last part was verified (same clock), for the log. */
+  finished: number | null = null;
   requestsSent = 0;
   responsesAccepted = 0;
   responsesRejected = 0;
@@ -108,6 +110,7 @@ export class KeyFetcher {
     }
     this.outstanding.delete(id);
     this.responsesAccepted++;
+    if (this.asm.complete) this.finished = now;
     if (o.retries === 0) this.sampleRtt(now - o.sentAt);
     this.window = Math.min(MAX_WINDOW, this.window + (this.slowStart ? 1 : 1 / this.window));
     this.advanceDepth();

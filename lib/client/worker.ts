@@ -23,8 +23,7 @@ import { TunDevice } from "../../ffi/tun.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
 import { SeqPacketChannel } from "../../ffi/spawn.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
-import { waitReadable } from "../../ffi/libc.ts";
-import { pump, TunnelLoop } from "../runtime/packet_loop.ts";
+import { type PacketSource, TunnelLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 
@@ -133,12 +132,21 @@ async function serve(
     parseName: parsePq1Name,
     clientSubnet: `${numberToIpv4(tunAddress)}/${opts.prefix}`,
     canary: opts.canary,
-    assign: (a, realAddress, owner, answersQuestion) =>
-      device.announce(a, realAddress, owner, answersQuestion),
+    // The connection an answer starts (key download, handshake: ~10 ms of this thread for a new
+    // server) starts once its verdict is sent, so the answer does not wait for it.
+    assign: (a, realAddress, owner, answersQuestion) => {
+      const internal = device.announce(a, realAddress, owner, false);
+      if (answersQuestion && internal !== null) {
+        afterVerdict.push(() => device.announce(a, realAddress, owner, true));
+      }
+      return internal;
+    },
   });
+  const afterVerdict: (() => void)[] = [];
   const jobs = new DnsJobs(rewriter, (id, r) => {
     const verdict = encodeVerdict(id, r.action === "rewrite" ? r.packet : null);
     if (!dns.trySend(verdict)) drops.count("channel-full");
+    for (const connect of afterVerdict.splice(0)) connect();
   }, drops);
   cleanup.add(() => jobs.close());
 
@@ -158,6 +166,20 @@ async function serve(
       `running as ${opts.user} (uid ${user.uid})`,
   );
 
+  // The DNS channel is one more source of the tunnel's loop: an answer is taken on the loop's
+  // next round (a synchronous poll while the tunnel is busy), not after a wait on Deno's thread
+  // pool that has to get a turn of the event loop too.
+  const dnsSource: PacketSource = {
+    fd: dns.fd,
+    drain: () => {
+      const taken = takeAnswers(dns, jobs, drops);
+      if (taken !== null) return taken;
+      loop.removeSource(dnsSource); // at end of file the descriptor stays readable
+      shutdown.stop("supervisor gone");
+      return 0;
+    },
+  };
+  loop.addSource(dnsSource);
   await Promise.all([
     loop.run(
       "pqconnect-client",
@@ -166,9 +188,6 @@ async function serve(
       (d, host, port) => device.onDatagram(d, host, port),
       { drops },
     ),
-    pump("pqconnect-client", running, (ms) => waitReadable(dns.fd, ms), () => {
-      if (!takeAnswers(dns, jobs, drops)) shutdown.stop("supervisor gone");
-    }),
     ticks.run(running),
   ]);
   log.info(`data path: ${loop.summary()}`);
@@ -178,24 +197,25 @@ async function serve(
 /**
  * The worker's half of the DNS path: each answer the supervisor relays joins the rewriter's
  * jobs (lib/client/dns_jobs.ts), whose verdicts go back as they are done; small answers are
- * done at once, a huge one continues on later turns. False once the supervisor has closed the
- * channel.
+ * done at once, a huge one continues on later turns. How many answers were taken, or null once
+ * the supervisor has closed the channel.
  */
-function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters): boolean {
+function takeAnswers(dns: SeqPacketChannel, jobs: DnsJobs, drops: DropCounters): number | null {
+  let taken = 0;
   for (;;) {
     const m = dns.tryRecv();
     if (m === undefined) break;
-    if (m === null) return false;
+    if (m === null) return null;
+    taken++;
     const msg = decodeChannelMessage(m);
     if (msg?.type !== "dns") {
       drops.count("channel-malformed");
       continue;
     }
-    // Not answered when full: the supervisor drops it at its timeout.
     jobs.add(msg.id, msg.packet);
   }
   jobs.slice();
-  return true;
+  return taken;
 }
 
 /**
@@ -207,10 +227,13 @@ function openKeyChannel(
   loop: TunnelLoop,
   host: number,
   port: number,
-  deliver: (datagram: Uint8Array) => void,
+  deliver: (datagram: Uint8Array, more?: boolean) => void,
   open: Set<KeyChannel>,
 ): KeyChannel {
   const s = UdpSocket.bind(0, 0, { maxDatagram: 2048, batch: 64 });
+  // The requests of one batch are one size: one GSO send; the answers come in the same way.
+  s.enableGso();
+  s.enableGro();
   let closed = false;
   // Requests sent while answers are handled go out together (sendmmsg) after the batch.
   let draining = false;
@@ -220,9 +243,12 @@ function openKeyChannel(
       const got = s.recvBatch();
       draining = true;
       try {
-        for (const d of got) {
+        let last = got.length - 1;
+        while (last >= 0 && (got[last].addr !== host || got[last].port !== port)) last--;
+        for (let i = 0; i <= last && !closed; i++) {
+          const d = got[i];
           // The socket's receive slots are reused: hand out copies.
-          if (!closed && d.addr === host && d.port === port) deliver(d.data.slice());
+          if (d.addr === host && d.port === port) deliver(d.data.slice(), i < last);
         }
       } finally {
         draining = false;

@@ -48,12 +48,27 @@ function decodeKeyFields(msg: Uint8Array): { type: number; fields: Uint8Array[] 
   return { type: readU16be(msg, 0), fields };
 }
 
+/** One request per depth and padding length, with position 0: a download sends 937 requests,
+ * each a copy of one of these with its position written in (bytes 7-8). At most a handful. */
+const requestTemplates = new Map<number, Uint8Array>();
+const REQUEST_POS_OFFSET = 7; // type, u16be(1), depth, u16be(2)
+
 export function staticKeyRequest(depth: number, pos: number): Uint8Array {
-  return encodeKeyFields(MSG_STATIC_KEY_REQUEST, [
-    new Uint8Array([depth]),
-    u16le(pos),
-    new Uint8Array(nodeLength(depth, pos)),
-  ]);
+  const padding = nodeLength(depth, pos);
+  const key = depth * 0x10000 + padding;
+  let template = requestTemplates.get(key);
+  if (template === undefined) {
+    template = encodeKeyFields(MSG_STATIC_KEY_REQUEST, [
+      new Uint8Array([depth]),
+      u16le(0),
+      new Uint8Array(padding),
+    ]);
+    if (requestTemplates.size < 16) requestTemplates.set(key, template);
+  }
+  const out = template.slice();
+  out[REQUEST_POS_OFFSET] = pos & 0xff;
+  out[REQUEST_POS_OFFSET + 1] = (pos >> 8) & 0xff;
+  return out;
 }
 
 export function staticKeyResponse(depth: number, pos: number, node: Uint8Array): Uint8Array {

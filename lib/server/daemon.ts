@@ -71,6 +71,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     cleanup.add(() => cryptoSock.close());
     const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 64 });
     cleanup.add(() => keySock.close());
+    // A download's answers are one size to one client: one GSO send per batch (issue 11).
+    keySock.enableGso();
+    keySock.enableGro();
     // One crypto worker per core, each with its own copy of the McEliece secret key (wiped when
     // the pool closes); the packet loop only posts work to them and never waits.
     const workers = Math.max(1, Math.min(16, navigator.hardwareConcurrency || 1));

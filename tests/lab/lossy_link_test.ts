@@ -41,7 +41,7 @@ Deno.test({
       assert.equal(first.body, HELLO);
       assert.match(first.remoteIp, /^10\.43\./);
       const keys = t.client!.process.output().match(
-        /long-term keys verified \((\d+) parts, (\d+) requests, (\d+) ms\)/,
+        /long-term keys verified \((\d+) parts, (\d+) requests, (\d+) ms[,)]/,
       );
       assert.ok(keys, `no key download line\n${t.logs()}`);
       console.log(
