@@ -10,7 +10,8 @@ import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../
 import { buildCookie, type CookieKeyring, isCookie } from "../core/cookie.ts";
 import { ReplayCache, replayKey } from "../core/replay.ts";
 import { HandshakeQueue, InitiationLimiter } from "../core/admission.ts";
-import type { Initiation } from "../core/handshake.ts";
+import type { HandshakeResult, Initiation } from "../core/handshake.ts";
+import type { ResponderOutcome } from "../core/responder.ts";
 import type { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { AddressPool } from "../core/addresses.ts";
 import { numberToIpv4 } from "../core/ip.ts";
@@ -24,7 +25,14 @@ export type ServerIo = TunnelIo;
 export interface ResponderCrypto {
   mcelieceDecap(c0: Uint8Array): Promise<Uint8Array>;
   sntrupDecap(ct: Uint8Array, sk: Uint8Array): Promise<Uint8Array>;
+  /**
+   * The whole responder handshake in one round trip (lib/core/responder.ts in the crypto
+   * worker, which holds the live slots' secrets): used instead of the two calls above when given.
+   */
+  respond?(initiation: Uint8Array, slots: number[]): Promise<RespondReply>;
 }
+
+export type RespondReply = ResponderOutcome | { ok: false; reason: "malformed" };
 
 export interface ServerConfig {
   x25519Sk: Uint8Array;
@@ -142,10 +150,11 @@ export class ServerDevice {
 
   /** Admission: parse, replay check, rate limit, queue. No decapsulation happens here. */
   private onInitiation(data: Uint8Array, host: number, port: number): void {
+    // Under overload this is the common case: refuse it before spending anything on it, even
+    // a parse (a malformed initiation is then counted as busy).
+    if (this.queue.full) return this.drops.count("handshake-busy");
     const parsed = parseInitiation(data);
     if (!parsed) return this.drops.count("handshake-malformed");
-    // Under overload this is the common case: refuse it before spending anything on it.
-    if (this.queue.full) return this.drops.count("handshake-busy");
     const now = this.clock.mono();
     // Replays first: refusing one costs a lookup, and it should not spend the sender's tokens.
     if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
@@ -214,23 +223,10 @@ export class ServerDevice {
     // Every secret of this handshake, erased however it ends (dropped, refused, thrown, done).
     const secrets: Uint8Array[] = [];
     try {
-      const mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
-      secrets.push(mcelieceSs);
-      const live = this.ephemeral.live(this.clock.wall());
-      const opened = respondOpen(
-        copy,
-        mcelieceSs,
-        this.config.x25519Sk,
-        live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
-      );
-      if (!opened) return this.drops.count("handshake-auth");
-      secrets.push(opened.cs); // the chaining key
-      const slot = this.ephemeral.get(opened.slotId);
-      if (!slot) return this.drops.count("handshake-slot-expired");
-      const sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
-      secrets.push(sntrupSs);
-      const result = respondFinish(copy, opened, sntrupSs);
-      secrets.push(result.i2r, result.r2i);
+      const result = this.crypto.respond
+        ? await this.respondInWorker(job, this.crypto.respond, secrets)
+        : await this.respondHere(job, secrets);
+      if (!result) return;
       const now = this.clock.mono();
       if (this.replay.has(copy.c0, now)) return this.drops.count("handshake-replay");
       if (!this.replay.add(copy.c0, now)) return this.drops.count("handshake-replay-full");
@@ -248,6 +244,54 @@ export class ServerDevice {
       wipe(...secrets);
       this.onHandshakeSecrets?.(secrets);
     }
+  }
+
+  /** One worker round trip; the worker erased its own intermediate secrets. */
+  private async respondInWorker(
+    job: HandshakeJob,
+    respond: NonNullable<ResponderCrypto["respond"]>,
+    secrets: Uint8Array[],
+  ): Promise<HandshakeResult | null> {
+    const slots = this.ephemeral.live(this.clock.wall()).map((k) => k.slot);
+    const r = await respond(job.data, slots);
+    if (!r.ok) {
+      this.drops.count(r.reason === "slot-expired" ? "handshake-slot-expired" : "handshake-auth");
+      return null;
+    }
+    secrets.push(r.i2r, r.r2i);
+    return r;
+  }
+
+  /** Two round trips (decapsulations only), the rest on this thread. */
+  private async respondHere(
+    job: HandshakeJob,
+    secrets: Uint8Array[],
+  ): Promise<HandshakeResult | null> {
+    const copy = job.msg;
+    const mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
+    secrets.push(mcelieceSs);
+    const live = this.ephemeral.live(this.clock.wall());
+    const opened = respondOpen(
+      copy,
+      mcelieceSs,
+      this.config.x25519Sk,
+      live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
+    );
+    if (!opened) {
+      this.drops.count("handshake-auth");
+      return null;
+    }
+    secrets.push(opened.cs); // the chaining key
+    const slot = this.ephemeral.get(opened.slotId);
+    if (!slot) {
+      this.drops.count("handshake-slot-expired");
+      return null;
+    }
+    const sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
+    secrets.push(sntrupSs);
+    const result = respondFinish(copy, opened, sntrupSs);
+    secrets.push(result.i2r, result.r2i);
+    return result;
   }
 
   /**
