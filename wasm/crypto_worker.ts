@@ -45,6 +45,12 @@ export type WorkerRequest =
 
 export type WorkerOp = WorkerRequest["op"];
 
+/** Several requests in one message (the pool batches what it sends in one turn). */
+export interface BatchMessage {
+  op: "batch";
+  requests: WorkerRequest[];
+}
+
 /** A request before the pool stamps its id on it. */
 export type RequestBody = WorkerRequest extends infer R ? R extends unknown ? Omit<R, "id"> : never
   : never;
@@ -82,12 +88,16 @@ export type WorkerReply =
   | { op: "ready"; backend: KemBackendName }
   | { op: "initFailed"; error: string }
   | { op: "reply"; id: number; ok: true; result: ResultOf[WorkerOp] }
-  | { op: "reply"; id: number; ok: false; error: string; rejected: boolean };
+  | { op: "reply"; id: number; ok: false; error: string; rejected: boolean }
+  | {
+    op: "replies";
+    replies: Extract<WorkerReply, { op: "reply" }>[];
+  };
 
 // Typed view of the worker global: avoids pulling the deno.worker lib into a program that also
 // type-checks window-side code.
 interface WorkerScope {
-  onmessage: ((ev: MessageEvent<InitMessage | WorkerRequest>) => void) | null;
+  onmessage: ((ev: MessageEvent<InitMessage | WorkerRequest | BatchMessage>) => void) | null;
   postMessage(message: WorkerReply, options?: { transfer?: Transferable[] }): void;
   close(): void;
 }
@@ -224,6 +234,28 @@ function run(req: WorkerRequest): [ResultOf[WorkerOp], ArrayBuffer[]] {
   }
 }
 
+type Reply = Extract<WorkerReply, { op: "reply" }>;
+
+/** Runs one request and says how it went; the buffers to transfer go into `transfer`. */
+function answer(msg: WorkerRequest, transfer: ArrayBuffer[]): Reply {
+  try {
+    const [result, buffers] = run(msg);
+    transfer.push(...buffers);
+    return { op: "reply", id: msg.id, ok: true, result };
+  } catch (e) {
+    return {
+      op: "reply",
+      id: msg.id,
+      ok: false,
+      error: e instanceof Error ? e.message : String(e),
+      rejected: e instanceof KemRejectedError,
+    };
+  } finally {
+    // This worker's copy of an ephemeral secret key is ours to erase.
+    if (msg.op === "sntrupDecap") msg.sk.fill(0);
+  }
+}
+
 scope.onmessage = (ev) => {
   const msg = ev.data;
   if (msg.op === "init") {
@@ -233,20 +265,17 @@ scope.onmessage = (ev) => {
     return;
   }
   if (stopped) return;
-  try {
-    const [result, transfer] = run(msg);
-    scope.postMessage({ op: "reply", id: msg.id, ok: true, result }, { transfer });
-  } catch (e) {
-    scope.postMessage({
-      op: "reply",
-      id: msg.id,
-      ok: false,
-      error: e instanceof Error ? e.message : String(e),
-      rejected: e instanceof KemRejectedError,
-    });
-  } finally {
-    // This worker's copy of an ephemeral secret key is ours to erase.
-    if (msg.op === "sntrupDecap") msg.sk.fill(0);
+  const transfer: ArrayBuffer[] = [];
+  if (msg.op === "batch") {
+    // Requests the pool sent together are answered together: one message each way.
+    const replies: Reply[] = [];
+    for (const req of msg.requests) {
+      if (stopped) break;
+      replies.push(answer(req, transfer));
+    }
+    scope.postMessage({ op: "replies", replies }, { transfer });
+  } else {
+    scope.postMessage(answer(msg, transfer), { transfer });
   }
   if (stopped) scope.close();
 };

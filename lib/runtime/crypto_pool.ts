@@ -15,6 +15,7 @@
  * --unstable-worker-options.
  */
 import type {
+  BatchMessage,
   EncapResult,
   InitMessage,
   KeypairResult,
@@ -22,6 +23,7 @@ import type {
   ResultOf,
   WorkerOp,
   WorkerReply,
+  WorkerRequest,
 } from "../../wasm/crypto_worker.ts";
 import { KemRejectedError } from "../../wasm/kem.ts";
 import type { KemBackendName, KemChoice } from "./kem_backend.ts";
@@ -106,6 +108,8 @@ class Lane {
   readonly pending = new Map<number, Pending>();
   /** Ids of the pool's own messages (keys, shutdown): never bounded, never counted. */
   readonly control = new Set<number>();
+  /** Requests of this turn not yet posted: sent together as one message at its end. */
+  outbox: { message: unknown; transfer: ArrayBuffer[] }[] = [];
   constructor(readonly worker: Worker) {}
 }
 
@@ -428,11 +432,33 @@ export class CryptoPool implements AsyncDisposable {
         this.#stats.submitted++;
         this.#outstanding++;
       }
-      lane.worker.postMessage(message, transfer);
+      lane.outbox.push({ message, transfer });
+      if (lane.outbox.length === 1) queueMicrotask(() => this.#flush(lane));
     });
   }
 
+  /**
+   * Posts what this turn asked of `lane`: one request as it is, several as one batch (a reply
+   * to a batch starts the next handshakes in one turn, so under load each message carries many;
+   * each message costs both threads a structured clone and a wakeup).
+   */
+  #flush(lane: Lane): void {
+    const out = lane.outbox;
+    lane.outbox = [];
+    if (out.length === 0 || this.#dead) return;
+    if (out.length === 1) return lane.worker.postMessage(out[0].message, out[0].transfer);
+    const batch: BatchMessage = {
+      op: "batch",
+      requests: out.map((o) => o.message as WorkerRequest),
+    };
+    lane.worker.postMessage(batch, out.flatMap((o) => o.transfer));
+  }
+
   #onReply(lane: Lane, reply: WorkerReply): void {
+    if (reply.op === "replies") {
+      for (const r of reply.replies) this.#onReply(lane, r);
+      return;
+    }
     if (reply.op !== "reply") return;
     const p = lane.pending.get(reply.id);
     if (!p) return;
