@@ -178,6 +178,7 @@ export class CryptoPool implements AsyncDisposable {
   #closed: Promise<void> | undefined;
   #dead: Error | undefined;
   #stats = { submitted: 0, completed: 0, failed: 0, rejectedFull: 0 };
+  #posted = 0;
 
   private constructor(
     workers: Worker[],
@@ -242,6 +243,11 @@ export class CryptoPool implements AsyncDisposable {
   /** How many workers (each with its own copy of the server key). */
   get workers(): number {
     return this.#lanes.length;
+  }
+
+  /** Messages posted to the workers so far (a batch of requests is one). */
+  get messagesPosted(): number {
+    return this.#posted;
   }
 
   get stats(): CryptoPoolStats {
@@ -446,6 +452,7 @@ export class CryptoPool implements AsyncDisposable {
     const out = lane.outbox;
     lane.outbox = [];
     if (out.length === 0 || this.#dead) return;
+    this.#posted++;
     if (out.length === 1) return lane.worker.postMessage(out[0].message, out[0].transfer);
     const batch: BatchMessage = {
       op: "batch",
