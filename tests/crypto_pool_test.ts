@@ -193,3 +193,16 @@ Deno.test("several workers: each holds the key, work spreads, registered keys st
   assert.equal(pool.stats.failed, 0);
   await assert.rejects(CryptoPool.start({ workers: 0 }), RangeError);
 });
+
+Deno.test("pool: the requests of one turn travel to each worker as one message", async () => {
+  const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk"), workers: 2 });
+  try {
+    const cases = Array.from({ length: 40 }, (_, i) => mcCases[i % mcCases.length]);
+    const got = await Promise.all(cases.map((c) => pool.mcelieceDecap(hex(c.ct))));
+    got.forEach((ss, i) => assert.deepEqual(ss, hex(cases[i].ss)));
+    assert.equal(pool.stats.submitted, 40);
+    assert.equal(pool.messagesPosted, 2, "one batch per worker");
+  } finally {
+    await pool.close();
+  }
+});

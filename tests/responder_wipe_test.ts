@@ -10,7 +10,10 @@ import { StderrLogger } from "../lib/runtime/log.ts";
 import { ServerDevice } from "../lib/server/device.ts";
 import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
 import { CookieKeyring } from "../lib/core/cookie.ts";
-import { initiate } from "../lib/core/handshake.ts";
+import { initiate, parseInitiation } from "../lib/core/handshake.ts";
+import { respondInitiation } from "../lib/core/responder.ts";
+import { loadKemBackend } from "../lib/runtime/kem_backend.ts";
+import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
 import { x25519PublicKey } from "../lib/core/crypto.ts";
 import { ipv4ToNumber } from "../lib/core/ip.ts";
 import { until } from "./helpers/device_net.ts";
@@ -165,6 +168,157 @@ Deno.test({
       const [full] = await scenario(pool, { fullReplayCache: true });
       assert.equal(full.drop, "handshake-replay-full");
       assertErased(full, "replay cache full", 5 + 2);
+    } finally {
+      await pool.close();
+    }
+  },
+});
+
+// The same check for the responder the crypto workers run (lib/core/responder.ts): one call that
+// decapsulates, opens, decapsulates again and finishes. Run in-process here on the real KEMs, so
+// the test sees every intermediate secret it made.
+Deno.test("worker responder: every intermediate secret is erased on every way out", async () => {
+  installAeadBackend();
+  const kems = await loadKemBackend("auto");
+  const dec = kems.mceliece.decapsulator(fixture("mceliece_sk"));
+  const enc = kems.mceliece.encapsulator(fixture("mceliece_pk"));
+  const kp = kems.sntrup.keypair();
+  const ex = crypto.getRandomValues(new Uint8Array(32));
+  const slotId = WALL - (WALL % 30);
+  const message = () => {
+    const mc = enc.encapsulate();
+    const nt = kems.sntrup.encapsulate(kp.publicKey);
+    const e = crypto.getRandomValues(new Uint8Array(32));
+    return parseInitiation(
+      initiate({
+        mcelieceCt: mc.ciphertext,
+        mcelieceSs: mc.sharedSecret,
+        clientX25519Sk: e,
+        clientX25519Pk: x25519PublicKey(e),
+        serverStaticX25519Pk: fixture("x25519_pk"),
+        serverEphemeralX25519Pk: x25519PublicKey(ex),
+        sntrupCt: nt.ciphertext,
+        sntrupSs: nt.sharedSecret,
+      }).message,
+    )!;
+  };
+  const run = (opts: { wrongSs?: boolean; noSlot?: boolean; sntrupThrows?: boolean }) => {
+    const seen: Uint8Array[] = [];
+    let outcome: unknown = "threw";
+    try {
+      outcome = respondInitiation(
+        message(),
+        {
+          mcelieceDecap: (c0) => {
+            const ss = dec.decapsulate(c0);
+            if (opts.wrongSs) ss[0] ^= 1;
+            return ss;
+          },
+          sntrupDecap: (ct, slot) => {
+            if (opts.sntrupThrows) throw new Error("decapsulation failed");
+            return opts.noSlot || slot !== slotId
+              ? null
+              : kems.sntrup.decapsulate(ct, kp.secretKey);
+          },
+        },
+        fixture("x25519_sk"),
+        [{ x25519Sk: ex, id: slotId }],
+        (s) => seen.push(...s),
+      );
+    } catch { /* the worker replies with the error; the secrets must be gone all the same */ }
+    for (const [i, s] of seen.entries()) {
+      assert.ok(s.length === 32 && s.every((b) => b === 0), `secret ${i} not erased`);
+    }
+    return { outcome, seen: seen.length };
+  };
+  const ok = run({});
+  assert.equal((ok.outcome as { ok: boolean }).ok, true);
+  assert.equal(ok.seen, 3, "McEliece ss, chaining key, sntrup ss");
+  assert.deepEqual(run({ wrongSs: true }), { outcome: { ok: false, reason: "auth" }, seen: 1 });
+  assert.deepEqual(run({ noSlot: true }), {
+    outcome: { ok: false, reason: "slot-expired" },
+    seen: 2,
+  });
+  assert.deepEqual(run({ sntrupThrows: true }), { outcome: "threw", seen: 2 });
+  dec.dispose();
+  enc.dispose();
+});
+
+// And the daemon's path: the worker answers a whole handshake; the device erases the two roots.
+Deno.test({
+  name: "responder in the crypto worker: a handshake completes, the roots are erased",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({
+      mcelieceSecretKey: fixture("mceliece_sk"),
+      x25519SecretKey: fixture("x25519_sk"),
+      workers: 2,
+    });
+    try {
+      const store = new EphemeralKeyStore();
+      const kp = await pool.sntrupKeypair();
+      const ex = crypto.getRandomValues(new Uint8Array(32));
+      const slot = WALL - (WALL % 30);
+      store.add({
+        slot,
+        sntrupPk: kp.publicKey,
+        sntrupSk: kp.secretKey,
+        x25519Pk: x25519PublicKey(ex),
+        x25519Sk: ex,
+      });
+      await pool.addEphemeral(slot, ex, kp.secretKey);
+      const device = new ServerDevice(
+        {
+          x25519Sk: fixture("x25519_sk"),
+          tunAddress: ipv4ToNumber("10.42.0.1"),
+          prefix: 16,
+          hostAddress: ipv4ToNumber("198.18.0.1"),
+          maxPeers: 4,
+          maxPendingHandshakes: 4,
+        },
+        { sendUdp: () => {}, writeTun: () => {} },
+        {
+          mcelieceDecap: () => Promise.reject(new Error("not used")),
+          sntrupDecap: () => Promise.reject(new Error("not used")),
+          respond: (d, s) => pool.respond(d, s),
+        },
+        store,
+        new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
+        quiet,
+        { mono: () => 1000, wall: () => WALL },
+      );
+      const outcomes: Uint8Array[][] = [];
+      device.onHandshakeSecrets = (s) => outcomes.push([...s]);
+      const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
+      const send = async () => {
+        const mc = await pool.mcelieceEncap(pkId);
+        const nt = await pool.sntrupEncap(kp.publicKey);
+        const e = crypto.getRandomValues(new Uint8Array(32));
+        const hs = initiate({
+          mcelieceCt: mc.ciphertext,
+          mcelieceSs: mc.sharedSecret,
+          clientX25519Sk: e,
+          clientX25519Pk: x25519PublicKey(e),
+          serverStaticX25519Pk: fixture("x25519_pk"),
+          serverEphemeralX25519Pk: x25519PublicKey(ex),
+          sntrupCt: nt.ciphertext,
+          sntrupSs: nt.sharedSecret,
+        });
+        device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
+      };
+      await send();
+      assert.ok(await until(() => outcomes.length === 1, 10_000), "handshake finished");
+      assert.equal(device.handshakes, 1, "the worker answered it");
+      assert.equal(outcomes[0].length, 2, "both roots came back");
+      for (const s of outcomes[0]) assert.ok(s.every((b) => b === 0), "root erased");
+      // The slot expires: every worker erases it, and a handshake for it fails to open.
+      await pool.keepEphemeral([]);
+      await send();
+      assert.ok(await until(() => outcomes.length === 2, 10_000), "second handshake over");
+      assert.equal(device.handshakes, 1);
+      assert.equal(device.drops.snapshot()["handshake-auth"], 1, "no slot opened c3");
+      device.close();
     } finally {
       await pool.close();
     }

@@ -14,6 +14,11 @@
  */
 import { type Decapsulator, type Encapsulator, type Kem, KemRejectedError } from "./kem.ts";
 import { type KemBackendName, type KemChoice, loadKemBackend } from "../lib/runtime/kem_backend.ts";
+import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
+import { installHashBackend } from "../lib/runtime/hash_backend.ts";
+import { parseInitiation } from "../lib/core/handshake.ts";
+import { type ResponderOutcome, respondInitiation } from "../lib/core/responder.ts";
+import { wipe } from "../lib/core/bytes.ts";
 
 /** First message from the pool. The key's buffer is transferred here and wiped after loading. */
 export interface InitMessage {
@@ -21,6 +26,8 @@ export interface InitMessage {
   mcelieceSecretKey: Uint8Array | null;
   /** Which KEM implementation to load (lib/runtime/kem_backend.ts). */
   kem: KemChoice;
+  /** A server's static X25519 secret key, for whole handshakes ("respond"); wiped on shutdown. */
+  x25519SecretKey?: Uint8Array | null;
 }
 
 export type WorkerRequest =
@@ -31,9 +38,18 @@ export type WorkerRequest =
   | { id: number; op: "sntrupKeypair" }
   | { id: number; op: "sntrupDecap"; ct: Uint8Array; sk: Uint8Array }
   | { id: number; op: "sntrupEncap"; pk: Uint8Array }
+  | { id: number; op: "respond"; data: Uint8Array; slots: number[] }
+  | { id: number; op: "addEphemeral"; slot: number; x25519Sk: Uint8Array; sntrupSk: Uint8Array }
+  | { id: number; op: "keepEphemeral"; slots: number[] }
   | { id: number; op: "shutdown" };
 
 export type WorkerOp = WorkerRequest["op"];
+
+/** Several requests in one message (the pool batches what it sends in one turn). */
+export interface BatchMessage {
+  op: "batch";
+  requests: WorkerRequest[];
+}
 
 /** A request before the pool stamps its id on it. */
 export type RequestBody = WorkerRequest extends infer R ? R extends unknown ? Omit<R, "id"> : never
@@ -62,6 +78,9 @@ export interface ResultOf {
   sntrupKeypair: KeypairResult;
   sntrupDecap: SharedSecretResult;
   sntrupEncap: EncapResult;
+  respond: ResponderOutcome | { ok: false; reason: "malformed" };
+  addEphemeral: EmptyResult;
+  keepEphemeral: EmptyResult;
   shutdown: EmptyResult;
 }
 
@@ -69,12 +88,16 @@ export type WorkerReply =
   | { op: "ready"; backend: KemBackendName }
   | { op: "initFailed"; error: string }
   | { op: "reply"; id: number; ok: true; result: ResultOf[WorkerOp] }
-  | { op: "reply"; id: number; ok: false; error: string; rejected: boolean };
+  | { op: "reply"; id: number; ok: false; error: string; rejected: boolean }
+  | {
+    op: "replies";
+    replies: Extract<WorkerReply, { op: "reply" }>[];
+  };
 
 // Typed view of the worker global: avoids pulling the deno.worker lib into a program that also
 // type-checks window-side code.
 interface WorkerScope {
-  onmessage: ((ev: MessageEvent<InitMessage | WorkerRequest>) => void) | null;
+  onmessage: ((ev: MessageEvent<InitMessage | WorkerRequest | BatchMessage>) => void) | null;
   postMessage(message: WorkerReply, options?: { transfer?: Transferable[] }): void;
   close(): void;
 }
@@ -85,6 +108,9 @@ let mceliece: Kem | undefined;
 let sntrup: Kem | undefined;
 let serverKey: Decapsulator | undefined;
 const encapsulators = new Map<number, Encapsulator>();
+let staticX25519Sk: Uint8Array | undefined;
+/** The live ephemeral slots' secrets, handed to every worker when made, erased when expired. */
+const ephemeral = new Map<number, { x25519Sk: Uint8Array; sntrupSk: Uint8Array }>();
 let started = false;
 let stopped = false;
 
@@ -97,6 +123,10 @@ function wipeAll(): void {
   serverKey = undefined;
   for (const enc of encapsulators.values()) enc.dispose();
   encapsulators.clear();
+  if (staticX25519Sk) wipe(staticX25519Sk);
+  staticX25519Sk = undefined;
+  for (const e of ephemeral.values()) wipe(e.x25519Sk, e.sntrupSk);
+  ephemeral.clear();
 }
 
 async function init(msg: InitMessage): Promise<void> {
@@ -105,11 +135,18 @@ async function init(msg: InitMessage): Promise<void> {
     mceliece = backend.mceliece;
     sntrup = backend.sntrup;
     if (msg.mcelieceSecretKey) serverKey = mceliece.decapsulator(msg.mcelieceSecretKey);
+    if (msg.x25519SecretKey) {
+      // Whole handshakes run here: the same AEAD, X25519 and SHAKE256 as the packet thread.
+      installAeadBackend();
+      installHashBackend();
+      staticX25519Sk = msg.x25519SecretKey.slice();
+    }
     scope.postMessage({ op: "ready", backend: backend.name });
   } catch (e) {
     scope.postMessage({ op: "initFailed", error: e instanceof Error ? e.message : String(e) });
   } finally {
     msg.mcelieceSecretKey?.fill(0);
+    msg.x25519SecretKey?.fill(0);
   }
 }
 
@@ -155,11 +192,67 @@ function run(req: WorkerRequest): [ResultOf[WorkerOp], ArrayBuffer[]] {
       const r = sn.encapsulate(req.pk);
       return [r, buffersOf(r.ciphertext, r.sharedSecret)];
     }
+    case "respond": {
+      const dec = need(serverKey, "no McEliece secret key was given to the pool");
+      const sk = need(staticX25519Sk, "no X25519 secret key was given to the pool");
+      const msg = parseInitiation(req.data);
+      if (!msg) return [{ ok: false, reason: "malformed" }, []];
+      const slots = [];
+      for (const id of req.slots) {
+        const e = ephemeral.get(id);
+        if (e) slots.push({ x25519Sk: e.x25519Sk, id });
+      }
+      const kems = {
+        mcelieceDecap: (c0: Uint8Array) => dec.decapsulate(c0),
+        sntrupDecap: (ct: Uint8Array, slot: number) => {
+          const e = ephemeral.get(slot);
+          return e ? sn.decapsulate(ct, e.sntrupSk) : null;
+        },
+      };
+      const r = respondInitiation(msg, kems, sk, slots);
+      return [r, r.ok ? buffersOf(r.tid, r.i2r, r.r2i) : []];
+    }
+    case "addEphemeral": {
+      const old = ephemeral.get(req.slot);
+      if (old) wipe(old.x25519Sk, old.sntrupSk);
+      ephemeral.set(req.slot, { x25519Sk: req.x25519Sk, sntrupSk: req.sntrupSk });
+      return [{}, []];
+    }
+    case "keepEphemeral": {
+      for (const [slot, e] of [...ephemeral]) {
+        if (req.slots.includes(slot)) continue;
+        wipe(e.x25519Sk, e.sntrupSk);
+        ephemeral.delete(slot);
+      }
+      return [{}, []];
+    }
     case "shutdown": {
       wipeAll();
       stopped = true;
       return [{}, []];
     }
+  }
+}
+
+type Reply = Extract<WorkerReply, { op: "reply" }>;
+
+/** Runs one request and says how it went; the buffers to transfer go into `transfer`. */
+function answer(msg: WorkerRequest, transfer: ArrayBuffer[]): Reply {
+  try {
+    const [result, buffers] = run(msg);
+    transfer.push(...buffers);
+    return { op: "reply", id: msg.id, ok: true, result };
+  } catch (e) {
+    return {
+      op: "reply",
+      id: msg.id,
+      ok: false,
+      error: e instanceof Error ? e.message : String(e),
+      rejected: e instanceof KemRejectedError,
+    };
+  } finally {
+    // This worker's copy of an ephemeral secret key is ours to erase.
+    if (msg.op === "sntrupDecap") msg.sk.fill(0);
   }
 }
 
@@ -172,20 +265,17 @@ scope.onmessage = (ev) => {
     return;
   }
   if (stopped) return;
-  try {
-    const [result, transfer] = run(msg);
-    scope.postMessage({ op: "reply", id: msg.id, ok: true, result }, { transfer });
-  } catch (e) {
-    scope.postMessage({
-      op: "reply",
-      id: msg.id,
-      ok: false,
-      error: e instanceof Error ? e.message : String(e),
-      rejected: e instanceof KemRejectedError,
-    });
-  } finally {
-    // This worker's copy of an ephemeral secret key is ours to erase.
-    if (msg.op === "sntrupDecap") msg.sk.fill(0);
+  const transfer: ArrayBuffer[] = [];
+  if (msg.op === "batch") {
+    // Requests the pool sent together are answered together: one message each way.
+    const replies: Reply[] = [];
+    for (const req of msg.requests) {
+      if (stopped) break;
+      replies.push(answer(req, transfer));
+    }
+    scope.postMessage({ op: "replies", replies }, { transfer });
+  } else {
+    scope.postMessage(answer(msg, transfer), { transfer });
   }
   if (stopped) scope.close();
 };

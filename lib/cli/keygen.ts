@@ -6,7 +6,7 @@ import { KeyTree } from "../core/keytree.ts";
 import { formatPq1Label } from "../core/names.ts";
 import { refuseOverwrite, wipeServerKeys, writeServerKeys } from "../runtime/keyfiles.ts";
 import { x25519PublicKey } from "../core/crypto.ts";
-import { loadMcEliece6960119 } from "../../wasm/kem.ts";
+import { loadKemBackend } from "../runtime/kem_backend.ts";
 
 export const keygenCommand: Command = {
   name: "keygen",
@@ -33,10 +33,14 @@ Options:
     }
     const dir = values.keydir!;
     if (!values.force) refuseOverwrite(dir);
-    console.error(`generating a Classic McEliece 6960119 key pair (this takes a while) ...`);
     const started = performance.now();
-    const kem = await loadMcEliece6960119();
-    const mc = kem.keypair();
+    // Native libmceliece when it loads (~0.1 s), else liboqs WASM (tens of seconds).
+    const backend = await loadKemBackend("auto");
+    console.error(
+      `generating a Classic McEliece 6960119 key pair with the ${backend.name} KEMs` +
+        (backend.name === "wasm" ? " (this takes a while)" : "") + " ...",
+    );
+    const mc = backend.mceliece.keypair();
     const x25519Sk = crypto.getRandomValues(new Uint8Array(32));
     const keys = {
       mceliecePk: mc.publicKey,

@@ -72,6 +72,11 @@ export class EphemeralKeyStore {
     return this.slots.size;
   }
 
+  /** Every slot whose keys are held (made ahead, live, not yet expired). */
+  slotIds(): number[] {
+    return [...this.slots.keys()];
+  }
+
   clear(): void {
     for (const k of this.slots.values()) erase(k);
     this.slots.clear();

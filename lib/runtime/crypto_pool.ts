@@ -15,6 +15,7 @@
  * --unstable-worker-options.
  */
 import type {
+  BatchMessage,
   EncapResult,
   InitMessage,
   KeypairResult,
@@ -22,6 +23,7 @@ import type {
   ResultOf,
   WorkerOp,
   WorkerReply,
+  WorkerRequest,
 } from "../../wasm/crypto_worker.ts";
 import { KemRejectedError } from "../../wasm/kem.ts";
 import type { KemBackendName, KemChoice } from "./kem_backend.ts";
@@ -37,6 +39,8 @@ import {
 export interface CryptoPoolOptions {
   /** The server's long-term McEliece secret key; copied, the caller's array is left as is. */
   mcelieceSecretKey?: Uint8Array;
+  /** A server's static X25519 secret key, for whole handshakes in the worker (respond()). */
+  x25519SecretKey?: Uint8Array;
   /**
    * Bound on requests submitted but not yet answered (default 128). Size it to the latency
    * you accept: a full queue of McEliece decapsulations is maxPending × ~decap time.
@@ -102,7 +106,10 @@ function movable(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
 /** One worker and the requests it has not answered yet. */
 class Lane {
   readonly pending = new Map<number, Pending>();
-  shutdownId = 0;
+  /** Ids of the pool's own messages (keys, shutdown): never bounded, never counted. */
+  readonly control = new Set<number>();
+  /** Requests of this turn not yet posted: sent together as one message at its end. */
+  outbox: { message: unknown; transfer: ArrayBuffer[] }[] = [];
   constructor(readonly worker: Worker) {}
 }
 
@@ -138,8 +145,14 @@ async function startWorker(
       // Each worker gets its own copy of the key, moved there and wiped by it on shutdown.
       const sk = options.mcelieceSecretKey;
       const key = sk === undefined ? null : movable(sk);
-      const init: InitMessage = { op: "init", mcelieceSecretKey: key, kem: options.kem ?? "auto" };
-      worker.postMessage(init, key ? [key.buffer] : []);
+      const x = options.x25519SecretKey === undefined ? null : movable(options.x25519SecretKey);
+      const init: InitMessage = {
+        op: "init",
+        mcelieceSecretKey: key,
+        kem: options.kem ?? "auto",
+        x25519SecretKey: x,
+      };
+      worker.postMessage(init, [...(key ? [key.buffer] : []), ...(x ? [x.buffer] : [])]);
     });
     return { worker, backend };
   } catch (e) {
@@ -165,6 +178,7 @@ export class CryptoPool implements AsyncDisposable {
   #closed: Promise<void> | undefined;
   #dead: Error | undefined;
   #stats = { submitted: 0, completed: 0, failed: 0, rejectedFull: 0 };
+  #posted = 0;
 
   private constructor(
     workers: Worker[],
@@ -231,6 +245,11 @@ export class CryptoPool implements AsyncDisposable {
     return this.#lanes.length;
   }
 
+  /** Messages posted to the workers so far (a batch of requests is one). */
+  get messagesPosted(): number {
+    return this.#posted;
+  }
+
   get stats(): CryptoPoolStats {
     return { ...this.#stats, pending: this.#outstanding };
   }
@@ -264,6 +283,42 @@ export class CryptoPool implements AsyncDisposable {
   /** One (c0, k0) for a registered server key, e.g. to refill a precomputed stock. */
   async mcelieceEncap(pkId: number): Promise<EncapResult> {
     return await this.#call({ op: "mcelieceEncap", pkId }, [], this.#laneOf(pkId));
+  }
+
+  /**
+   * A whole responder handshake in one worker round trip: McEliece decapsulation, respondOpen
+   * over `slots` (live ephemeral slot ids, newest first, given to addEphemeral), the sntrup761
+   * decapsulation, respondFinish. Needs both server keys given to start().
+   */
+  async respond(initiation: Uint8Array, slots: number[]): Promise<ResultOf["respond"]> {
+    if (!this.#hasServerKey) {
+      throw new CryptoPoolError("no McEliece secret key was given to CryptoPool.start()");
+    }
+    const data = movable(initiation);
+    return await this.#call({ op: "respond", data, slots }, [data.buffer]);
+  }
+
+  /** Hands one ephemeral slot's secrets to every worker (each gets its own copy). */
+  async addEphemeral(slot: number, x25519Sk: Uint8Array, sntrupSk: Uint8Array): Promise<void> {
+    checkLength("X25519 secret key", x25519Sk, 32);
+    checkLength("sntrup761 secret key", sntrupSk, SNTRUP_SK_BYTES);
+    await Promise.all(this.#lanes.map((lane) => {
+      const x = movable(x25519Sk);
+      const s = movable(sntrupSk);
+      return this.#control(lane, { op: "addEphemeral", slot, x25519Sk: x, sntrupSk: s }, [
+        x.buffer,
+        s.buffer,
+      ]);
+    }));
+  }
+
+  /** Every worker erases the ephemeral secrets of the slots not in `slots`. */
+  async keepEphemeral(slots: number[]): Promise<void> {
+    await Promise.all(
+      this.#lanes.map((lane) =>
+        this.#control(lane, { op: "keepEphemeral", slots: [...slots] }, [])
+      ),
+    );
   }
 
   async sntrupKeypair(): Promise<KeypairResult> {
@@ -320,8 +375,10 @@ export class CryptoPool implements AsyncDisposable {
       lane.worker.terminate();
       const pending = [...lane.pending];
       lane.pending.clear();
+      const control = new Set(lane.control);
+      lane.control.clear();
       for (const [id, p] of pending) {
-        if (id !== lane.shutdownId) {
+        if (!control.has(id)) {
           this.#stats.failed++;
           this.#outstanding--;
         }
@@ -352,6 +409,14 @@ export class CryptoPool implements AsyncDisposable {
     return this.#send(lane ?? this.#idlest(), req, transfer, false) as Promise<ResultOf[Op]>;
   }
 
+  /** One of the pool's own messages to `lane`: not bounded by maxPending, refused once closed. */
+  #control(lane: Lane, req: RequestBody, transfer: ArrayBuffer[]): Promise<unknown> {
+    if (this.#closed || this.#dead) {
+      return Promise.reject(this.#dead ?? new CryptoPoolClosedError("crypto pool is closing"));
+    }
+    return this.#send(lane, req, transfer, true);
+  }
+
   #send(
     lane: Lane,
     req: RequestBody,
@@ -368,22 +433,46 @@ export class CryptoPool implements AsyncDisposable {
     const message = { ...req, id };
     return new Promise((resolve, reject) => {
       lane.pending.set(id, { resolve, reject });
-      if (internal) lane.shutdownId = id;
+      if (internal) lane.control.add(id);
       else {
         this.#stats.submitted++;
         this.#outstanding++;
       }
-      lane.worker.postMessage(message, transfer);
+      lane.outbox.push({ message, transfer });
+      if (lane.outbox.length === 1) queueMicrotask(() => this.#flush(lane));
     });
   }
 
+  /**
+   * Posts what this turn asked of `lane`: one request as it is, several as one batch (a reply
+   * to a batch starts the next handshakes in one turn, so under load each message carries many;
+   * each message costs both threads a structured clone and a wakeup).
+   */
+  #flush(lane: Lane): void {
+    const out = lane.outbox;
+    lane.outbox = [];
+    if (out.length === 0 || this.#dead) return;
+    this.#posted++;
+    if (out.length === 1) return lane.worker.postMessage(out[0].message, out[0].transfer);
+    const batch: BatchMessage = {
+      op: "batch",
+      requests: out.map((o) => o.message as WorkerRequest),
+    };
+    lane.worker.postMessage(batch, out.flatMap((o) => o.transfer));
+  }
+
   #onReply(lane: Lane, reply: WorkerReply): void {
+    if (reply.op === "replies") {
+      for (const r of reply.replies) this.#onReply(lane, r);
+      return;
+    }
     if (reply.op !== "reply") return;
     const p = lane.pending.get(reply.id);
     if (!p) return;
     lane.pending.delete(reply.id);
-    if (reply.id === lane.shutdownId) {
-      p.resolve(undefined);
+    if (lane.control.delete(reply.id)) {
+      if (reply.ok) p.resolve(reply.result);
+      else p.reject(new CryptoPoolError(reply.error));
       return;
     }
     this.#outstanding--;

@@ -70,7 +70,12 @@ export function commandFlags(command: PermissionCommand, at: Places): string[] {
         `--allow-env=${WORKER_ENV.join(",")}`,
       ];
     case "keygen":
-      return [`--allow-read=${at.keyDir}`, `--allow-write=${at.keyDir}`];
+      // The native McEliece key pair when the libraries load (the WASM one needs nothing).
+      return [
+        `--allow-read=${at.keyDir}`,
+        `--allow-write=${at.keyDir}`,
+        `--allow-ffi=${KEM_PATHS.join(",")}`,
+      ];
     case "announce":
       return [`--allow-read=${at.keyDir}`];
     case "status":

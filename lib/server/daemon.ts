@@ -79,6 +79,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     const workers = Math.max(1, Math.min(16, navigator.hardwareConcurrency || 1));
     const pool = await CryptoPool.start({
       mcelieceSecretKey: keys.mcelieceSk,
+      x25519SecretKey: keys.x25519Sk,
       kem: opts.kem,
       workers,
       maxPending: workers * HANDSHAKES_PER_WORKER.native + 16,
@@ -120,6 +121,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       {
         mcelieceDecap: (c0) => pool.mcelieceDecap(c0),
         sntrupDecap: (ct, sk) => pool.sntrupDecap(ct, sk),
+        // Whole handshakes in the workers: one round trip each (they hold the slots' secrets).
+        respond: (data, slots) => pool.respond(data, slots),
       },
       ephemeral,
       cookies,
@@ -132,11 +135,15 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     /** Ephemeral keys for the slots due, then the device's own timers. */
     const maintain = async () => {
       for (const slot of await makeEphemeralKeys(ephemeral, pool, clock.wall(), random)) {
+        const keys = ephemeral.get(slot)!;
+        await pool.addEphemeral(slot, keys.x25519Sk, keys.sntrupSk);
         log.debug(
           `ephemeral keys ready for the slot starting ${new Date(slot * 1000).toISOString()}`,
         );
       }
       device.tick(random(32));
+      // The workers erase the secrets of the slots the tick expired.
+      await pool.keepEphemeral(ephemeral.slotIds());
     };
     await maintain();
 

@@ -10,7 +10,8 @@ import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../
 import { buildCookie, type CookieKeyring, isCookie } from "../core/cookie.ts";
 import { ReplayCache, replayKey } from "../core/replay.ts";
 import { HandshakeQueue, InitiationLimiter } from "../core/admission.ts";
-import type { Initiation } from "../core/handshake.ts";
+import type { HandshakeResult, Initiation } from "../core/handshake.ts";
+import type { ResponderOutcome } from "../core/responder.ts";
 import type { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { AddressPool } from "../core/addresses.ts";
 import { numberToIpv4 } from "../core/ip.ts";
@@ -24,7 +25,14 @@ export type ServerIo = TunnelIo;
 export interface ResponderCrypto {
   mcelieceDecap(c0: Uint8Array): Promise<Uint8Array>;
   sntrupDecap(ct: Uint8Array, sk: Uint8Array): Promise<Uint8Array>;
+  /**
+   * The whole responder handshake in one round trip (lib/core/responder.ts in the crypto
+   * worker, which holds the live slots' secrets): used instead of the two calls above when given.
+   */
+  respond?(initiation: Uint8Array, slots: number[]): Promise<RespondReply>;
 }
+
+export type RespondReply = ResponderOutcome | { ok: false; reason: "malformed" };
 
 export interface ServerConfig {
   x25519Sk: Uint8Array;
@@ -46,6 +54,8 @@ export interface ServerConfig {
 /** Early (0-RTT) packets from a client whose handshake is queued or being processed. */
 const HELD_PER_CLIENT = 8;
 const HELD_SECONDS = 2;
+/** "tunnel up" lines written one by one per second; past that they are counted, then summed. */
+const UP_LINES_PER_SECOND = 20;
 /** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
 const QUEUE_MAX_AGE = HELD_SECONDS / 2;
 
@@ -82,6 +92,10 @@ export class ServerDevice {
   private running = 0;
   handshakes = 0;
   resumes = 0;
+  /** The second the "tunnel up" lines are counted in, those written in it, those not. */
+  private upSecond = 0;
+  private upLines = 0;
+  private upQuiet = 0;
   /** Sees each handshake's secrets after they were erased (tests check they are zero). */
   onHandshakeSecrets?: (secrets: readonly Uint8Array[]) => void;
 
@@ -142,10 +156,11 @@ export class ServerDevice {
 
   /** Admission: parse, replay check, rate limit, queue. No decapsulation happens here. */
   private onInitiation(data: Uint8Array, host: number, port: number): void {
+    // Under overload this is the common case: refuse it before spending anything on it, even
+    // a parse (a malformed initiation is then counted as busy).
+    if (this.queue.full) return this.drops.count("handshake-busy");
     const parsed = parseInitiation(data);
     if (!parsed) return this.drops.count("handshake-malformed");
-    // Under overload this is the common case: refuse it before spending anything on it.
-    if (this.queue.full) return this.drops.count("handshake-busy");
     const now = this.clock.mono();
     // Replays first: refusing one costs a lookup, and it should not spend the sender's tokens.
     if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
@@ -214,23 +229,10 @@ export class ServerDevice {
     // Every secret of this handshake, erased however it ends (dropped, refused, thrown, done).
     const secrets: Uint8Array[] = [];
     try {
-      const mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
-      secrets.push(mcelieceSs);
-      const live = this.ephemeral.live(this.clock.wall());
-      const opened = respondOpen(
-        copy,
-        mcelieceSs,
-        this.config.x25519Sk,
-        live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
-      );
-      if (!opened) return this.drops.count("handshake-auth");
-      secrets.push(opened.cs); // the chaining key
-      const slot = this.ephemeral.get(opened.slotId);
-      if (!slot) return this.drops.count("handshake-slot-expired");
-      const sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
-      secrets.push(sntrupSs);
-      const result = respondFinish(copy, opened, sntrupSs);
-      secrets.push(result.i2r, result.r2i);
+      const result = this.crypto.respond
+        ? await this.respondInWorker(job, this.crypto.respond, secrets)
+        : await this.respondHere(job, secrets);
+      if (!result) return;
       const now = this.clock.mono();
       if (this.replay.has(copy.c0, now)) return this.drops.count("handshake-replay");
       if (!this.replay.add(copy.c0, now)) return this.drops.count("handshake-replay-full");
@@ -239,15 +241,81 @@ export class ServerDevice {
       const tidKey = tidKeyAt(result.tid, 0);
       this.addSession(session, tidKey, host, port, now);
       this.handshakes++;
-      this.log.info(
-        `tunnel ${hex(result.tid).slice(0, 12)} up with ${numberToIpv4(host)}:${port} ` +
-          `(${((now - started) * 1000).toFixed(0)} ms)`,
-      );
+      this.logUp(result.tid, host, port, now - started, now);
       this.releaseHeld(job.source, tidKey);
     } finally {
       wipe(...secrets);
       this.onHandshakeSecrets?.(secrets);
     }
+  }
+
+  /**
+   * One line per new tunnel, up to UP_LINES_PER_SECOND a second: under a handshake flood, a write
+   * to stderr per tunnel cost the packet thread a tenth of its time. tick() sums the rest.
+   */
+  private logUp(tid: Uint8Array, host: number, port: number, took: number, now: number): void {
+    const second = Math.floor(now);
+    if (second !== this.upSecond) {
+      this.upSecond = second;
+      this.upLines = 0;
+    }
+    if (this.upLines >= UP_LINES_PER_SECOND) {
+      this.upQuiet++;
+      return;
+    }
+    this.upLines++;
+    this.log.info(
+      `tunnel ${hex(tid).slice(0, 12)} up with ${numberToIpv4(host)}:${port} ` +
+        `(${(took * 1000).toFixed(0)} ms)`,
+    );
+  }
+
+  /** One worker round trip; the worker erased its own intermediate secrets. */
+  private async respondInWorker(
+    job: HandshakeJob,
+    respond: NonNullable<ResponderCrypto["respond"]>,
+    secrets: Uint8Array[],
+  ): Promise<HandshakeResult | null> {
+    const slots = this.ephemeral.live(this.clock.wall()).map((k) => k.slot);
+    const r = await respond(job.data, slots);
+    if (!r.ok) {
+      this.drops.count(r.reason === "slot-expired" ? "handshake-slot-expired" : "handshake-auth");
+      return null;
+    }
+    secrets.push(r.i2r, r.r2i);
+    return r;
+  }
+
+  /** Two round trips (decapsulations only), the rest on this thread. */
+  private async respondHere(
+    job: HandshakeJob,
+    secrets: Uint8Array[],
+  ): Promise<HandshakeResult | null> {
+    const copy = job.msg;
+    const mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
+    secrets.push(mcelieceSs);
+    const live = this.ephemeral.live(this.clock.wall());
+    const opened = respondOpen(
+      copy,
+      mcelieceSs,
+      this.config.x25519Sk,
+      live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
+    );
+    if (!opened) {
+      this.drops.count("handshake-auth");
+      return null;
+    }
+    secrets.push(opened.cs); // the chaining key
+    const slot = this.ephemeral.get(opened.slotId);
+    if (!slot) {
+      this.drops.count("handshake-slot-expired");
+      return null;
+    }
+    const sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
+    secrets.push(sntrupSs);
+    const result = respondFinish(copy, opened, sntrupSs);
+    secrets.push(result.i2r, result.r2i);
+    return result;
   }
 
   /**
@@ -351,6 +419,10 @@ export class ServerDevice {
   /** Once a second: expire dead sessions, old cookie keys and replay entries. */
   tick(randomness: Uint8Array): void {
     const now = this.clock.mono();
+    if (this.upQuiet > 0) {
+      this.log.info(`${this.upQuiet} more tunnels up (not logged one by one)`);
+      this.upQuiet = 0;
+    }
     for (const peer of [...this.peers.all()]) {
       if (!peer.session.alive(now)) this.removePeer(peer, "receive keys expired");
     }

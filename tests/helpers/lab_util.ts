@@ -114,14 +114,15 @@ export async function removeStaleTempDirs(prefixes: string[]): Promise<void> {
 /**
  * `pqconnect server`: libc for every system call (TUN, sockets, privilege drop) and libsodium for
  * the tunnel's AEAD when installed (without it the server quietly uses its JS code), the native
- * KEM libraries, the crypto worker's modules (wasm/ and the KEM backend choice) and the key
+ * KEM libraries, the crypto worker's modules (wasm/, and the lib/ and ffi/ modules it imports:
+ * the KEM backend choice, and the whole responder with its AEAD and hash backends) and the key
  * directory, and the uid check. Nothing else: no net (sockets are FFI), no env, no write, no run.
  */
 export function serverPermissions(keyDir: string): string[] {
   const ffi = [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p): p is string =>
     p !== null
   );
-  const workerModules = ["wasm", "lib/runtime/kem_backend.ts", "ffi/kem_native.ts"]
+  const workerModules = ["wasm", "lib", "ffi"]
     .map((p) => `${PROJECT_DIR}/${p}`);
   return [
     "--no-prompt",
@@ -176,7 +177,10 @@ export function pqconnectArgv(permissions: string[], args: string[]): string[] {
 
 // ---- keys and announcement ----------------------------------------------------------------------
 
-/** `pqconnect keygen` into `dir` (read and write there, nothing else); returns the pq1 label. */
+/**
+ * `pqconnect keygen` into `dir` (read and write there, and the native KEM libraries as the
+ * keygen task allows); returns the pq1 label.
+ */
 export async function keygen(dir: string): Promise<string> {
   const r = await run(
     null,
@@ -185,6 +189,7 @@ export async function keygen(dir: string): Promise<string> {
       `--config=${PROJECT_DIR}/deno.json`,
       `--allow-read=${dir}`,
       `--allow-write=${dir}`,
+      `--allow-ffi=${kemLibraryPaths().join(",")}`,
     ], ["keygen", "--keydir", dir]),
     { env: denoEnv(), timeoutMs: 120_000 },
   );
