@@ -11,6 +11,7 @@ import {
   parseOptions,
   parsePort,
   parsePrefix,
+  tunnelDaemonOptions,
   UsageError,
 } from "./common.ts";
 import { CLIENT_PORT, CLIENT_TUN_ADDRESS, PRIVSEP_USER, TUN_PREFIX } from "../core/constants.ts";
@@ -29,26 +30,13 @@ export type ClientRequest =
 
 export function parseClientArgs(args: string[]): ClientRequest {
   const { values } = parseOptions(args, {
-    port: { type: "string", short: "p" },
-    addr: { type: "string", short: "a", default: CLIENT_TUN_ADDRESS },
-    mask: { type: "string", short: "m" },
-    interface: { type: "string", short: "i" },
-    // The reference's spelling of --interface.
-    "interface-name": { type: "string" },
-    "host-ip": { type: "string", short: "H" },
-    user: { type: "string", default: PRIVSEP_USER },
-    mtu: { type: "string" },
+    ...tunnelDaemonOptions(CLIENT_TUN_ADDRESS, PRIVSEP_USER),
     queue: { type: "string" },
     "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
     precompute: { type: "string" },
-    kem: { type: "string", default: "auto" },
     "allow-app-dns": { type: "boolean", default: false },
-    verbose: { type: "boolean", short: "v", default: false },
-    // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
-    "very-verbose": { type: "boolean", default: false },
     // The reference's `pqconnect --show`: the same as `pqconnect status`.
     show: { type: "boolean", default: false },
-    help: { type: "boolean", short: "h" },
   });
   if (values.help) return { kind: "help" };
   if (values.show) return { kind: "show", runtimeDir: values["runtime-dir"]! };

@@ -27,6 +27,28 @@ export function parseOptions<T extends Options>(args: string[], options: T) {
   }
 }
 
+/**
+ * The options `client` and `server` share, with the reference's spellings beside ours:
+ * --interface-name for --interface, -vv/--very-verbose for -v.
+ */
+export function tunnelDaemonOptions(tunAddress: string, user: string) {
+  return {
+    port: { type: "string", short: "p" },
+    addr: { type: "string", short: "a", default: tunAddress },
+    mask: { type: "string", short: "m" },
+    interface: { type: "string", short: "i" },
+    "interface-name": { type: "string" },
+    "host-ip": { type: "string", short: "H" },
+    user: { type: "string", default: user },
+    mtu: { type: "string" },
+    kem: { type: "string", default: "auto" },
+    verbose: { type: "boolean", short: "v", default: false },
+    // -vv parses as -v -v; --very-verbose is as verbose as we get.
+    "very-verbose": { type: "boolean", default: false },
+    help: { type: "boolean", short: "h" },
+  } as const satisfies Options;
+}
+
 export function parsePort(value: string | undefined, fallback: number, what: string): number {
   if (value === undefined) return fallback;
   if (!/^\d{1,5}$/.test(value) || Number(value) < 1 || Number(value) > 65535) {

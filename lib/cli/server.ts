@@ -11,6 +11,7 @@ import {
   parseOptions,
   parsePort,
   parsePrefix,
+  tunnelDaemonOptions,
   UsageError,
 } from "./common.ts";
 import {
@@ -28,23 +29,10 @@ export function parseServerArgs(
   args: string[],
 ): { help: true } | { help: false; options: ServerOptions } {
   const { values } = parseOptions(args, {
+    ...tunnelDaemonOptions(SERVER_TUN_ADDRESS, PRIVSEP_USER),
     keydir: { type: "string", short: "d", default: DEFAULT_KEY_DIR },
-    port: { type: "string", short: "p" },
     keyport: { type: "string", short: "k" },
-    addr: { type: "string", short: "a", default: SERVER_TUN_ADDRESS },
-    mask: { type: "string", short: "m" },
-    interface: { type: "string", short: "i" },
-    // The reference's spelling of --interface.
-    "interface-name": { type: "string" },
-    "host-ip": { type: "string", short: "H" },
-    user: { type: "string", default: PRIVSEP_USER },
-    mtu: { type: "string" },
     "max-peers": { type: "string" },
-    kem: { type: "string", default: "auto" },
-    verbose: { type: "boolean", short: "v", default: false },
-    // The reference's -vv / --very-verbose: as verbose as we get (-vv parses as -v -v).
-    "very-verbose": { type: "boolean", default: false },
-    help: { type: "boolean", short: "h" },
   });
   if (values.help) return { help: true };
   const prefix = parsePrefix(values.mask, TUN_PREFIX, 24);
