@@ -33,6 +33,7 @@ import {
   announceZone,
   BLOB_BYTES,
   cacheDependencies,
+  copyFixtureKeys,
   curl,
   type CurlResult,
   denoEnv,
@@ -65,14 +66,6 @@ import {
 
 const HTTP_PORT = 8080;
 const RETRANS = ["TcpRetransSegs", "TcpExtTCPSynRetrans"];
-const KEY_FILES: [string, number][] = [
-  ["mceliece_pk", 0o644],
-  ["mceliece_sk", 0o600],
-  ["x25519_pk", 0o644],
-  ["x25519_sk", 0o600],
-  ["session_key", 0o600],
-];
-
 const skip = notRootReason();
 if (skip) console.log(`client_test: skipped, ${skip}`);
 
@@ -172,10 +165,7 @@ async function clientScenario(o: ScenarioOptions): Promise<void> {
       console.log(`client_test ${o.label}: server keys from our keygen: ${await keygen(keyDir)}`);
     } else {
       await Deno.mkdir(keyDir, { mode: 0o700 });
-      for (const [f, mode] of KEY_FILES) {
-        await Deno.copyFile(`${PROJECT_DIR}/tests/fixtures/${f}`, `${keyDir}/${f}`);
-        await Deno.chmod(`${keyDir}/${f}`, mode);
-      }
+      await copyFixtureKeys(keyDir);
     }
     const announced = await announceZone(keyDir, "www.lab.test", serverAddr, o.ports);
     dns = await startDnsmasq({

@@ -31,6 +31,7 @@ import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
+  copyFixtureKeys,
   curl,
   denoEnv,
   describeCurl,
@@ -63,14 +64,6 @@ const PRESEED_PORT = 40054;
 const FLOOD = 100_000;
 const FLOOD_SECONDS = 40;
 const TOOLS = `${PROJECT_DIR}/tests/helpers/dns_lab_tools.ts`;
-const KEY_FILES: [string, number][] = [
-  ["mceliece_pk", 0o644],
-  ["mceliece_sk", 0o600],
-  ["x25519_pk", 0o644],
-  ["x25519_sk", 0o600],
-  ["session_key", 0o600],
-];
-
 const skip = notRootReason();
 if (skip) console.log(`dns_attack_test: skipped, ${skip}`);
 
@@ -245,10 +238,7 @@ Deno.test({
       work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
       const keyDir = `${work}/keys`;
       await Deno.mkdir(keyDir, { mode: 0o700 });
-      for (const [f, mode] of KEY_FILES) {
-        await Deno.copyFile(`${PROJECT_DIR}/tests/fixtures/${f}`, `${keyDir}/${f}`);
-        await Deno.chmod(`${keyDir}/${f}`, mode);
-      }
+      await copyFixtureKeys(keyDir);
       const ports = { crypto: 42424, key: 42425 };
       const announced = await announceZone(keyDir, "www.lab.test", serverAddr, ports);
       const pq1 = announced.pq1Name;

@@ -20,6 +20,7 @@ import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
+  copyFixtureKeys,
   dropTotals,
   ensurePrivsepUser,
   logs,
@@ -41,14 +42,6 @@ const FLOOD_RATE = 5 * CAPACITY;
 const FLOOD_SECONDS = 10;
 const ATTACKERS = 256;
 const NEWCOMER = "198.18.2.9";
-const KEY_FILES: [string, number][] = [
-  ["mceliece_pk", 0o644],
-  ["mceliece_sk", 0o600],
-  ["x25519_pk", 0o644],
-  ["x25519_sk", 0o600],
-  ["session_key", 0o600],
-];
-
 const skip = notRootReason();
 if (skip) console.log(`flood_test: skipped, ${skip}`);
 
@@ -157,10 +150,7 @@ Deno.test({
       work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
       const keyDir = `${work}/keys`;
       await Deno.mkdir(keyDir, { mode: 0o700 });
-      for (const [f, mode] of KEY_FILES) {
-        await Deno.copyFile(`${PROJECT_DIR}/tests/fixtures/${f}`, `${keyDir}/${f}`);
-        await Deno.chmod(`${keyDir}/${f}`, mode);
-      }
+      await copyFixtureKeys(keyDir);
       const ports = { crypto: 42424, key: 42425 };
       const announced = await announceZone(keyDir, "www.lab.test", lab.serverAddr, ports);
       dns = await startDnsmasq({

@@ -1008,3 +1008,18 @@ if (import.meta.main) {
     Deno.exit(2);
   }
 }
+
+/** The reference's fixture key set, copied into `keyDir` with the modes a server expects. */
+export async function copyFixtureKeys(keyDir: string): Promise<void> {
+  const files: [string, number][] = [
+    ["mceliece_pk", 0o644],
+    ["mceliece_sk", 0o600],
+    ["x25519_pk", 0o644],
+    ["x25519_sk", 0o600],
+    ["session_key", 0o600],
+  ];
+  for (const [f, mode] of files) {
+    await Deno.copyFile(`${PROJECT_DIR}/tests/fixtures/${f}`, `${keyDir}/${f}`);
+    await Deno.chmod(`${keyDir}/${f}`, mode);
+  }
+}

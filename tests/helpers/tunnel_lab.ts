@@ -17,6 +17,7 @@ import { type Dnsmasq, mergeZones, startDnsmasq } from "../lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
+  copyFixtureKeys,
   denoEnv,
   ensurePrivsepUser,
   logs,
@@ -34,14 +35,6 @@ export const HTTP_PORT = 8080;
 export const RELAY_ADDR = "198.18.0.3";
 /** Where the server listens when the relay is in front of it (on the announced ports). */
 const BACK_PORTS = { crypto: 42444, key: 42445 };
-const KEY_FILES: [string, number][] = [
-  ["mceliece_pk", 0o644],
-  ["mceliece_sk", 0o600],
-  ["x25519_pk", 0o644],
-  ["x25519_sk", 0o600],
-  ["session_key", 0o600],
-];
-
 export interface Faults {
   loss: number;
   duplicate: number;
@@ -84,10 +77,7 @@ export class TunnelLab {
     try {
       await Deno.remove(t.runtimeDir, { recursive: true }).catch(() => {});
       await Deno.mkdir(t.keyDir, { mode: 0o700 });
-      for (const [f, mode] of KEY_FILES) {
-        await Deno.copyFile(`${PROJECT_DIR}/tests/fixtures/${f}`, `${t.keyDir}/${f}`);
-        await Deno.chmod(`${t.keyDir}/${f}`, mode);
-      }
+      await copyFixtureKeys(t.keyDir);
       let target = lab.serverAddr;
       if (opts.relay) {
         await run(null, [
