@@ -51,7 +51,9 @@ Deno.test({
 
       const expected = await sha256Hex(deterministicBytes(BLOB_BYTES));
       const file = `${t.work}/blob`;
-      const big = await curl(clientNs, `${t.url}blob`, { maxSec: 240, outFile: file });
+      // 0.6–1.1 Mbit/s over this link in this session's runs (2 % loss costs TCP dearly here; issue
+      // 10's note): 20 MiB takes 150–280 s, so the bound leaves room for a slow run.
+      const big = await curl(clientNs, `${t.url}blob`, { maxSec: 480, outFile: file });
       assert.equal(big.http, "200", `20 MiB: ${describeCurl(big)}\n${t.logs()}`);
       const got = await Deno.readFile(file);
       assert.equal(got.length, BLOB_BYTES);
