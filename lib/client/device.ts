@@ -5,7 +5,7 @@
 // handshake, so the first TCP SYN to a new server is not lost. Sans-IO like ServerDevice: IO,
 // slow crypto, the clock and randomness come in; every timer runs from tick().
 
-import { hex, wipe } from "../core/bytes.ts";
+import { equalBytes, hex, wipe } from "../core/bytes.ts";
 import { MSG_TUNNEL } from "../core/constants.ts";
 import { TunnelSession } from "../core/session.ts";
 import { AddressPool } from "../core/addresses.ts";
@@ -316,10 +316,19 @@ export class ClientDevice {
     const r = this.path.fromNetwork(data, host, port, this.now());
     if (r.kind === "unknown-tid") return this.drops.count("tunnel-unknown-tid");
     if (r.kind === "cookie") {
-      // The server handed us our state: it goes back in front of the next packet.
-      r.peer.cookie = r.cookie.slice();
-      r.peer.session.adoptCookieEpoch(this.now());
-      const entry = this.byInternal.get(r.peer.internal);
+      const peer = r.peer;
+      // A server sends a cookie again while we keep using the old epoch (the first may be
+      // lost): one already adopted must not move the epoch a second time.
+      if (peer.lastCookie !== undefined && equalBytes(peer.lastCookie, r.cookie)) {
+        return this.drops.count("cookie-again");
+      }
+      // The server handed us our state: it goes back in front of our next packets.
+      peer.lastCookie = r.cookie.slice();
+      peer.cookie = peer.lastCookie;
+      peer.cookieSends = 0;
+      peer.session.adoptCookieEpoch(this.now());
+      peer.cookieEpoch = peer.session.receiveEpoch;
+      const entry = this.byInternal.get(peer.internal);
       this.log.info(`${entry?.name}: the server handed back our session as a cookie`);
     }
   }

@@ -42,9 +42,20 @@ export interface Peer {
   txPackets: number;
   rxBytes: number;
   txBytes: number;
-  /** A cookie the server handed back: it goes in front of the next datagram, once. */
+  /**
+   * A cookie the server handed back: it goes in front of each datagram until a packet of the
+   * rebuilt session (epoch `cookieEpoch` or later) proves the server has it, at most
+   * MAX_COOKIE_SENDS times (a lost datagram would otherwise cost the tunnel).
+   */
   cookie?: Uint8Array;
+  cookieEpoch?: number;
+  cookieSends?: number;
+  /** The last cookie received, so that the same one sent again is not adopted twice. */
+  lastCookie?: Uint8Array;
 }
+
+/** Datagrams a cookie rides on at most, waiting for the server's proof it was received. */
+export const MAX_COOKIE_SENDS = 16;
 
 /** A new peer's record, its counters at zero. */
 export function newPeer(
@@ -170,7 +181,8 @@ export class DataPath {
     }
     if (peer.cookie) {
       wire = concat(peer.cookie, wire);
-      peer.cookie = undefined;
+      peer.cookieSends = (peer.cookieSends ?? 0) + 1;
+      if (peer.cookieSends >= MAX_COOKIE_SENDS) peer.cookie = undefined;
     }
     if (this.io.sendUdp(wire, peer.host, peer.port) === false) this.drops.count("udp-send-failed");
     peer.lastSent = now;
@@ -193,6 +205,7 @@ export class DataPath {
     if (!r.ok) return this.dropped(`tunnel-${r.reason}`, peer);
     peer.lastSeen = now;
     peer.unanswered = 0;
+    if (peer.cookie !== undefined && r.epoch >= peer.cookieEpoch!) peer.cookie = undefined;
     if (this.config.roaming) {
       peer.host = host;
       peer.port = port;

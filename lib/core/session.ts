@@ -118,6 +118,8 @@ export class SendChain {
   private ctr = 0;
   /** Counter of the key take() returned last. */
   lastCtr = -1;
+  /** No epoch after the current one: a cookie handed its successors to a rebuilt session. */
+  private capped = false;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chain = new EpochChain(root, epoch, now, now);
@@ -134,6 +136,7 @@ export class SendChain {
   /** Moves to the next epoch; the new one starts no later than the old one expired. */
   advance(now: number): void {
     const old = this.chain;
+    if (this.capped) throw new Error("no epoch after a cookie's");
     if (old.epoch >= MAX_EPOCH_NUMBER) throw new Error("epoch counter exhausted");
     this.chain = makeChain(old, now);
     this.ctr = 0;
@@ -163,6 +166,12 @@ export class SendChain {
     return key;
   }
 
+  /** Stays in the current epoch for good: its successor's root is erased. */
+  cap(): void {
+    this.capped = true;
+    wipe(this.chain.nextEpochRoot);
+  }
+
   clear(): void {
     this.chain.clear();
   }
@@ -182,6 +191,8 @@ export class ReceiveChain {
   private future: EpochChain[] = [];
   /** kdf calls made so far (a chain step or a new epoch's root: one each). */
   derivations = 0;
+  /** No epoch after the latest (see SendChain.cap). */
+  private capped = false;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chains.set(epoch, new EpochChain(root, epoch, now, now));
@@ -222,7 +233,7 @@ export class ReceiveChain {
   /** Adds the epoch after the latest (a cookie tells the client to). */
   advance(now: number): boolean {
     const last = this.chains.get(this.latest);
-    if (!last || this.latest >= MAX_EPOCH_NUMBER) return false;
+    if (!last || this.capped || this.latest >= MAX_EPOCH_NUMBER) return false;
     this.dropFuture();
     const next = makeChain(last, now);
     this.derivations++;
@@ -253,7 +264,7 @@ export class ReceiveChain {
     if (existing) return this.keyIn(existing, ctr, null);
     // A newer epoch: at most MAX_EPOCHS live once it is adopted.
     const ahead = epoch - this.latest;
-    if (ahead <= 0 || this.chains.size + ahead > MAX_EPOCHS) return null;
+    if (ahead <= 0 || this.capped || this.chains.size + ahead > MAX_EPOCHS) return null;
     const last = this.chains.get(this.latest);
     if (!last) return null;
     const known = this.future[ahead - 1];
@@ -287,6 +298,22 @@ export class ReceiveChain {
         onCommit?.();
       },
     };
+  }
+
+  /**
+   * Keeps the live epochs up to `last`, derives none after it: later epochs and every
+   * next-epoch root are erased.
+   */
+  cap(last: number): void {
+    this.capped = true;
+    this.dropFuture();
+    for (const [epoch, c] of this.chains) {
+      if (epoch > last) {
+        c.clear();
+        this.chains.delete(epoch);
+      } else wipe(c.nextEpochRoot);
+    }
+    this.latest = Math.min(this.latest, last);
   }
 
   clear(): void {
@@ -480,6 +507,16 @@ export class TunnelSession {
     const recvRoot = this.recv.nextEpochRoot(epoch);
     if (!recvRoot) return null;
     return { epoch, sendRoot: this.send.nextEpochRoot.slice(), recvRoot: recvRoot.slice() };
+  }
+
+  /**
+   * After cookieState(): the session lives on in the epochs it has (a server lets an evicted
+   * tunnel linger while its cookie travels) but never derives the next, which the cookie hands
+   * to the rebuilt session. So the two never hold the same key, in either direction.
+   */
+  capAtCookieEpoch(): void {
+    this.send.cap();
+    this.recv.cap(this.send.epoch);
   }
 
   /** Erases every key. */

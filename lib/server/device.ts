@@ -58,6 +58,16 @@ const HELD_SECONDS = 2;
 const UP_LINES_PER_SECOND = 20;
 /** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
 const QUEUE_MAX_AGE = HELD_SECONDS / 2;
+/**
+ * An evicted tunnel lingers this long, capped at its cookie's epoch: what the client sends
+ * before the cookie reaches it still arrives, and replies still go out. At most MAX_LINGERING
+ * at once (the oldest ends first); each holds its internal address, which a resume takes over.
+ */
+const LINGER_SECONDS = 10;
+const MAX_LINGERING = 256;
+/** A lingering client still sending in the old epoch has not got its cookie: send it again. */
+const COOKIE_RESEND_SECONDS = 0.25;
+const MAX_COOKIE_RESENDS = 8;
 
 /** One initiation between admission and the end of its decapsulation. */
 interface HandshakeJob {
@@ -77,9 +87,23 @@ interface HeldPacket {
   until: number;
 }
 
+/** An evicted tunnel whose cookie is on its way (see LINGER_SECONDS). */
+interface Lingering {
+  peer: Peer;
+  /** The cookie it was handed (sealed again for a resend; no secret in the clear). */
+  cookie: Uint8Array;
+  until: number;
+  sentAt: number;
+  resends: number;
+}
+
 export class ServerDevice {
   readonly drops = new DropCounters();
   private readonly path: DataPath;
+  /** The lingering tunnels' own data path, consulted only for tids and addresses `path` lacks. */
+  private readonly lingerPath: DataPath;
+  /** By tid key, oldest first. */
+  private readonly lingering = new Map<string, Lingering>();
   readonly replay = new ReplayCache();
   private readonly pool: AddressPool;
   private readonly limiter: InitiationLimiter;
@@ -111,12 +135,21 @@ export class ServerDevice {
   ) {
     this.pool = new AddressPool(config.tunAddress, config.prefix);
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
+    this.lingerPath = new DataPath(io, this.drops, {
+      deliverTo: config.hostAddress,
+      roaming: true,
+    });
     this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
     this.queue = new HandshakeQueue(config.handshakeQueue ?? 512, QUEUE_MAX_AGE);
   }
 
   get peers(): PeerTable {
     return this.path.peers;
+  }
+
+  /** Evicted tunnels waiting for their cookie to come back (see LINGER_SECONDS). */
+  get lingeringPeers(): PeerTable {
+    return this.lingerPath.peers;
   }
 
   /** Handshakes waiting, and being decapsulated. */
@@ -136,11 +169,49 @@ export class ServerDevice {
 
   private onTunnelPacket(data: Uint8Array, host: number, port: number): void {
     const r = this.path.fromNetwork(data, host, port, this.clock.mono());
-    if (r.kind === "unknown-tid") return this.hold(r.tidKey, data, host, port);
+    if (r.kind === "unknown-tid") {
+      const l = this.lingering.get(r.tidKey);
+      if (l) return this.onLingeringPacket(l, data, host, port);
+      return this.hold(r.tidKey, data, host, port);
+    }
     if (r.kind === "cookie") return this.drops.count("cookie-from-client");
     if (r.kind === "dropped" && r.reason === "tunnel-expired" && r.peer) {
       this.removePeer(r.peer, "expired");
     }
+  }
+
+  /**
+   * A packet of an evicted tunnel (its cookie on the way, or lost): delivered, and when the
+   * client keeps sending in the old epoch a while after the cookie left, the cookie again.
+   * Only authenticated packets cause a resend, a few per tunnel.
+   */
+  private onLingeringPacket(l: Lingering, data: Uint8Array, host: number, port: number): void {
+    const now = this.clock.mono();
+    const r = this.lingerPath.fromNetwork(data, host, port, now);
+    if (r.kind === "cookie") return this.drops.count("cookie-from-client");
+    if (r.kind === "dropped" && r.reason === "tunnel-expired") return this.endLinger(l);
+    if (r.kind !== "delivered") return;
+    if (now - l.sentAt < COOKIE_RESEND_SECONDS || l.resends >= MAX_COOKIE_RESENDS) return;
+    l.sentAt = now;
+    l.resends++;
+    this.sendCookie(l.peer, l.cookie, now);
+  }
+
+  private sendCookie(peer: Peer, cookie: Uint8Array, now: number): void {
+    try {
+      this.io.sendUdp(peer.session.sealPacket(cookie, now), peer.host, peer.port);
+    } catch {
+      // its epoch ran out (the session is capped) or a send error: the client makes a new tunnel
+      this.drops.count("cookie-send-failed");
+    }
+  }
+
+  /** Ends a lingering tunnel: its keys erased, its address free. */
+  private endLinger(l: Lingering): void {
+    this.lingering.delete(l.peer.tidKey);
+    this.lingerPath.peers.remove(l.peer);
+    this.pool.release(l.peer.internal);
+    l.peer.session.close();
   }
 
   /**
@@ -337,6 +408,16 @@ export class ServerDevice {
     const tidKey = tidKeyAt(contents.tid, 0);
     const now = this.clock.mono();
     if (!this.peers.byTunnelId(tidKey)) {
+      // The tunnel may still linger: the rebuilt session takes over its address (the server's
+      // applications see the same client), its capped keys are erased.
+      const l = this.lingering.get(tidKey);
+      let internal: number | undefined;
+      if (l) {
+        this.lingering.delete(tidKey);
+        this.lingerPath.peers.remove(l.peer);
+        l.peer.session.close();
+        internal = l.peer.internal;
+      }
       const session = TunnelSession.fromCookie(
         contents.tid,
         contents.epoch,
@@ -344,7 +425,7 @@ export class ServerDevice {
         contents.recvRoot,
         now,
       );
-      this.addSession(session, tidKey, host, port, now);
+      this.addSession(session, tidKey, host, port, now, internal);
       this.resumes++;
       this.log.info(`tunnel ${hex(contents.tid).slice(0, 12)} resumed from a cookie`);
     }
@@ -358,16 +439,19 @@ export class ServerDevice {
     host: number,
     port: number,
     now: number,
+    /** An address the tunnel already holds (a resumed lingering tunnel's). */
+    reuse?: number,
   ): void {
     const old = this.peers.byTunnelId(tidKey);
     if (old) this.removePeer(old, "replaced");
     if (this.peers.size >= this.config.maxPeers) this.evictWithCookie();
-    let internal = this.pool.allocate();
+    let internal = reuse ?? this.allocateAddress();
     if (internal === null) {
       this.evictWithCookie();
-      internal = this.pool.allocate();
+      internal = this.allocateAddress();
     }
     if (internal === null) {
+      if (reuse !== undefined) this.pool.release(reuse);
       session.close();
       this.drops.count("no-address");
       return;
@@ -375,30 +459,63 @@ export class ServerDevice {
     this.peers.add(newPeer(session, internal, host, port, now));
   }
 
-  /** Frees room: the least recently used client gets its state back as a cookie. */
+  /** A free internal address; lingering tunnels give theirs back first when none is left. */
+  private allocateAddress(): number | null {
+    let internal = this.pool.allocate();
+    for (const l of this.lingering.values()) {
+      if (internal !== null) break;
+      this.drops.count("linger-no-address");
+      this.endLinger(l);
+      internal = this.pool.allocate();
+    }
+    return internal;
+  }
+
+  /**
+   * Frees room: the least recently used client gets its state back as a cookie, and its tunnel
+   * lingers, capped at the cookie's epoch, until the cookie comes back or LINGER_SECONDS pass.
+   */
   private evictWithCookie(): void {
     const lru = this.peers.leastRecentlyUsed();
     if (!lru) return;
     const now = this.clock.mono(); // the cookie's state and its packet: one moment
     const state = lru.session.cookieState(now);
     const issued = state && this.cookies.issue(this.clock.wall());
-    if (issued && state) {
-      const cookie = buildCookie(issued.key, issued.nonce, issued.timestamp, {
-        tid: lru.session.tid,
-        ...state,
-      });
-      try {
-        this.io.sendUdp(lru.session.sealPacket(cookie, now), lru.host, lru.port);
-      } catch { /* a send error only costs the client a new handshake */ }
+    if (!issued || !state) {
+      if (state) wipe(state.sendRoot, state.recvRoot);
+      return this.removePeer(lru, "evicted");
     }
-    if (state) wipe(state.sendRoot, state.recvRoot);
-    this.removePeer(lru, issued ? "evicted with a cookie" : "evicted");
+    const cookie = buildCookie(issued.key, issued.nonce, issued.timestamp, {
+      tid: lru.session.tid,
+      ...state,
+    });
+    wipe(state.sendRoot, state.recvRoot);
+    lru.session.capAtCookieEpoch();
+    this.sendCookie(lru, cookie, now);
+    this.peers.remove(lru);
+    this.logClosed(lru, "evicted with a cookie");
+    if (this.lingering.size >= MAX_LINGERING) {
+      this.drops.count("linger-overflow");
+      this.endLinger(this.lingering.values().next().value!);
+    }
+    this.lingering.set(lru.tidKey, {
+      peer: lru,
+      cookie,
+      until: now + LINGER_SECONDS,
+      sentAt: now,
+      resends: 0,
+    });
+    this.lingerPath.peers.add(lru);
   }
 
   removePeer(peer: Peer, why: string): void {
     this.peers.remove(peer);
     this.pool.release(peer.internal);
     peer.session.close();
+    this.logClosed(peer, why);
+  }
+
+  private logClosed(peer: Peer, why: string): void {
     this.log.info(
       `tunnel ${hex(peer.session.tid).slice(0, 12)} (${
         numberToIpv4(peer.internal)
@@ -408,7 +525,16 @@ export class ServerDevice {
 
   /** One packet read from the TUN device: into the tunnel of the client it is addressed to. */
   onTunPacket(packet: Uint8Array): void {
-    const r = this.path.fromTun(packet, this.clock.mono());
+    const now = this.clock.mono();
+    let r = this.path.fromTun(packet, now);
+    if (r.kind === "no-peer" && this.lingering.size > 0) {
+      r = this.lingerPath.fromTun(packet, now);
+      if (r.kind === "closed") {
+        const l = this.lingering.get(r.peer.tidKey);
+        if (l) this.endLinger(l);
+        return this.drops.count("tun-session-closed");
+      }
+    }
     if (r.kind === "no-peer") return this.drops.count("tun-no-peer");
     if (r.kind === "closed") {
       this.removePeer(r.peer, "its session can send no more");
@@ -426,6 +552,10 @@ export class ServerDevice {
     for (const peer of [...this.peers.all()]) {
       if (!peer.session.alive(now)) this.removePeer(peer, "receive keys expired");
     }
+    for (const l of [...this.lingering.values()]) {
+      if (l.until > now) break; // oldest first
+      this.endLinger(l);
+    }
     this.cookies.update(this.clock.wall(), randomness);
     this.replay.prune(now);
     this.ephemeral.expire(this.clock.wall());
@@ -437,6 +567,7 @@ export class ServerDevice {
       this.peers.remove(peer);
       peer.session.close();
     }
+    for (const l of [...this.lingering.values()]) this.endLinger(l);
     this.cookies.clear();
     this.ephemeral.clear();
     wipe(this.config.x25519Sk);

@@ -96,6 +96,11 @@ export class DeviceNet {
   private ephemeral!: EphemeralKeyStore;
   private heldBack: (() => void) | null = null;
   private readonly maxCaptured = 4096;
+  /** While set, what the server sends waits here (a cookie in flight); see flushToClients. */
+  pausedToClients: (() => void)[] | null = null;
+  /** The next this-many datagrams a client sends, or the server sends, are lost. */
+  loseFromClients = 0;
+  loseToClients = 0;
 
   static keyTree(): KeyTree {
     tree ??= KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
@@ -161,8 +166,11 @@ export class DeviceNet {
           }
           const to = this.clients.find((c) => c.host === host);
           if (!to) return; // to the attacker's address: recorded, goes nowhere
+          if (this.loseToClients > 0) return void this.loseToClients--;
           const copy = data.slice();
-          this.wire(() => to.device.onDatagram(copy, SERVER_HOST, port));
+          const deliver = () => to.device.onDatagram(copy, SERVER_HOST, port);
+          if (this.pausedToClients) this.pausedToClients.push(deliver);
+          else this.wire(deliver);
         },
         writeTun: (p) => void tun.push(p.slice()),
       },
@@ -228,6 +236,7 @@ export class DeviceNet {
           this.ledger.record(data, "client-to-server");
           const copy = data.slice();
           if (this.captured.length < this.maxCaptured) this.captured.push(copy.slice());
+          if (this.loseFromClients > 0) return void this.loseFromClients--;
           this.wire(() => this.server.onDatagram(copy, host, 42423));
         },
         writeTun: (p) => void tun.push(p.slice()),
@@ -266,10 +275,19 @@ export class DeviceNet {
     c.device.onTunPacket(udpPacket(CLIENT_TUN, c.internal, new TextEncoder().encode(text)));
   }
 
+  /** Lets what the server sent while paused go, in order. */
+  flushToClients(): void {
+    const waiting = this.pausedToClients ?? [];
+    this.pausedToClients = null;
+    for (const deliver of waiting) this.wire(deliver);
+  }
+
   /** The server's side answers client `i` (false when the server has no tunnel for it). */
   serverSend(i: number, text: string): boolean {
     const c = this.clients[i];
-    const peer = [...this.server.peers.all()].find((p) => p.host === c.host);
+    const peer = [...this.server.peers.all(), ...this.server.lingeringPeers.all()].find((p) =>
+      p.host === c.host
+    );
     if (!peer) return false;
     this.server.onTunPacket(udpPacket(SERVER_HOST, peer.internal, new TextEncoder().encode(text)));
     return true;
