@@ -2,6 +2,7 @@
 // configures the TUN device, binds both UDP ports and starts the crypto worker; then it drops
 // to an unprivileged user before it reads a single datagram.
 
+import { steadyClocks } from "../runtime/clock.ts";
 import { KeyTree } from "../core/keytree.ts";
 import { readServerKeys, wipeServerKeys } from "../runtime/keyfiles.ts";
 import { EphemeralKeyStore } from "../core/ephemeral.ts";
@@ -100,11 +101,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         `(uid ${user.uid})`,
     );
 
-    const t0 = performance.now();
-    const clock = {
-      mono: () => (performance.now() - t0) / 1000,
-      wall: () => Date.now() / 1000,
-    };
+    const clock = steadyClocks(); // a wall clock that never steps: lib/runtime/clock.ts
     const ephemeral = new EphemeralKeyStore();
     const loop = new TunnelLoop({ tun, sock: cryptoSock });
     log.info(`data path offloads: ${loop.offloads}`);
