@@ -39,6 +39,9 @@ const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
 export const MAX_DERIVATIONS_PER_PACKET = (MAX_EPOCHS - 1) +
   Math.ceil(MAX_CHAIN_KEYS / KEYS_PER_CHAIN_STEP);
 
+/** Receive keys one epoch holds at most: the window ahead plus one chain step. */
+const MAX_HELD_KEYS = MAX_CHAIN_KEYS + KEYS_PER_CHAIN_STEP;
+
 /** How long epochs derived ahead for packets that did not verify are kept aside. */
 const FUTURE_SECONDS = EPOCH_SECONDS;
 
@@ -50,6 +53,8 @@ class EpochChain {
   readonly keys = new Map<number, Uint8Array>();
   /** Counter of the next key a chain step will produce. */
   private nextCtr = 0;
+  /** Counter of the newest packet that verified in this epoch (receiving side). */
+  private newest = -1;
 
   /**
    * Takes ownership of `root` and erases it. `start` drives the sender's 30 s epoch clock;
@@ -85,17 +90,31 @@ class EpochChain {
 
   /**
    * Chain steps needed before `ctr`'s key is held, or -1 when it never will be: used already
-   * (keys are one-time) or beyond the window (at most MAX_CHAIN_KEYS keys held; as the
-   * reference, an exhausted chain may always step).
+   * (keys are one-time), forgotten, or beyond the window, which reaches MAX_CHAIN_KEYS past the
+   * newest packet that verified. (The reference bounds the keys held instead: the keys of lost
+   * packets then fill it and, at 2 % loss, stall the epoch after a few thousand packets.)
    */
   stepsTo(ctr: number): number {
     if (ctr <= this.highestCtr) return this.keys.has(ctr) ? 0 : -1;
-    const held = this.keys.size;
-    const needed = Math.ceil((ctr - this.highestCtr) / KEYS_PER_CHAIN_STEP);
-    const allowed = held >= MAX_CHAIN_KEYS
-      ? 0
-      : Math.ceil((MAX_CHAIN_KEYS - held) / KEYS_PER_CHAIN_STEP);
-    return needed <= allowed ? needed : -1;
+    if (ctr - this.newest > MAX_CHAIN_KEYS) return -1;
+    return Math.ceil((ctr - this.highestCtr) / KEYS_PER_CHAIN_STEP);
+  }
+
+  /**
+   * Erases the key of a packet that verified and moves the window. Keys left behind belong to
+   * lost packets (or very late ones): beyond MAX_HELD_KEYS the oldest are forgotten.
+   */
+  used(ctr: number): void {
+    const keys = this.keys;
+    wipe(keys.get(ctr));
+    keys.delete(ctr);
+    if (ctr > this.newest) this.newest = ctr;
+    while (keys.size > MAX_HELD_KEYS) {
+      // chain steps insert counters in increasing order: the first held is the oldest
+      const [oldest, key] = keys.entries().next().value!;
+      wipe(key);
+      keys.delete(oldest);
+    }
   }
 
   clear(): void {
@@ -249,9 +268,7 @@ export class ReceiveChain {
 
   /** Erases a derived() key once its packet verified. */
   consume(epoch: number, ctr: number): void {
-    const keys = this.chains.get(epoch)!.keys;
-    wipe(keys.get(ctr));
-    keys.delete(ctr);
+    this.chains.get(epoch)!.used(ctr);
   }
 
   /**
@@ -293,8 +310,7 @@ export class ReceiveChain {
     return {
       key,
       commit: () => {
-        chain.keys.delete(ctr);
-        wipe(key);
+        chain.used(ctr);
         onCommit?.();
       },
     };
