@@ -4,7 +4,7 @@
 // harms the genuine packets that follow.
 
 import assert from "node:assert/strict";
-import { MAX_DERIVATIONS_PER_PACKET, TunnelSession } from "../lib/core/session.ts";
+import { MAX_DERIVATIONS_PER_PACKET, RECEIVE_WINDOW, TunnelSession } from "../lib/core/session.ts";
 import { EPOCH_SECONDS, MAX_CHAIN_KEYS, MAX_EPOCHS } from "../lib/core/constants.ts";
 import { Prng } from "./helpers/prng.ts";
 
@@ -38,7 +38,7 @@ Deno.test("forgery: out-of-window epochs and counters cost no derivation", () =>
     [40_000, 0],
     [0xffff, 0xffffffff],
     [0, 1_000_000],
-    [0, MAX_CHAIN_KEYS + 18], // beyond the keys the window may hold
+    [0, RECEIVE_WINDOW + 1], // beyond the latest epoch's window (newest verified: 0)
     [1, MAX_CHAIN_KEYS], // a newer epoch's window ends at MAX_CHAIN_KEYS
     [0, 0], // used already
   ];
@@ -56,7 +56,7 @@ Deno.test("forgery: in the window, at most MAX_DERIVATIONS_PER_PACKET once, then
     const { sender, receiver } = pair();
     const t = sender.sealPacket(payload, 1);
     const epoch = rng.int(MAX_EPOCHS + 1);
-    const ctr = rng.int(MAX_CHAIN_KEYS + 20);
+    const ctr = rng.int(rng.chance(0.5) ? MAX_CHAIN_KEYS + 20 : RECEIVE_WINDOW + 20);
     const p = forge(t, epoch, ctr);
     const before = receiver.derivations;
     assert.equal(receiver.openPacket(p, 1).ok, false);
@@ -73,8 +73,12 @@ Deno.test("forgery: in the window, at most MAX_DERIVATIONS_PER_PACKET once, then
   }
   const { sender, receiver } = pair();
   const t = sender.sealPacket(payload, 1);
-  receiver.openPacket(forge(t, MAX_EPOCHS - 1, MAX_CHAIN_KEYS - 1), 1);
+  receiver.openPacket(forge(t, 0, RECEIVE_WINDOW - 1), 1);
   assert.equal(receiver.derivations, MAX_DERIVATIONS_PER_PACKET, "the bound is reached");
+  const further = pair();
+  const f = further.sender.sealPacket(payload, 1);
+  further.receiver.openPacket(forge(f, MAX_EPOCHS - 1, MAX_CHAIN_KEYS - 1), 1);
+  assert.ok(further.receiver.derivations <= MAX_DERIVATIONS_PER_PACKET, "newest epoch, far ctr");
   assert.ok(worst <= MAX_DERIVATIONS_PER_PACKET);
 });
 

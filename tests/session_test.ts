@@ -1,7 +1,7 @@
 // The tunnel session's state machine: epochs over time, erasure, replays and bounds.
 
 import assert from "node:assert/strict";
-import { TunnelSession } from "../lib/core/session.ts";
+import { RECEIVE_WINDOW, TunnelSession } from "../lib/core/session.ts";
 import { EPOCH_LIFETIME_SECONDS, MAX_CHAIN_KEYS } from "../lib/core/constants.ts";
 
 function pair(now = 0) {
@@ -48,18 +48,25 @@ Deno.test("session: a forged packet changes nothing, the genuine one still opens
   assert.ok(responder.openPacket(q, 1).ok);
 });
 
-Deno.test("session: the receiver derives at most 90 keys ahead within an epoch", () => {
+Deno.test("session: the receiver derives a bounded window ahead of the newest packet", () => {
   const { initiator, responder } = pair();
-  const packets = Array.from({ length: 130 }, (_, i) => initiator.sealPacket(payload(i), 1));
-  // counters 0..89 are reachable from a fresh chain (5 chain steps of 18)
-  assert.ok(responder.openPacket(packets[MAX_CHAIN_KEYS - 1], 1).ok);
-  // far beyond what is held: refused, not derived without bound
-  const fresh = pair();
-  const far = Array.from({ length: 130 }, (_, i) => fresh.initiator.sealPacket(payload(i), 1));
-  assert.equal(fresh.responder.openPacket(far[120], 1).ok, false);
-  // once earlier keys are used up, later ones become reachable
-  for (let i = 0; i < 60; i++) assert.ok(fresh.responder.openPacket(far[i], 1).ok);
-  assert.ok(fresh.responder.openPacket(far[120], 1).ok);
+  const n = RECEIVE_WINDOW + 200;
+  const packets = Array.from({ length: n }, (_, i) => initiator.sealPacket(payload(i), 1));
+  // the latest epoch's window reaches RECEIVE_WINDOW past the newest verified packet (none: -1)
+  assert.equal(responder.openPacket(packets[RECEIVE_WINDOW], 1).ok, false, "beyond: refused");
+  assert.ok(responder.openPacket(packets[RECEIVE_WINDOW - 1], 1).ok);
+  // the window moved with it
+  assert.ok(responder.openPacket(packets[n - 1], 1).ok);
+  // an epoch not adopted yet keeps the reference's MAX_CHAIN_KEYS
+  const fresh = pair(0);
+  fresh.initiator.sealPacket(payload(0), 1);
+  const next = Array.from(
+    { length: MAX_CHAIN_KEYS + 1 },
+    (_, i) => fresh.initiator.sealPacket(payload(i), 31),
+  );
+  assert.equal(fresh.initiator.sendEpoch, 1);
+  assert.equal(fresh.responder.openPacket(next[MAX_CHAIN_KEYS], 31).ok, false);
+  assert.ok(fresh.responder.openPacket(next[MAX_CHAIN_KEYS - 1], 31).ok);
 });
 
 Deno.test("session: the sender moves epoch every 30 s and the receiver follows", () => {

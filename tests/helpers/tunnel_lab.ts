@@ -35,6 +35,9 @@ export const HTTP_PORT = 8080;
 export const RELAY_ADDR = "198.18.0.3";
 /** Where the server listens when the relay is in front of it (on the announced ports). */
 const BACK_PORTS = { crypto: 42444, key: 42445 };
+/** The relay's port for the baseline tunnel without cryptography (./plain_tunnel.ts). */
+const PLAIN_PORTS = { front: 42426, back: 42446 };
+export const PLAIN_SERVER_ADDR = "10.99.0.1";
 export interface Faults {
   loss: number;
   duplicate: number;
@@ -134,7 +137,7 @@ export class TunnelLab {
       "--upstream",
       this.lab.serverAddr,
       "--ports",
-      `42424:${BACK_PORTS.crypto},42425:${BACK_PORTS.key}`,
+      `42424:${BACK_PORTS.crypto},42425:${BACK_PORTS.key},${PLAIN_PORTS.front}:${PLAIN_PORTS.back}`,
       "--control",
       this.controlFile,
       "--seed",
@@ -142,6 +145,53 @@ export class TunnelLab {
     ], { name: `udp relay@${this.lab.serverNs}`, env: denoEnv(), maxLogChars: 256 * 1024 });
     await p.waitFor("relaying", 30_000);
     return p;
+  }
+
+  /**
+   * The baseline: a tunnel without cryptography through the same relay (./plain_tunnel.ts),
+   * 10.99.0.2 in the client namespace to 10.99.0.1 in the server's, where the HTTP server
+   * answers too. Same MTU as our tunnel's TUN devices (1400).
+   */
+  async startPlainTunnel(): Promise<{ url: string; stop: () => Promise<void> }> {
+    const start = (ns: string, args: string[]) =>
+      spawn(ns, [
+        Deno.execPath(),
+        "run",
+        "--no-prompt",
+        `--config=${PROJECT_DIR}/deno.json`,
+        "--unstable-net",
+        "--allow-all", // a TUN device and rtnetlink, as root in a lab namespace
+        `${PROJECT_DIR}/tests/helpers/plain_tunnel.ts`,
+        "--mtu",
+        "1400",
+        ...args,
+      ], { name: `plain tunnel@${ns}`, env: denoEnv() });
+    const server = start(this.lab.serverNs, [
+      "--address",
+      PLAIN_SERVER_ADDR,
+      "--listen",
+      `${this.lab.serverAddr}:${PLAIN_PORTS.back}`,
+    ]);
+    const client = start(this.lab.clientNs, [
+      "--address",
+      "10.99.0.2",
+      "--listen",
+      `${this.lab.clientAddr}:0`,
+      "--to",
+      `${RELAY_ADDR}:${PLAIN_PORTS.front}`,
+    ]);
+    const stop = async () => {
+      await client.stop("SIGTERM", 3000).catch(() => {});
+      await server.stop("SIGTERM", 3000).catch(() => {});
+    };
+    try {
+      await server.waitFor(" up", 30_000);
+      await client.waitFor(" up", 30_000);
+    } catch (e) {
+      await stop();
+      throw e;
+    }
+    return { url: `http://${PLAIN_SERVER_ADDR}:${HTTP_PORT}/`, stop };
   }
 
   /** The relay's faults from now on (it rereads them within 100 ms). */

@@ -2,8 +2,10 @@
 // and server (tests/helpers/udp_relay.ts; the kernel here has no netem): 2 % loss, 1 %
 // duplication, 3 % reordering, 10 ms delay each way (20 ms more round trip). The key download
 // completes, a 20 MiB transfer arrives intact, and nothing is logged at error level for what is
-// merely loss. Then 30 % loss for 10 s: afterwards the tunnel recovers with no action by the
-// application (it just keeps making requests).
+// merely loss. The same transfer then crosses the same relay through a tunnel without
+// cryptography (tests/helpers/plain_tunnel.ts): what TCP achieves there is what the link allows,
+// and the tunnel's figure is reported against it. Then 30 % loss for 10 s: afterwards the tunnel
+// recovers with no action by the application (it just keeps making requests).
 //
 // Needs root (namespaces, TUN, NFQUEUE).
 
@@ -59,10 +61,25 @@ Deno.test({
       assert.equal(got.length, BLOB_BYTES);
       assert.equal(await sha256Hex(got), expected, "20 MiB transfer: checksum mismatch");
       await Deno.remove(file);
+      const plainTunnel = await t.startPlainTunnel();
+      let plain;
+      try {
+        plain = await curl(clientNs, `${plainTunnel.url}blob`, { maxSec: 480, outFile: file });
+      } finally {
+        await plainTunnel.stop();
+      }
+      assert.equal(plain.http, "200", `plain: ${describeCurl(plain)}`);
+      assert.equal(plain.bytes, BLOB_BYTES);
+      await Deno.remove(file);
+      const mbit = (c: { bytes: number; seconds: number }) => c.bytes * 8 / c.seconds / 1e6;
       console.log(
         `FIGURES lossy-link: 20 MiB intact (sha256 ${expected.slice(0, 16)}…) in ` +
-          `${big.seconds.toFixed(1)} s = ${(big.bytes * 8 / big.seconds / 1e6).toFixed(1)} ` +
-          `Mbit/s over 2 % loss; relay ${JSON.stringify(t.relayStats())}`,
+          `${big.seconds.toFixed(1)} s = ${mbit(big).toFixed(1)} Mbit/s over 2 % loss; the ` +
+          `same relay without the tunnel's cryptography ${plain.seconds.toFixed(1)} s = ` +
+          `${mbit(plain).toFixed(1)} Mbit/s; tunnel/plain ${
+            (mbit(big) / mbit(plain)).toFixed(2)
+          }; ` +
+          `relay ${JSON.stringify(t.relayStats())}`,
       );
 
       // 30 % loss for 10 s while an application requests every 0.5 s, then the lossy link again
