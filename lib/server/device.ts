@@ -451,7 +451,6 @@ export class ServerDevice {
       internal = this.allocateAddress();
     }
     if (internal === null) {
-      if (reuse !== undefined) this.pool.release(reuse);
       session.close();
       this.drops.count("no-address");
       return;
