@@ -46,3 +46,23 @@ Deno.test("cookie: a key issues at most MAX_COOKIES_PER_SLOT cookies", () => {
   ring.update(90, new Uint8Array(32));
   assert.ok(ring.issue(90), "the next slot's key issues again");
 });
+
+Deno.test("cookie: in the moment before the new slot's key is made, the previous key issues", () => {
+  const ring = new CookieKeyring(new Uint8Array(32), new Uint8Array(32));
+  ring.update(89.5, new Uint8Array(32));
+  // the tick makes slot 90's key at about 90.5: an eviction at 90.2 still gets a cookie
+  const early = ring.issue(90.2)!;
+  assert.equal(early.timestamp, 60);
+  const cookie = buildCookie(early.key, early.nonce, early.timestamp, {
+    tid: new Uint8Array(32).fill(1),
+    epoch: 3,
+    sendRoot: new Uint8Array(32).fill(2),
+    recvRoot: new Uint8Array(32).fill(3),
+  });
+  ring.update(90.5, new Uint8Array(32));
+  assert.equal(ring.issue(90.6)!.timestamp, 90);
+  const r = ring.redeem(cookie);
+  assert.ok(r.ok && r.contents.epoch === 3);
+  // two slots on, nothing older than the previous slot stands in
+  assert.equal(ring.issue(150.1), null);
+});

@@ -125,9 +125,14 @@ export class CookieKeyring {
     return this.slots.get(timestamp)?.key ?? null;
   }
 
-  /** Key and a never-repeated nonce (a big-endian counter) of the slot holding `time`. */
+  /**
+   * Key and a never-repeated nonce (a big-endian counter) of the slot holding `time`. Until
+   * update() has made that slot's key (the server's tick runs once a second), the previous
+   * slot's serves: an eviction in that second would otherwise hand out no cookie.
+   */
   issue(time: number): { key: Uint8Array; nonce: Uint8Array; timestamp: number } | null {
-    const timestamp = CookieKeyring.slotOf(time);
+    let timestamp = CookieKeyring.slotOf(time);
+    if (!this.slots.has(timestamp)) timestamp -= EPOCH_SECONDS;
     const entry = this.slots.get(timestamp);
     if (!entry || entry.counter >= BigInt(MAX_COOKIES_PER_SLOT)) return null;
     const nonce = new Uint8Array(NONCE_BYTES);
