@@ -13,7 +13,7 @@ import { TunnelSession } from "../lib/core/session.ts";
 import { COOKIE_BYTES, EPOCH_SECONDS } from "../lib/core/constants.ts";
 import { isCookie } from "../lib/core/cookie.ts";
 import { MAX_COOKIE_SENDS } from "../lib/core/data_path.ts";
-import { DeviceNet, payloadText, until } from "./helpers/device_net.ts";
+import { DeviceNet, payloadText, TestClock, until } from "./helpers/device_net.ts";
 import { Prng } from "./helpers/prng.ts";
 
 const quiet = new StderrLogger("test", "error");
@@ -183,6 +183,26 @@ netTest(
       assert.equal(net.server.resumes, 1);
       assert.ok(net.serverSend(0, "reply a3"));
       assert.ok(await until(() => texts(net.clients[0].tun).includes("reply a3")));
+      assert.deepEqual(net.ledger.reuses, []);
+    } finally {
+      net.close();
+    }
+  },
+);
+
+netTest(
+  "cookie race: an eviction before the tick made the new slot's cookie key still hands a cookie",
+  async (pool) => {
+    const clock = new TestClock();
+    clock.advance(29.5 - (clock.wall % 30)); // half a second before a slot starts
+    const net = await DeviceNet.start(pool, new Prng(9), quiet, { maxPeers: 1, clients: 2, clock });
+    try {
+      assert.ok(await through(net, 0, "a1"));
+      net.clock.advance(0.7); // into the new slot; no tick has run in it
+      assert.ok(await through(net, 1, "b1"));
+      assert.ok(await until(hasCookie(net, 0)), "client 0 got its cookie");
+      assert.ok(await through(net, 0, "a2"));
+      assert.equal(net.server.resumes, 1);
       assert.deepEqual(net.ledger.reuses, []);
     } finally {
       net.close();
