@@ -56,6 +56,8 @@ const HELD_PER_CLIENT = 8;
 const HELD_SECONDS = 2;
 /** "tunnel up" lines written one by one per second; past that they are counted, then summed. */
 const UP_LINES_PER_SECOND = 20;
+/** Over-rate initiations admitted per second per decapsulation slot, while none is queued. */
+const OVERDRAFT_PER_SLOT = 2;
 /** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
 const QUEUE_MAX_AGE = HELD_SECONDS / 2;
 
@@ -83,6 +85,8 @@ export class ServerDevice {
   readonly replay = new ReplayCache();
   private readonly pool: AddressPool;
   private readonly limiter: InitiationLimiter;
+  /** One global bucket for initiations beyond their address's rate (see overdraw). */
+  private readonly overdraft: InitiationLimiter;
   private readonly queue: HandshakeQueue<HandshakeJob>;
   /** c0 of every queued or running handshake: a replayed copy is refused before any work. */
   private readonly inFlightC0 = new Set<string>();
@@ -112,6 +116,8 @@ export class ServerDevice {
     this.pool = new AddressPool(config.tunAddress, config.prefix);
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
     this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
+    const overdraft = OVERDRAFT_PER_SLOT * config.maxPendingHandshakes;
+    this.overdraft = new InitiationLimiter(overdraft, overdraft, 1);
     this.queue = new HandshakeQueue(config.handshakeQueue ?? 512, QUEUE_MAX_AGE);
   }
 
@@ -166,7 +172,9 @@ export class ServerDevice {
     if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
     const c0Key = replayKey(parsed.c0);
     if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
-    if (!this.limiter.allow(host, now)) return this.drops.count("handshake-rate-limited");
+    if (!this.limiter.allow(host, now) && !this.overdraw(now)) {
+      return this.drops.count("handshake-rate-limited");
+    }
     const copy = data.slice(); // the receive buffer is reused
     const msg = parseInitiation(copy)!;
     const source = host * 65536 + port;
@@ -176,6 +184,18 @@ export class ServerDevice {
     if (client) client.handshakes++;
     else this.clients.set(source, { handshakes: 1, held: [] });
     this.startHandshakes();
+  }
+
+  /**
+   * An initiation from an address over its rate still gets in while nothing waits for a
+   * decapsulation slot, up to a global rate (OVERDRAFT_PER_SLOT a second per slot). pq1 has no
+   * return-routability check: anyone can send from a real client's address and empty that
+   * address's bucket. With the overdraft, locking a client out takes more than that rate in
+   * over-rate initiations (native KEMs: 128/s), not 3/s; the work it admits is bounded by the
+   * same rate and only fills slots no admitted handshake is waiting for.
+   */
+  private overdraw(now: number): boolean {
+    return this.queue.length === 0 && this.overdraft.allow(0, now);
   }
 
   /** Fills the decapsulation slots from the queue; stale entries are dropped unstarted. */
