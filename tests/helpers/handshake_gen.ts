@@ -36,7 +36,10 @@ interface LoadPlan {
   steps: number[];
   window: number;
   drain: number;
-  /** Stop rising once a step answers < 90 %, then offer 5× the best answered rate once. */
+  /**
+   * Stop rising once a step answers < 90 % twice (it is run once more the first time), then
+   * offer 5× the best answered rate once.
+   */
   adaptive: boolean;
   /** Largest rate offered (the generator's own budget), default 20000/s. */
   maxRate?: number;
@@ -161,6 +164,8 @@ async function load(plan: LoadPlan): Promise<void> {
   const resend = (p: Pending, k: number) => sock.queue(p.resends[k], p.source, target, plan.port);
   let best = 0;
   let overloadDone = false;
+  /** The step that was run again (the one after it is its second run). */
+  let retried = -2;
   const rates = [...plan.steps];
   for (let i = 0; i < rates.length; i++) {
     const rate = Math.min(rates[i], plan.maxRate ?? 20000);
@@ -237,9 +242,15 @@ async function load(plan: LoadPlan): Promise<void> {
     console.log(JSON.stringify({ step: r }));
     for (const b of batch) b.hs.session.close();
     best = Math.max(best, r.answeredRate);
-    if (
-      plan.adaptive && !overloadDone && (r.answered < 0.9 * r.offered || i === rates.length - 1)
-    ) {
+    const short = r.answered < 0.9 * r.offered;
+    if (plan.adaptive && !overloadDone && short && retried !== i - 1) {
+      // The machine is shared: a step that falls short is run once more before it counts as
+      // the knee, so one noisy step does not end the rise early.
+      rates.splice(i + 1, 0, rates[i]);
+      retried = i;
+      continue;
+    }
+    if (plan.adaptive && !overloadDone && (short || i === rates.length - 1)) {
       // Past the knee (or out of steps): one step at 5× the best answered rate, then stop.
       rates.splice(i + 1, rates.length, Math.max(1, Math.round(5 * best)));
       overloadDone = true;
