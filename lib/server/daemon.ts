@@ -4,6 +4,7 @@
 
 import { KeyTree } from "../core/keytree.ts";
 import { readServerKeys, wipeServerKeys } from "../runtime/keyfiles.ts";
+import { wipe } from "../core/bytes.ts";
 import { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { CookieKeyring } from "../core/cookie.ts";
 import { makeEphemeralKeys } from "./ephemeral_keys.ts";
@@ -89,7 +90,6 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     const inFlight = workers * HANDSHAKES_PER_WORKER[pool.backend];
     log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
-    const x25519Sk = keys.x25519Sk.slice();
     wipeServerKeys(keys);
 
     dropPrivileges(user.uid, user.gid);
@@ -110,7 +110,6 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     log.info(`data path offloads: ${loop.offloads}`);
     const device = new ServerDevice(
       {
-        x25519Sk,
         tunAddress,
         prefix: opts.prefix,
         hostAddress,
@@ -137,6 +136,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       for (const slot of await makeEphemeralKeys(ephemeral, pool, clock.wall(), random)) {
         const keys = ephemeral.get(slot)!;
         await pool.addEphemeral(slot, keys.x25519Sk, keys.sntrupSk);
+        // The workers run every handshake: this thread keeps only the public halves.
+        wipe(keys.x25519Sk, keys.sntrupSk);
         log.debug(
           `ephemeral keys ready for the slot starting ${new Date(slot * 1000).toISOString()}`,
         );

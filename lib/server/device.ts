@@ -35,7 +35,11 @@ export interface ResponderCrypto {
 export type RespondReply = ResponderOutcome | { ok: false; reason: "malformed" };
 
 export interface ServerConfig {
-  x25519Sk: Uint8Array;
+  /**
+   * The static X25519 secret key, for the two-round-trip path only (a ResponderCrypto without
+   * respond(), as in tests); the daemon's workers hold it and this thread does not.
+   */
+  x25519Sk?: Uint8Array;
   /** The TUN device's own address; clients get the others of its subnet. */
   tunAddress: number;
   prefix: number;
@@ -113,6 +117,9 @@ export class ServerDevice {
     /** Monotonic seconds for sessions, and wall-clock seconds for ephemeral key slots. */
     private readonly clock: { mono(): number; wall(): number },
   ) {
+    if (!crypto.respond && !config.x25519Sk) {
+      throw new Error("a responder without respond() needs the static X25519 secret key");
+    }
     this.pool = new AddressPool(config.tunAddress, config.prefix);
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
     this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
@@ -318,7 +325,7 @@ export class ServerDevice {
     const opened = respondOpen(
       copy,
       mcelieceSs,
-      this.config.x25519Sk,
+      this.config.x25519Sk!,
       live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
     );
     if (!opened) {
@@ -459,6 +466,6 @@ export class ServerDevice {
     }
     this.cookies.clear();
     this.ephemeral.clear();
-    wipe(this.config.x25519Sk);
+    if (this.config.x25519Sk) wipe(this.config.x25519Sk);
   }
 }
