@@ -65,6 +65,14 @@ export interface StepResult {
   prepareSeconds: number;
   /** Datagrams the generator's kernel refused to send (counted, not offered). */
   sendFailures: number;
+  /**
+   * Cores' worth of CPU that neither this generator nor (idle then) the server used while the
+   * step was prepared: other work on the machine, the noise in the figures.
+   */
+  othersWhilePreparing: number;
+  /** Cores' worth of CPU the whole machine, and the generator, used in the window and drain. */
+  machineCores: number;
+  generatorCores: number;
 }
 
 const t0 = performance.now();
@@ -74,6 +82,27 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function percentile(sorted: number[], p: number): number | null {
   if (sorted.length === 0) return null;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** Clock ticks (USER_HZ) the whole machine spent busy and in all, and this process used. */
+function cpuTicks(): { busy: number; total: number; self: number } {
+  const cpu = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1)
+    .map(Number);
+  const total = cpu.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = cpu[3] + cpu[4];
+  // /proc/self/stat: utime and stime are fields 14 and 15, after the ")" of the name
+  const own = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+  return { busy: total - idle, total, self: Number(own[11]) + Number(own[12]) };
+}
+
+/** Cores' worth of CPU between two samples: the machine's, this process's, and the rest. */
+function coresUsed(
+  a: ReturnType<typeof cpuTicks>,
+  b: ReturnType<typeof cpuTicks>,
+  cores: number,
+): { machine: number; generator: number } {
+  const ticks = Math.max(1, b.total - a.total) / cores; // ticks per core in the interval
+  return { machine: (b.busy - a.busy) / ticks, generator: (b.self - a.self) / ticks };
 }
 
 /** The flood's sockets: one per source address. */
@@ -175,6 +204,7 @@ async function load(plan: LoadPlan): Promise<void> {
     const eph = await fetchEphemeral(sock, target, plan.keyPort);
     const server = { x25519Pk, ephemeralX25519Pk: eph.x25519Pk, ephemeralSntrupPk: eph.sntrupPk };
     const p0 = now();
+    const c0 = cpuTicks();
     const batch = Array.from({ length: count }, (_, j) => {
       const hs = prepareInitiation(enc, kems.sntrup, server, now());
       const echoes = [0, ...RESEND_AT].map((_, k) =>
@@ -183,6 +213,7 @@ async function load(plan: LoadPlan): Promise<void> {
       return { hs, echoes, source: sources[j % sources.length] };
     });
     const prepareSeconds = now() - p0;
+    const c1 = cpuTicks();
     pending.clear();
     resends.clear();
     const failedBefore = sock.sendFailures;
@@ -218,6 +249,10 @@ async function load(plan: LoadPlan): Promise<void> {
       sock.flush();
       await sleep(2);
     }
+    const c2 = cpuTicks();
+    const cores = navigator.hardwareConcurrency || 1;
+    const preparing = coresUsed(c0, c1, cores);
+    const stepCpu = coresUsed(c1, c2, cores);
     const answered = [...pending.values()].filter((p) => p.answeredAt !== null);
     const lat = answered.map((p) => (p.answeredAt! - p.sentAt) * 1000).sort((a, b) => a - b);
     // Answers per second while answers were coming in (first to last): what the server
@@ -238,6 +273,9 @@ async function load(plan: LoadPlan): Promise<void> {
       sendSeconds,
       prepareSeconds,
       sendFailures: sock.sendFailures - failedBefore,
+      othersWhilePreparing: preparing.machine - preparing.generator,
+      machineCores: stepCpu.machine,
+      generatorCores: stepCpu.generator,
     };
     console.log(JSON.stringify({ step: r }));
     for (const b of batch) b.hs.session.close();
