@@ -44,10 +44,12 @@ export interface ServerOptions {
 
 /**
  * Handshakes handed to each worker at once: enough to keep it busy while replies wait for the
- * event loop's turn (up to a few ms), few enough that nothing waits long inside it, where it
- * can no longer be dropped. Native: ~0.15 ms each; WASM: ~100 ms each.
+ * event loop's turn (up to a few ms, longer when a flood keeps the packet thread busy), few
+ * enough that nothing waits long inside it, where it can no longer be dropped. Native: ~0.25 ms
+ * each, so 128 are ~30 ms of work (with 32 the two workers kept only ~1 of the 2 cores busy at
+ * capacity: the round trips, not the KEMs, set the pace); WASM: ~100 ms each.
  */
-const HANDSHAKES_PER_WORKER = { native: 32, wasm: 2 };
+const HANDSHAKES_PER_WORKER = { native: 128, wasm: 2 };
 
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");

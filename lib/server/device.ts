@@ -61,7 +61,7 @@ const HELD_SECONDS = 2;
 /** "tunnel up" lines written one by one per second; past that they are counted, then summed. */
 const UP_LINES_PER_SECOND = 20;
 /** Over-rate initiations admitted per second per decapsulation slot, while none is queued. */
-const OVERDRAFT_PER_SLOT = 2;
+const OVERDRAFT_PER_SLOT = 0.5;
 /** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
 const QUEUE_MAX_AGE = HELD_SECONDS / 2;
 
@@ -124,7 +124,7 @@ export class ServerDevice {
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
     this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
     const overdraft = OVERDRAFT_PER_SLOT * config.maxPendingHandshakes;
-    this.overdraft = new InitiationLimiter(overdraft, overdraft, 1);
+    this.overdraft = new InitiationLimiter(overdraft, Math.max(1, overdraft), 1);
     this.queue = new HandshakeQueue(config.handshakeQueue ?? 512, QUEUE_MAX_AGE);
   }
 
@@ -198,7 +198,7 @@ export class ServerDevice {
    * decapsulation slot, up to a global rate (OVERDRAFT_PER_SLOT a second per slot). pq1 has no
    * return-routability check: anyone can send from a real client's address and empty that
    * address's bucket. With the overdraft, locking a client out takes more than that rate in
-   * over-rate initiations (native KEMs: 128/s), not 3/s; the work it admits is bounded by the
+   * over-rate initiations (native KEMs: 128/s; WebAssembly: 2/s), not 3/s; the work it admits is bounded by the
    * same rate and only fills slots no admitted handshake is waiting for.
    */
   private overdraw(now: number): boolean {
