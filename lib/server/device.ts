@@ -159,11 +159,17 @@ export class ServerDevice {
   /**
    * Keeps early 0-RTT packets of a client whose handshake is queued or running, a few per
    * client address, so a flood of packets for unknown tunnels cannot crowd out a real client's.
+   * A full list lets its oldest go: an address that keeps a handshake in flight (a busy one
+   * under overload) would otherwise keep its first 8 packets, long stale, and refuse the one
+   * that came right behind the handshake now being answered.
    */
   private hold(key: string, data: Uint8Array, host: number, port: number): void {
     const client = this.clients.get(host * 65536 + port);
     if (!client) return this.drops.count("tunnel-unknown-tid");
-    if (client.held.length >= HELD_PER_CLIENT) return this.drops.count("tunnel-held-overflow");
+    if (client.held.length >= HELD_PER_CLIENT) {
+      client.held.shift();
+      this.drops.count("tunnel-held-overflow");
+    }
     client.held.push({ tidKey: key, data: data.slice(), until: this.clock.mono() + HELD_SECONDS });
   }
 
