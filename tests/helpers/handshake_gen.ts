@@ -112,9 +112,42 @@ function floodSockets(sources: string[]): UdpSocket[] {
   );
 }
 
-async function fetchEphemeral(sock: SourceSocket, target: number, keyPort: number) {
+/**
+ * Source ports per address: handshake j goes out from address j mod A on port j div A mod PORTS,
+ * so one client identity (address and port) has one handshake in flight at a time, as a real
+ * client does, up to PORTS × A handshakes a second (the server holds early packets per address
+ * and port). The rate limit still counts per address.
+ */
+const PORTS = 8;
+
+/** PORTS sockets on 0.0.0.0 (one port each), every source address on each. */
+class SourcePorts {
+  readonly socks = Array.from({ length: PORTS }, () => new SourceSocket());
+
+  queue(lane: number, data: Uint8Array, src: number, dst: number, port: number): void {
+    this.socks[lane].queue(data, src, dst, port);
+  }
+
+  flush(): void {
+    for (const s of this.socks) s.flush();
+  }
+
+  drain(handle: (data: Uint8Array) => void): void {
+    for (const s of this.socks) s.drain(handle);
+  }
+
+  get sendFailures(): number {
+    return this.socks.reduce((n, s) => n + s.sendFailures, 0);
+  }
+
+  close(): void {
+    for (const s of this.socks) s.close();
+  }
+}
+
+async function fetchEphemeral(sock: SourcePorts, target: number, keyPort: number) {
   for (let attempt = 0; attempt < 20; attempt++) {
-    sock.sock.sendTo(ephemeralKeyRequest(), target, keyPort);
+    sock.socks[0].sock.sendTo(ephemeralKeyRequest(), target, keyPort);
     for (let i = 0; i < 50; i++) {
       await sleep(10);
       let found: ReturnType<typeof parseKeyResponse> = null;
@@ -131,6 +164,8 @@ async function fetchEphemeral(sock: SourceSocket, target: number, keyPort: numbe
 interface Pending {
   session: TunnelSession;
   source: number;
+  /** Which of the source ports it uses. */
+  lane: number;
   sentAt: number;
   answeredAt: number | null;
   /** The echo sealed for each resend, made before the window like the first one. */
@@ -176,7 +211,7 @@ async function load(plan: LoadPlan): Promise<void> {
   const kems = await loadKemBackend("auto");
   const enc = kems.mceliece.encapsulator(fixture("mceliece_pk"));
   const x25519Pk = fixture("x25519_pk");
-  const sock = new SourceSocket();
+  const sock = new SourcePorts();
   const sources = plan.sources.map(ipv4ToNumber);
   const target = ipv4ToNumber(plan.target);
   const pending = new Map<string, Pending>();
@@ -190,7 +225,8 @@ async function load(plan: LoadPlan): Promise<void> {
   const src = ipv4ToNumber("10.43.0.2");
   const dst = ipv4ToNumber(plan.target);
   const resends = new Resends();
-  const resend = (p: Pending, k: number) => sock.queue(p.resends[k], p.source, target, plan.port);
+  const resend = (p: Pending, k: number) =>
+    sock.queue(p.lane, p.resends[k], p.source, target, plan.port);
   let best = 0;
   let overloadDone = false;
   /** The step that was run again (the one after it is its second run). */
@@ -210,7 +246,8 @@ async function load(plan: LoadPlan): Promise<void> {
       const echoes = [0, ...RESEND_AT].map((_, k) =>
         hs.session.sealPacket(icmpEcho(src, dst, j, k), now()).slice()
       );
-      return { hs, echoes, source: sources[j % sources.length] };
+      const lane = Math.floor(j / sources.length) % PORTS;
+      return { hs, echoes, source: sources[j % sources.length], lane };
     });
     const prepareSeconds = now() - p0;
     const c1 = cpuTicks();
@@ -227,14 +264,15 @@ async function load(plan: LoadPlan): Promise<void> {
         const p: Pending = {
           session: b.hs.session,
           source: b.source,
+          lane: b.lane,
           sentAt: now(),
           answeredAt: null,
           resends: b.echoes.slice(1),
         };
         pending.set(tidKeyAt(b.echoes[0], 2), p);
         resends.add(p);
-        sock.queue(b.hs.message, b.source, target, plan.port);
-        sock.queue(b.echoes[0], b.source, target, plan.port);
+        sock.queue(b.lane, b.hs.message, b.source, target, plan.port);
+        sock.queue(b.lane, b.echoes[0], b.source, target, plan.port);
       }
       resends.due(now(), resend);
       sock.flush();

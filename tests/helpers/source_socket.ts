@@ -31,7 +31,7 @@ export class SourceSocket {
   #queued = 0;
 
   constructor(readonly batch = 256, maxDatagram = 1344) {
-    this.sock = UdpSocket.bind(0, 0, { batch: 64, maxDatagram: 2048, bufferBytes: 16 << 20 });
+    this.sock = UdpSocket.bind(0, 0, { batch: 64, maxDatagram: 2048, bufferBytes: 4 << 20 });
     const iovAt = batch * MMSGHDR;
     const nameAt = iovAt + batch * IOVEC;
     const controlAt = nameAt + batch * SOCKADDR_IN;
