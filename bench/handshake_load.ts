@@ -153,7 +153,10 @@ async function measureServer(
         `offered ${s.offeredRate.toFixed(0).padStart(6)}/s  answered ${
           s.answeredRate.toFixed(0).padStart(6)
         }/s  (${s.answered}/${s.offered})  p50 ${ms(s.p50)}  p99 ${ms(s.p99)}` +
-          `  [prepared in ${s.prepareSeconds.toFixed(1)} s, sent in ${s.sendSeconds.toFixed(2)} s]`,
+          `  [prepared in ${s.prepareSeconds.toFixed(1)} s, sent in ${s.sendSeconds.toFixed(2)} s` +
+          (s.sendFailures ? `, ${s.sendFailures} datagrams not sent` : "") +
+          `; cores: others ${s.othersWhilePreparing.toFixed(1)} before, machine ` +
+          `${s.machineCores.toFixed(1)} of which generator ${s.generatorCores.toFixed(1)}]`,
       );
     });
   } catch (e) {

@@ -155,6 +155,56 @@ Deno.test("flood from one address: rate limited before any decapsulation", async
   }
 });
 
+Deno.test("a spoofer at a real client's address: the global overdraft lets the client in", async () => {
+  const s = await setup(8); // an overdraft of 8 / 2 = 4 over-rate initiations a second, burst 4
+  try {
+    const host = ipv4ToNumber("198.18.9.9");
+    // The spoofer empties the address's bucket (burst 6), one initiation at a time.
+    for (let i = 0; i < 6; i++) {
+      s.device.onDatagram(randomInitiation(), host, 6000);
+      await s.settle();
+    }
+    assert.equal(s.device.drops.get("handshake-rate-limited"), 0);
+    // The real client, on the same address, another port: over the address's rate, but
+    // nothing is queued, so the overdraft admits it.
+    const real = s.valid();
+    s.device.onDatagram(real.message, host, 4000);
+    await s.settle();
+    assert.equal(s.device.handshakes, 1, "the client got its tunnel");
+    // The overdraft is bounded: of 8 more over-rate initiations at the same instant, 3 take
+    // what is left of its burst and 5 are refused; a second later, 3 from the address's bucket
+    // and 4 from the overdraft get in, 13 of 20 are refused.
+    for (let i = 0; i < 8; i++) {
+      s.device.onDatagram(randomInitiation(), host, 6000);
+      await s.settle();
+    }
+    assert.equal(s.device.drops.get("handshake-rate-limited"), 5);
+    s.clock.t += 1;
+    for (let i = 0; i < 20; i++) {
+      s.device.onDatagram(randomInitiation(), host, 6000);
+      await s.settle();
+    }
+    assert.equal(s.device.drops.get("handshake-rate-limited"), 5 + 13);
+    assert.equal(s.decapsulations(), 6 + 2 + 3 + 7, "every admitted one, and nothing else");
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("the overdraft admits nothing while handshakes wait for a slot", async () => {
+  const s = await setup(1);
+  try {
+    const host = ipv4ToNumber("198.18.9.10");
+    for (let i = 0; i < 6; i++) s.device.onDatagram(randomInitiation(), host, 6000);
+    assert.deepEqual(s.device.handshakeLoad, { queued: 5, running: 1 });
+    s.device.onDatagram(s.valid().message, host, 4000);
+    assert.equal(s.device.drops.get("handshake-rate-limited"), 1, "the queue is not empty");
+    await s.settle();
+  } finally {
+    await s.close();
+  }
+});
+
 Deno.test("a replayed c0 is refused while its first copy is queued or running", async () => {
   const s = await setup(4);
   try {
@@ -200,7 +250,7 @@ Deno.test("0-RTT packets are held per client and delivered once the tunnel is up
     s.device.onDatagram(hs.session.sealPacket(ping(), 0), ipv4ToNumber("198.18.3.2"), 1234);
     await s.settle();
     assert.equal(s.device.handshakes, 1);
-    assert.equal(s.tun.length, 8, "the first 8 were held and delivered");
+    assert.equal(s.tun.length, 8, "the last 8 were held and delivered");
     assert.equal(s.device.drops.get("tunnel-held-overflow"), 2);
     assert.equal(s.device.drops.get("tunnel-unknown-tid"), 1);
   } finally {

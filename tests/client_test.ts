@@ -51,7 +51,6 @@ import {
   ping,
   pqconnectArgv,
   procIds,
-  PROJECT_DIR,
   removeStaleTempDirs,
   sha256Hex,
   startHttpServer,

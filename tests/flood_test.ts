@@ -25,7 +25,6 @@ import {
   ensurePrivsepUser,
   logs,
   type OurClient,
-  PROJECT_DIR,
   startOurClient,
   startOurServer,
   Teardown,

@@ -5,6 +5,7 @@
 import { steadyClocks } from "../runtime/clock.ts";
 import { KeyTree } from "../core/keytree.ts";
 import { readServerKeys, wipeServerKeys } from "../runtime/keyfiles.ts";
+import { wipe } from "../core/bytes.ts";
 import { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { CookieKeyring } from "../core/cookie.ts";
 import { makeEphemeralKeys } from "./ephemeral_keys.ts";
@@ -44,10 +45,12 @@ export interface ServerOptions {
 
 /**
  * Handshakes handed to each worker at once: enough to keep it busy while replies wait for the
- * event loop's turn (up to a few ms), few enough that nothing waits long inside it, where it
- * can no longer be dropped. Native: ~0.15 ms each; WASM: ~100 ms each.
+ * event loop's turn (up to a few ms, longer when a flood keeps the packet thread busy), few
+ * enough that nothing waits long inside it, where it can no longer be dropped. Native: ~0.25 ms
+ * each, so 128 are ~30 ms of work (with 32 the two workers kept only ~1 of the 2 cores busy at
+ * capacity: the round trips, not the KEMs, set the pace); WASM: ~100 ms each.
  */
-const HANDSHAKES_PER_WORKER = { native: 32, wasm: 2 };
+const HANDSHAKES_PER_WORKER = { native: 128, wasm: 2 };
 
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");
@@ -90,7 +93,6 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     const inFlight = workers * HANDSHAKES_PER_WORKER[pool.backend];
     log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
-    const x25519Sk = keys.x25519Sk.slice();
     wipeServerKeys(keys);
 
     dropPrivileges(user.uid, user.gid);
@@ -107,7 +109,6 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     log.info(`data path offloads: ${loop.offloads}`);
     const device = new ServerDevice(
       {
-        x25519Sk,
         tunAddress,
         prefix: opts.prefix,
         hostAddress,
@@ -134,6 +135,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       for (const slot of await makeEphemeralKeys(ephemeral, pool, clock.wall(), random)) {
         const keys = ephemeral.get(slot)!;
         await pool.addEphemeral(slot, keys.x25519Sk, keys.sntrupSk);
+        // The workers run every handshake: this thread keeps only the public halves.
+        wipe(keys.x25519Sk, keys.sntrupSk);
         log.debug(
           `ephemeral keys ready for the slot starting ${new Date(slot * 1000).toISOString()}`,
         );

@@ -35,7 +35,11 @@ export interface ResponderCrypto {
 export type RespondReply = ResponderOutcome | { ok: false; reason: "malformed" };
 
 export interface ServerConfig {
-  x25519Sk: Uint8Array;
+  /**
+   * The static X25519 secret key, for the two-round-trip path only (a ResponderCrypto without
+   * respond(), as in tests); the daemon's workers hold it and this thread does not.
+   */
+  x25519Sk?: Uint8Array;
   /** The TUN device's own address; clients get the others of its subnet. */
   tunAddress: number;
   prefix: number;
@@ -56,6 +60,8 @@ const HELD_PER_CLIENT = 8;
 const HELD_SECONDS = 2;
 /** "tunnel up" lines written one by one per second; past that they are counted, then summed. */
 const UP_LINES_PER_SECOND = 20;
+/** Over-rate initiations admitted per second per decapsulation slot, while none is queued. */
+const OVERDRAFT_PER_SLOT = 0.5;
 /** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
 const QUEUE_MAX_AGE = HELD_SECONDS / 2;
 /**
@@ -107,6 +113,8 @@ export class ServerDevice {
   readonly replay = new ReplayCache();
   private readonly pool: AddressPool;
   private readonly limiter: InitiationLimiter;
+  /** One global bucket for initiations beyond their address's rate (see overdraw). */
+  private readonly overdraft: InitiationLimiter;
   private readonly queue: HandshakeQueue<HandshakeJob>;
   /** c0 of every queued or running handshake: a replayed copy is refused before any work. */
   private readonly inFlightC0 = new Set<string>();
@@ -133,6 +141,9 @@ export class ServerDevice {
     /** Monotonic seconds for sessions, and wall-clock seconds for ephemeral key slots. */
     private readonly clock: { mono(): number; wall(): number },
   ) {
+    if (!crypto.respond && !config.x25519Sk) {
+      throw new Error("a responder without respond() needs the static X25519 secret key");
+    }
     this.pool = new AddressPool(config.tunAddress, config.prefix);
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
     this.lingerPath = new DataPath(io, this.drops, {
@@ -140,6 +151,8 @@ export class ServerDevice {
       roaming: true,
     });
     this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
+    const overdraft = OVERDRAFT_PER_SLOT * config.maxPendingHandshakes;
+    this.overdraft = new InitiationLimiter(overdraft, Math.max(1, overdraft), 1);
     this.queue = new HandshakeQueue(config.handshakeQueue ?? 512, QUEUE_MAX_AGE);
   }
 
@@ -217,11 +230,17 @@ export class ServerDevice {
   /**
    * Keeps early 0-RTT packets of a client whose handshake is queued or running, a few per
    * client address, so a flood of packets for unknown tunnels cannot crowd out a real client's.
+   * A full list lets its oldest go: an address that keeps a handshake in flight (a busy one
+   * under overload) would otherwise keep its first 8 packets, long stale, and refuse the one
+   * that came right behind the handshake now being answered.
    */
   private hold(key: string, data: Uint8Array, host: number, port: number): void {
     const client = this.clients.get(host * 65536 + port);
     if (!client) return this.drops.count("tunnel-unknown-tid");
-    if (client.held.length >= HELD_PER_CLIENT) return this.drops.count("tunnel-held-overflow");
+    if (client.held.length >= HELD_PER_CLIENT) {
+      client.held.shift();
+      this.drops.count("tunnel-held-overflow");
+    }
     client.held.push({ tidKey: key, data: data.slice(), until: this.clock.mono() + HELD_SECONDS });
   }
 
@@ -237,7 +256,9 @@ export class ServerDevice {
     if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
     const c0Key = replayKey(parsed.c0);
     if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
-    if (!this.limiter.allow(host, now)) return this.drops.count("handshake-rate-limited");
+    if (!this.limiter.allow(host, now) && !this.overdraw(now)) {
+      return this.drops.count("handshake-rate-limited");
+    }
     const copy = data.slice(); // the receive buffer is reused
     const msg = parseInitiation(copy)!;
     const source = host * 65536 + port;
@@ -247,6 +268,18 @@ export class ServerDevice {
     if (client) client.handshakes++;
     else this.clients.set(source, { handshakes: 1, held: [] });
     this.startHandshakes();
+  }
+
+  /**
+   * An initiation from an address over its rate still gets in while nothing waits for a
+   * decapsulation slot, up to a global rate (OVERDRAFT_PER_SLOT a second per slot). pq1 has no
+   * return-routability check: anyone can send from a real client's address and empty that
+   * address's bucket. With the overdraft, locking a client out takes more than that rate in
+   * over-rate initiations (native KEMs: 128/s; WebAssembly: 2/s), not 3/s; the work it admits is bounded by the
+   * same rate and only fills slots no admitted handshake is waiting for.
+   */
+  private overdraw(now: number): boolean {
+    return this.queue.length === 0 && this.overdraft.allow(0, now);
   }
 
   /** Fills the decapsulation slots from the queue; stale entries are dropped unstarted. */
@@ -369,7 +402,7 @@ export class ServerDevice {
     const opened = respondOpen(
       copy,
       mcelieceSs,
-      this.config.x25519Sk,
+      this.config.x25519Sk!,
       live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
     );
     if (!opened) {
@@ -569,6 +602,6 @@ export class ServerDevice {
     for (const l of [...this.lingering.values()]) this.endLinger(l);
     this.cookies.clear();
     this.ephemeral.clear();
-    wipe(this.config.x25519Sk);
+    if (this.config.x25519Sk) wipe(this.config.x25519Sk);
   }
 }

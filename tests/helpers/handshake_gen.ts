@@ -11,9 +11,11 @@
 //         (random c0, and truncated ones) from all `sources`; prints one JSON line at the end.
 //
 // The initiations of a step are prepared before its window (fresh ciphertexts each, native
-// KEMs), so the window itself costs two sends per handshake. Each source address has one UDP
-// socket (ffi/udp.ts: a sendto is one synchronous call; one poll() finds the sockets with
-// replies); the server's per-address rate limit decides how many sources a rate needs.
+// KEMs), and so are the echoes behind them (the first and its three resends), so the window
+// itself only copies prepared datagrams into sendmmsg batches. The load mode sends from all its
+// source addresses through one socket (source_socket.ts: IP_PKTINFO names each datagram's
+// source); the flood mode has one socket per source address. The server's per-address rate
+// limit decides how many sources a rate needs.
 
 import { fixture } from "../fixtures.ts";
 import { installAeadBackend } from "../../lib/runtime/aead_backend.ts";
@@ -22,8 +24,8 @@ import { ephemeralKeyRequest, parseKeyResponse } from "../../lib/core/keymsg.ts"
 import { tidKeyAt, type TunnelSession } from "../../lib/core/session.ts";
 import { ipv4ToNumber } from "../../lib/core/ip.ts";
 import { UdpSocket } from "../../ffi/udp.ts";
-import { libc } from "../../ffi/libc.ts";
 import { icmpEcho, prepareInitiation, randomInitiation } from "./initiations.ts";
+import { SourceSocket } from "./source_socket.ts";
 
 interface LoadPlan {
   mode: "load";
@@ -34,7 +36,10 @@ interface LoadPlan {
   steps: number[];
   window: number;
   drain: number;
-  /** Stop rising once a step answers < 90 %, then offer 5× the best answered rate once. */
+  /**
+   * Stop rising once a step answers < 90 % twice (it is run once more the first time), then
+   * offer 5× the best answered rate once.
+   */
   adaptive: boolean;
   /** Largest rate offered (the generator's own budget), default 20000/s. */
   maxRate?: number;
@@ -58,6 +63,16 @@ export interface StepResult {
   p99: number | null;
   sendSeconds: number;
   prepareSeconds: number;
+  /** Datagrams the generator's kernel refused to send (counted, not offered). */
+  sendFailures: number;
+  /**
+   * Cores' worth of CPU that neither this generator nor (idle then) the server used while the
+   * step was prepared: other work on the machine, the noise in the figures.
+   */
+  othersWhilePreparing: number;
+  /** Cores' worth of CPU the whole machine, and the generator, used in the window and drain. */
+  machineCores: number;
+  generatorCores: number;
 }
 
 const t0 = performance.now();
@@ -69,32 +84,60 @@ function percentile(sorted: number[], p: number): number | null {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-/** One socket per source address, and a poll() over all of them. */
-class Sockets {
-  readonly socks: UdpSocket[];
-  readonly #pfds: Uint8Array;
-  readonly #view: DataView;
+/** Clock ticks (USER_HZ) the whole machine spent busy and in all, and this process used. */
+function cpuTicks(): { busy: number; total: number; self: number } {
+  const cpu = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1)
+    .map(Number);
+  const total = cpu.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = cpu[3] + cpu[4];
+  // /proc/self/stat: utime and stime are fields 14 and 15, after the ")" of the name
+  const own = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+  return { busy: total - idle, total, self: Number(own[11]) + Number(own[12]) };
+}
 
-  constructor(sources: string[]) {
-    this.socks = sources.map((a) =>
-      UdpSocket.bind(ipv4ToNumber(a), 0, { batch: 8, maxDatagram: 2048, bufferBytes: 1 << 16 })
-    );
-    this.#pfds = new Uint8Array(8 * this.socks.length);
-    this.#view = new DataView(this.#pfds.buffer);
-    this.socks.forEach((s, i) => {
-      this.#view.setInt32(8 * i, s.fd, true);
-      this.#view.setInt16(8 * i + 4, 1, /* POLLIN */ true);
-    });
+/** Cores' worth of CPU between two samples: the machine's, this process's, and the rest. */
+function coresUsed(
+  a: ReturnType<typeof cpuTicks>,
+  b: ReturnType<typeof cpuTicks>,
+  cores: number,
+): { machine: number; generator: number } {
+  const ticks = Math.max(1, b.total - a.total) / cores; // ticks per core in the interval
+  return { machine: (b.busy - a.busy) / ticks, generator: (b.self - a.self) / ticks };
+}
+
+/** The flood's sockets: one per source address. */
+function floodSockets(sources: string[]): UdpSocket[] {
+  return sources.map((a) =>
+    UdpSocket.bind(ipv4ToNumber(a), 0, { batch: 8, maxDatagram: 2048, bufferBytes: 1 << 16 })
+  );
+}
+
+/**
+ * Source ports per address: handshake j goes out from address j mod A on port j div A mod PORTS,
+ * so one client identity (address and port) has one handshake in flight at a time, as a real
+ * client does, up to PORTS × A handshakes a second (the server holds early packets per address
+ * and port). The rate limit still counts per address.
+ */
+const PORTS = 8;
+
+/** PORTS sockets on 0.0.0.0 (one port each), every source address on each. */
+class SourcePorts {
+  readonly socks = Array.from({ length: PORTS }, () => new SourceSocket());
+
+  queue(lane: number, data: Uint8Array, src: number, dst: number, port: number): void {
+    this.socks[lane].queue(data, src, dst, port);
   }
 
-  /** Hands every datagram waiting now to `handle`; never blocks. */
+  flush(): void {
+    for (const s of this.socks) s.flush();
+  }
+
   drain(handle: (data: Uint8Array) => void): void {
-    const n = libc().poll(this.#pfds, BigInt(this.socks.length), 0);
-    if (n <= 0) return;
-    for (let i = 0; i < this.socks.length; i++) {
-      if (this.#view.getInt16(8 * i + 6, true) === 0) continue;
-      for (const d of this.socks[i].recvBatch()) handle(d.data);
-    }
+    for (const s of this.socks) s.drain(handle);
+  }
+
+  get sendFailures(): number {
+    return this.socks.reduce((n, s) => n + s.sendFailures, 0);
   }
 
   close(): void {
@@ -102,14 +145,13 @@ class Sockets {
   }
 }
 
-async function fetchEphemeral(socks: Sockets, plan: LoadPlan) {
-  const target = ipv4ToNumber(plan.target);
+async function fetchEphemeral(sock: SourcePorts, target: number, keyPort: number) {
   for (let attempt = 0; attempt < 20; attempt++) {
-    socks.socks[0].sendTo(ephemeralKeyRequest(), target, plan.keyPort);
+    sock.socks[0].sock.sendTo(ephemeralKeyRequest(), target, keyPort);
     for (let i = 0; i < 50; i++) {
       await sleep(10);
       let found: ReturnType<typeof parseKeyResponse> = null;
-      socks.drain((d) => {
+      sock.drain((d) => {
         const r = parseKeyResponse(d);
         if (r?.kind === "ephemeral") found = r;
       });
@@ -121,28 +163,56 @@ async function fetchEphemeral(socks: Sockets, plan: LoadPlan) {
 
 interface Pending {
   session: TunnelSession;
-  sock: UdpSocket;
-  seq: number;
+  source: number;
+  /** Which of the source ports it uses. */
+  lane: number;
   sentAt: number;
   answeredAt: number | null;
-  /** Echoes sent so far; the next one is due at `resendAt`. */
-  echoes: number;
-  resendAt: number;
+  /** The echo sealed for each resend, made before the window like the first one. */
+  resends: Uint8Array[];
 }
 
 /**
- * An unanswered echo is sent again after 0.1, 0.3 and 0.7 s, as a client's own retransmission
- * would: a server that drops packets arriving before its handshake is done (the reference does)
- * then answers the next one, and pays for it in latency.
+ * An unanswered echo is sent again 0.1, 0.3 and 0.7 s after the first, as a client's own
+ * retransmission would (lib/client/device.ts resends its first packets three times): a server
+ * that drops packets arriving before its handshake is done (the reference does) then answers
+ * the next one, and pays for it in latency.
  */
-const RESEND_AFTER = [0.1, 0.2, 0.4];
+const RESEND_AT = [0.1, 0.3, 0.7];
+
+/** The echoes due again, one FIFO per resend: entries go in in send order, so each is sorted. */
+class Resends {
+  readonly #fifos: { p: Pending; at: number }[][] = RESEND_AT.map(() => []);
+  readonly #heads = RESEND_AT.map(() => 0);
+
+  add(p: Pending): void {
+    RESEND_AT.forEach((after, k) => this.#fifos[k].push({ p, at: p.sentAt + after }));
+  }
+
+  /** Each resend due by `t` of a handshake not answered yet. */
+  due(t: number, send: (p: Pending, k: number) => void): void {
+    this.#fifos.forEach((fifo, k) => {
+      let h = this.#heads[k];
+      for (; h < fifo.length && fifo[h].at <= t; h++) {
+        if (fifo[h].p.answeredAt === null) send(fifo[h].p, k);
+      }
+      this.#heads[k] = h;
+    });
+  }
+
+  clear(): void {
+    this.#fifos.forEach((f) => f.length = 0);
+    this.#heads.fill(0);
+  }
+}
 
 async function load(plan: LoadPlan): Promise<void> {
   installAeadBackend();
   const kems = await loadKemBackend("auto");
   const enc = kems.mceliece.encapsulator(fixture("mceliece_pk"));
   const x25519Pk = fixture("x25519_pk");
-  const socks = new Sockets(plan.sources);
+  const sock = new SourcePorts();
+  const sources = plan.sources.map(ipv4ToNumber);
   const target = ipv4ToNumber(plan.target);
   const pending = new Map<string, Pending>();
   // A datagram whose tunnel id we sent, and that opens with its session, is an answer.
@@ -154,36 +224,36 @@ async function load(plan: LoadPlan): Promise<void> {
   };
   const src = ipv4ToNumber("10.43.0.2");
   const dst = ipv4ToNumber(plan.target);
-  let lastResend = 0;
-  const resend = () => {
-    const t = now();
-    if (t - lastResend < 0.02) return;
-    lastResend = t;
-    for (const p of pending.values()) {
-      if (p.answeredAt !== null || p.echoes > RESEND_AFTER.length || t < p.resendAt) continue;
-      const ping = p.session.sealPacket(icmpEcho(src, dst, p.seq, p.echoes), t);
-      p.sock.sendTo(ping, target, plan.port);
-      p.resendAt = t + (RESEND_AFTER[p.echoes] ?? Infinity);
-      p.echoes++;
-    }
-  };
+  const resends = new Resends();
+  const resend = (p: Pending, k: number) =>
+    sock.queue(p.lane, p.resends[k], p.source, target, plan.port);
   let best = 0;
   let overloadDone = false;
+  /** The step that was run again (the one after it is its second run). */
+  let retried = -2;
   const rates = [...plan.steps];
   for (let i = 0; i < rates.length; i++) {
     const rate = Math.min(rates[i], plan.maxRate ?? 20000);
     const count = Math.max(1, Math.round(rate * plan.window));
-    // Prepare: a fresh ephemeral key (slots turn every 30 s), then every initiation.
-    const eph = await fetchEphemeral(socks, plan);
+    // Prepare: a fresh ephemeral key (slots turn every 30 s), then every initiation and the
+    // echoes that go behind it (the first and its resends, each sealed with the next counter).
+    const eph = await fetchEphemeral(sock, target, plan.keyPort);
     const server = { x25519Pk, ephemeralX25519Pk: eph.x25519Pk, ephemeralSntrupPk: eph.sntrupPk };
     const p0 = now();
+    const c0 = cpuTicks();
     const batch = Array.from({ length: count }, (_, j) => {
       const hs = prepareInitiation(enc, kems.sntrup, server, now());
-      const ping = hs.session.sealPacket(icmpEcho(src, dst, j, i), now());
-      return { hs, ping, sock: socks.socks[j % socks.socks.length] };
+      const echoes = [0, ...RESEND_AT].map((_, k) =>
+        hs.session.sealPacket(icmpEcho(src, dst, j, k), now()).slice()
+      );
+      const lane = Math.floor(j / sources.length) % PORTS;
+      return { hs, echoes, source: sources[j % sources.length], lane };
     });
     const prepareSeconds = now() - p0;
+    const c1 = cpuTicks();
     pending.clear();
+    resends.clear();
+    const failedBefore = sock.sendFailures;
     // Send, spread evenly over the window in 1 ms ticks, reading replies in between.
     const start = now();
     let sent = 0;
@@ -191,30 +261,36 @@ async function load(plan: LoadPlan): Promise<void> {
       const due = Math.min(count, Math.ceil((now() - start) * rate) + 1);
       for (; sent < due; sent++) {
         const b = batch[sent];
-        const t = now();
-        pending.set(tidKeyAt(b.ping, 2), {
+        const p: Pending = {
           session: b.hs.session,
-          sock: b.sock,
-          seq: sent,
-          sentAt: t,
+          source: b.source,
+          lane: b.lane,
+          sentAt: now(),
           answeredAt: null,
-          echoes: 1,
-          resendAt: t + RESEND_AFTER[0],
-        });
-        b.sock.sendTo(b.hs.message, target, plan.port);
-        b.sock.sendTo(b.ping, target, plan.port);
+          resends: b.echoes.slice(1),
+        };
+        pending.set(tidKeyAt(b.echoes[0], 2), p);
+        resends.add(p);
+        sock.queue(b.lane, b.hs.message, b.source, target, plan.port);
+        sock.queue(b.lane, b.echoes[0], b.source, target, plan.port);
       }
-      socks.drain(onReply);
-      resend();
+      resends.due(now(), resend);
+      sock.flush();
+      sock.drain(onReply);
       if (sent < count) await sleep(1);
     }
     const sendSeconds = now() - start;
     const drainUntil = now() + plan.drain;
     while (now() < drainUntil) {
-      socks.drain(onReply);
-      resend();
+      sock.drain(onReply);
+      resends.due(now(), resend);
+      sock.flush();
       await sleep(2);
     }
+    const c2 = cpuTicks();
+    const cores = navigator.hardwareConcurrency || 1;
+    const preparing = coresUsed(c0, c1, cores);
+    const stepCpu = coresUsed(c1, c2, cores);
     const answered = [...pending.values()].filter((p) => p.answeredAt !== null);
     const lat = answered.map((p) => (p.answeredAt! - p.sentAt) * 1000).sort((a, b) => a - b);
     // Answers per second while answers were coming in (first to last): what the server
@@ -234,24 +310,34 @@ async function load(plan: LoadPlan): Promise<void> {
       p99: percentile(lat, 99),
       sendSeconds,
       prepareSeconds,
+      sendFailures: sock.sendFailures - failedBefore,
+      othersWhilePreparing: preparing.machine - preparing.generator,
+      machineCores: stepCpu.machine,
+      generatorCores: stepCpu.generator,
     };
     console.log(JSON.stringify({ step: r }));
     for (const b of batch) b.hs.session.close();
     best = Math.max(best, r.answeredRate);
-    if (
-      plan.adaptive && !overloadDone && (r.answered < 0.9 * r.offered || i === rates.length - 1)
-    ) {
+    const short = r.answered < 0.9 * r.offered;
+    if (plan.adaptive && !overloadDone && short && retried !== i - 1) {
+      // The machine is shared: a step that falls short is run once more before it counts as
+      // the knee, so one noisy step does not end the rise early.
+      rates.splice(i + 1, 0, rates[i]);
+      retried = i;
+      continue;
+    }
+    if (plan.adaptive && !overloadDone && (short || i === rates.length - 1)) {
       // Past the knee (or out of steps): one step at 5× the best answered rate, then stop.
       rates.splice(i + 1, rates.length, Math.max(1, Math.round(5 * best)));
       overloadDone = true;
     }
   }
   enc.dispose();
-  socks.close();
+  sock.close();
 }
 
 async function flood(plan: FloodPlan): Promise<void> {
-  const socks = new Sockets(plan.sources).socks;
+  const socks = floodSockets(plan.sources);
   const target = ipv4ToNumber(plan.target);
   const start = now();
   let sent = 0;
