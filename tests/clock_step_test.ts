@@ -13,7 +13,7 @@ import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 import { StderrLogger } from "../lib/runtime/log.ts";
 import { steadyClocks } from "../lib/runtime/clock.ts";
 import { MSG_INITIATION } from "../lib/core/constants.ts";
-import { DeviceNet, payloadText, TestClock, until } from "./helpers/device_net.ts";
+import { DeviceNet, payloadText, type TestClock, until } from "./helpers/device_net.ts";
 import { Prng } from "./helpers/prng.ts";
 
 const quiet = new StderrLogger("test", "error");
