@@ -134,6 +134,7 @@ async function measureServer(
   console.log(`\n== ${name}`);
   const server = await start();
   const result: ServerRun = { name, steps: [], capacity: 0, overload: null, notes: [] };
+  const udpBefore = await udpCounters(lab.serverNs);
   try {
     await generate(lab.clientNs, {
       mode: "load",
@@ -163,6 +164,10 @@ async function measureServer(
     result.notes.push(String(e));
     console.log(`failed: ${e}\n${server.log().slice(-2000)}`);
   } finally {
+    // Datagrams the server's kernel dropped (a full receive buffer) never reach its counters.
+    const udp = await udpCounters(lab.serverNs);
+    const delta = Object.entries(udp).map(([k, v]) => `${k} +${v - (udpBefore[k] ?? 0)}`);
+    result.notes.push(`server namespace UDP: ${delta.join(", ")}`);
     await server.stop();
   }
   // The last step is the overload one (5× the best answered rate); capacity is the best rate
@@ -173,6 +178,19 @@ async function measureServer(
   for (const drops of server.log().match(/dropped: .*$/gm) ?? []) result.notes.push(drops);
   if (opts.keepLogs) console.log(server.log().split("\n").slice(-40).join("\n"));
   return result;
+}
+
+/** The kernel's UDP counters of namespace `ns` (/proc/net/snmp). */
+async function udpCounters(ns: string): Promise<Record<string, number>> {
+  const r = await run(ns, ["cat", "/proc/net/snmp"], { check: false });
+  const lines = r.stdout.split("\n").filter((l) => l.startsWith("Udp: "));
+  if (lines.length < 2) return {};
+  const names = lines[0].split(/\s+/).slice(1);
+  const values = lines[1].split(/\s+/).slice(1).map(Number);
+  const want = ["InDatagrams", "NoPorts", "InErrors", "RcvbufErrors", "OutDatagrams"];
+  return Object.fromEntries(
+    names.map((n, i) => [n, values[i]]).filter(([n]) => want.includes(n as string)),
+  );
 }
 
 function ms(v: number | null): string {
