@@ -135,6 +135,7 @@ async function measureServer(
   const server = await start();
   const result: ServerRun = { name, steps: [], capacity: 0, overload: null, notes: [] };
   const udpBefore = await udpCounters(lab.serverNs);
+  const genBefore = await udpCounters(lab.clientNs);
   try {
     await generate(lab.clientNs, {
       mode: "load",
@@ -168,6 +169,9 @@ async function measureServer(
     const udp = await udpCounters(lab.serverNs);
     const delta = Object.entries(udp).map(([k, v]) => `${k} +${v - (udpBefore[k] ?? 0)}`);
     result.notes.push(`server namespace UDP: ${delta.join(", ")}`);
+    const gen = await udpCounters(lab.clientNs);
+    const genDelta = Object.entries(gen).map(([k, v]) => `${k} +${v - (genBefore[k] ?? 0)}`);
+    result.notes.push(`generator namespace UDP: ${genDelta.join(", ")}`);
     await server.stop();
   }
   // The last step is the overload one (5× the best answered rate); capacity is the best rate
