@@ -71,11 +71,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       MAX_UDP_PAYLOAD,
       Math.max(4096, opts.mtu + TUNNEL_OVERHEAD + COOKIE_BYTES),
     );
-    // A deep receive buffer (set as root, past rmem_max): under a handshake flood the packet
-    // thread's turns for the workers' replies let datagrams pile up, and with the default 4 MiB
-    // (~30 ms of a 5× flood) the kernel dropped 40 % of them, admitted handshakes' 0-RTT packets
-    // and live tunnels' traffic included (bench/README.md, issue 8).
-    const cryptoSock = UdpSocket.bind(0, opts.port, { maxDatagram, bufferBytes: 32 << 20 });
+    const cryptoSock = UdpSocket.bind(0, opts.port, { maxDatagram });
     cleanup.add(() => cryptoSock.close());
     const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 64 });
     cleanup.add(() => keySock.close());
