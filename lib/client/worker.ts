@@ -106,7 +106,8 @@ async function serve(
     },
     {
       sendUdp: (data, host, port) => loop.sendUdp(data, host, port),
-      writeTun: (packet) => loop.writeTun(packet),
+      writeTun: (packet, partial) => loop.writeTun(packet, partial),
+      finishesChecksums: loop.finishesChecksums,
       udpBuffer: () => loop.udpBuffer(),
       openKeyChannel: (host, port, deliver) =>
         openKeyChannel(loop, host, port, deliver, keyChannels),

@@ -9,7 +9,7 @@ import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "./constants.ts";
 import { tidKeyAt, type TunnelSession } from "./session.ts";
 import { isCookie } from "./cookie.ts";
 import { ipv4Dst, ipv4HeaderLength } from "./ip.ts";
-import { translate } from "./nat.ts";
+import { translate, translateOffloaded } from "./nat.ts";
 import { concat } from "./bytes.ts";
 import type { DropCounters } from "./log.ts";
 
@@ -17,8 +17,14 @@ import type { DropCounters } from "./log.ts";
 export interface TunnelIo {
   /** Sends (or queues) one datagram; false when it was refused at once. */
   sendUdp(data: Uint8Array, host: number, port: number): boolean | void;
-  /** Writes one packet to the TUN device; false when it was refused. */
-  writeTun(packet: Uint8Array): boolean | void;
+  /**
+   * Writes one packet to the TUN device; false when it was refused. `partialChecksum`: its TCP
+   * checksum field holds only the pseudo-header sum, for the device to finish (only given when
+   * `finishesChecksums` is true).
+   */
+  writeTun(packet: Uint8Array, partialChecksum?: boolean): boolean | void;
+  /** The TUN device finishes TCP checksums (virtio_net_hdr offloads): see translateOffloaded. */
+  readonly finishesChecksums?: boolean;
   /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
   udpBuffer?(): Uint8Array | undefined;
 }
@@ -215,10 +221,15 @@ export class DataPath {
     if (isCookie(r.plaintext)) {
       return { kind: "cookie", peer, cookie: r.plaintext.subarray(0, COOKIE_BYTES) };
     }
-    if (!translate(r.plaintext, peer.internal, this.config.deliverTo)) {
+    let partial = false;
+    if (this.io.finishesChecksums === true) {
+      const c = translateOffloaded(r.plaintext, peer.internal, this.config.deliverTo);
+      if (c === null) return this.dropped("inner-not-ipv4", peer);
+      partial = c === "partial";
+    } else if (!translate(r.plaintext, peer.internal, this.config.deliverTo)) {
       return this.dropped("inner-not-ipv4", peer);
     }
-    if (this.io.writeTun(r.plaintext) === false) this.drops.count("tun-write-failed");
+    if (this.io.writeTun(r.plaintext, partial) === false) this.drops.count("tun-write-failed");
     return { kind: "delivered", peer };
   }
 

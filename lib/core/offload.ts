@@ -165,6 +165,8 @@ interface Group {
   lastLen: number;
   nextSeq: number;
   closed: boolean;
+  /** The first segment's TCP checksum is only its pseudo-header sum. */
+  partial: boolean;
 }
 
 /** Whether `p` may join a coalesced TCP frame: plain IPv4, ACK (and PSH) only, with data. */
@@ -207,13 +209,16 @@ export class TcpCoalescer {
 
   constructor(private readonly write: (frame: Uint8Array) => void, readonly maxFlows = 16) {}
 
-  /** Takes one IP packet (its checksums complete). */
-  push(p: Uint8Array): void {
+  /**
+   * Takes one IP packet, its checksums complete or (`partial`, TCP only) its TCP checksum field
+   * holding the pseudo-header sum, for the kernel to finish.
+   */
+  push(p: Uint8Array, partial = false): void {
     const headers = tcpHeaders(p);
     if (headers === 0) {
       // Another protocol, or a control segment: whatever of its flow waits goes first.
       this.flush();
-      return this.#single(p);
+      return this.#single(p, partial);
     }
     const seq = readU32(p, 24);
     const len = p.length - headers;
@@ -248,6 +253,7 @@ export class TcpCoalescer {
       lastLen: len,
       nextSeq: (seq + len) >>> 0,
       closed: (p[33] & TCP_PSH) !== 0,
+      partial,
     });
   }
 
@@ -258,16 +264,21 @@ export class TcpCoalescer {
     groups.length = 0;
   }
 
-  #single(p: Uint8Array): void {
+  #single(p: Uint8Array, partial: boolean): void {
     const f = this.#frame;
     f.fill(0, 0, VNET_HDR_BYTES);
+    if (partial && p.length > 0) {
+      f[0] = VNET_F_NEEDS_CSUM;
+      f[6] = (p[0] & 0x0f) * 4; // csum_start: the TCP header
+      f[8] = 16; // csum_offset: TCP's checksum field
+    }
     f.set(p, VNET_HDR_BYTES);
     this.stats.frames++;
     this.write(f.subarray(0, VNET_HDR_BYTES + p.length));
   }
 
   #emit(g: Group): void {
-    if (g.payloads.length === 1) return this.#single(g.first);
+    if (g.payloads.length === 1) return this.#single(g.first, g.partial);
     const f = this.#frame;
     const h = g.headers;
     const total = h + g.bytes;

@@ -298,12 +298,17 @@ export class TunnelLoop implements TunnelIo {
    * reference: the packet must stay valid until the batch ends) to be joined with the next
    * segments of its TCP flow; true then means queued.
    */
-  writeTun(packet: Uint8Array): boolean {
+  writeTun(packet: Uint8Array, partialChecksum = false): boolean {
     if (this.#draining && this.#coalescer !== null) {
-      this.#coalescer.push(packet);
+      this.#coalescer.push(packet, partialChecksum);
       return true;
     }
-    return this.io.tun.write(packet);
+    return this.io.tun.write(packet, partialChecksum);
+  }
+
+  /** With offloads the kernel finishes TCP checksums the data path leaves partial. */
+  get finishesChecksums(): boolean {
+    return this.io.tun.vnetHeader;
   }
 
   /** Serves both sides until `running` turns false. Drops are counted in `drops` if given. */
