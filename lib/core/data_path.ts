@@ -218,7 +218,8 @@ export class DataPath {
     }
     peer.rxPackets++;
     peer.rxBytes += r.plaintext.length;
-    if (isCookie(r.plaintext)) {
+    // An IPv4 packet starts with 0x4_, a cookie with "p": one byte tells the common case.
+    if (r.plaintext[0] >> 4 !== 4 && isCookie(r.plaintext)) {
       return { kind: "cookie", peer, cookie: r.plaintext.subarray(0, COOKIE_BYTES) };
     }
     let partial = false;

@@ -249,21 +249,30 @@ export class ReceiveChain {
 
   /** Erases every epoch created more than 120 s ago, and epochs kept aside too long. */
   expire(now: number): void {
+    // Called for every packet: a scan only once something may be due (or the epochs changed).
+    if (now < this.nextExpiry) return;
+    let next = Infinity;
     for (const [epoch, chain] of this.chains) {
       if (now - chain.created >= EPOCH_LIFETIME_SECONDS) {
         chain.clear();
         this.chains.delete(epoch);
-      }
+      } else next = Math.min(next, chain.created + EPOCH_LIFETIME_SECONDS);
     }
     const f = this.future[0];
     if (f && (now - f.created >= FUTURE_SECONDS || !this.chains.has(this.latest))) {
       this.dropFuture();
-    }
+    } else if (f) next = Math.min(next, f.created + FUTURE_SECONDS);
+    // A hair early, so rounding can never make a scan late.
+    this.nextExpiry = next - 1e-6;
   }
+
+  /** Earliest time expire() has work to do; -Infinity after every change to the epochs. */
+  private nextExpiry = -Infinity;
 
   private dropFuture(): void {
     for (const c of this.future) c.clear();
     this.future = [];
+    this.nextExpiry = -Infinity;
   }
 
   /** Adds the epoch after the latest (a cookie tells the client to). */
@@ -275,6 +284,7 @@ export class ReceiveChain {
     this.derivations++;
     this.chains.set(next.epoch, next);
     this.latest = next.epoch;
+    this.nextExpiry = -Infinity;
     return true;
   }
 
@@ -315,12 +325,14 @@ export class ReceiveChain {
       this.future.push(makeChain(this.future.at(-1) ?? last, now));
       this.derivations++;
     }
+    this.nextExpiry = -Infinity;
     return this.keyIn(this.future[ahead - 1], ctr, MAX_CHAIN_KEYS, () => {
       for (const c of this.future.splice(0, ahead)) {
         c.created = now; // its 120 s start when it becomes live
         this.chains.set(c.epoch, c);
       }
       this.latest = epoch;
+      this.nextExpiry = -Infinity;
     });
   }
 
@@ -466,7 +478,7 @@ export class TunnelSession {
       payload,
       out.subarray(TUNNEL_HEADER_BYTES, n),
     );
-    wipe(key);
+    key.fill(0); // erased after its one use
     return n;
   }
 
