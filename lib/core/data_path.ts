@@ -88,16 +88,26 @@ export function newPeer(
   };
 }
 
+/** Whether the tunnel id in `data` (at 2) starts as `peer`'s: the bytes its map key is made of. */
+function tidPrefixIs(data: Uint8Array, peer: Peer): boolean {
+  const tid = peer.session.tid;
+  for (let i = 0; i < 8; i++) if (data[2 + i] !== tid[i]) return false;
+  return true;
+}
+
 /** The live tunnels by tunnel id and by internal address. */
 export class PeerTable {
   private readonly byTid = new Map<string, Peer>();
   private readonly byInternal = new Map<number, Peer>();
+  /** Moves on with every add and remove: tells a cached lookup it may be stale. */
+  generation = 0;
 
   get size(): number {
     return this.byTid.size;
   }
 
   add(peer: Peer): void {
+    this.generation++;
     this.byTid.set(peer.tidKey, peer);
     this.byInternal.set(peer.internal, peer);
   }
@@ -111,6 +121,7 @@ export class PeerTable {
   }
 
   remove(peer: Peer): void {
+    this.generation++;
     if (this.byTid.get(peer.tidKey) === peer) this.byTid.delete(peer.tidKey);
     if (this.byInternal.get(peer.internal) === peer) this.byInternal.delete(peer.internal);
   }
@@ -156,6 +167,10 @@ export interface DataPathConfig {
 
 export class DataPath {
   readonly peers = new PeerTable();
+
+  /** The peer of the latest datagram (a burst is one tunnel's): most lookups end here. */
+  private lastPeer: Peer | undefined;
+  private lastGeneration = -1;
 
   constructor(
     private readonly io: TunnelIo,
@@ -204,9 +219,14 @@ export class DataPath {
    */
   fromNetwork(data: Uint8Array, host: number, port: number, now: number): FromNetwork {
     if (data.length < TUNNEL_OVERHEAD) return this.dropped("tunnel-short");
-    const tidKey = tidKeyAt(data, 2);
-    const peer = this.peers.byTunnelId(tidKey);
-    if (!peer) return { kind: "unknown-tid", tidKey };
+    let peer = this.lastPeer;
+    if (this.lastGeneration !== this.peers.generation || !peer || !tidPrefixIs(data, peer)) {
+      const tidKey = tidKeyAt(data, 2);
+      peer = this.peers.byTunnelId(tidKey);
+      if (!peer) return { kind: "unknown-tid", tidKey };
+      this.lastPeer = peer;
+      this.lastGeneration = this.peers.generation;
+    }
     const r = peer.session.openPacketInPlace(data, now);
     if (!r.ok) return this.dropped(`tunnel-${r.reason}`, peer);
     peer.lastSeen = now;

@@ -105,10 +105,13 @@ export function onesComplementSum(p: Uint8Array, start = 0, end = p.length, init
     i += words * 4;
     while (le > 0xffff) le = (le % 0x10000) + Math.floor(le / 0x10000);
     sum += ((le & 0xff) << 8) | (le >>> 8);
-  } else {
+  } else if (end - i >= 64) {
     const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
     const end4 = i + ((end - i) & ~3);
     for (; i < end4; i += 4) sum += dv.getUint32(i);
+  } else {
+    // Headers: bytes as they are, no view to allocate.
+    for (; i + 2 <= end; i += 2) sum += (p[i] << 8) | p[i + 1];
   }
   if (i + 2 <= end) {
     sum += (p[i] << 8) | p[i + 1];
