@@ -468,16 +468,12 @@ export class TunnelSession {
     const n = payload.length + TUNNEL_OVERHEAD;
     if (out.length < n) throw new RangeError("sealPacketInto: output too small");
     const key = this.send.take(now);
-    out.set(this.header);
-    writeU16be(out, 34, this.send.epoch);
-    writeU32be(out, 36, this.send.lastCtr);
-    aeadSeal(
-      key,
-      ZERO_NONCE,
-      out.subarray(0, TUNNEL_HEADER_BYTES),
-      payload,
-      out.subarray(TUNNEL_HEADER_BYTES, n),
-    );
+    // The header is built in the session's own buffer, the associated data as it is.
+    const header = this.header;
+    writeU16be(header, 34, this.send.epoch);
+    writeU32be(header, 36, this.send.lastCtr);
+    out.set(header);
+    aeadSeal(key, ZERO_NONCE, header, payload, out.subarray(TUNNEL_HEADER_BYTES, n));
     key.fill(0); // erased after its one use
     return n;
   }
