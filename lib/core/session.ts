@@ -91,11 +91,26 @@ class EpochChain {
     return this.start + EPOCH_SECONDS;
   }
 
+  /** One chain step: the next 18 packet keys, in counter order, kept in `keys`. */
   step(): void {
-    const [chain, ...packetKeys] = kdf(KEYS_PER_CHAIN_STEP + 1, this.chainKey);
+    for (const k of this.derive()) this.keys.set(this.nextCtr++, k);
+  }
+
+  /**
+   * One chain step for a sender, which takes keys strictly in counter order: the 18 keys are
+   * handed over (the caller erases them), not kept in `keys`.
+   */
+  stepInOrder(): Uint8Array[] {
+    const packetKeys = this.derive();
+    this.nextCtr += packetKeys.length;
+    return packetKeys;
+  }
+
+  private derive(): Uint8Array[] {
+    const keys = kdf(KEYS_PER_CHAIN_STEP + 1, this.chainKey);
     wipe(this.chainKey);
-    this.chainKey = chain;
-    for (const k of packetKeys) this.keys.set(this.nextCtr++, k);
+    this.chainKey = keys.shift()!;
+    return keys;
   }
 
   get highestCtr(): number {
@@ -156,6 +171,9 @@ export class SendChain {
   lastCtr = -1;
   /** No epoch after the current one: a cookie handed its successors to a rebuilt session. */
   private capped = false;
+  /** The current chain step's keys, taken in order from `taken` on; the rest erased on moving. */
+  private pending: Uint8Array[] = [];
+  private taken = 0;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chain = new EpochChain(root, epoch, now, now);
@@ -176,7 +194,15 @@ export class SendChain {
     if (old.epoch >= MAX_EPOCH_NUMBER) throw new Error("epoch counter exhausted");
     this.chain = makeChain(old, now);
     this.ctr = 0;
+    this.dropPending();
     old.clear();
+  }
+
+  /** Erases the keys of the current chain step not taken yet. */
+  private dropPending(): void {
+    for (let i = this.taken; i < this.pending.length; i++) this.pending[i].fill(0);
+    this.pending = [];
+    this.taken = 0;
   }
 
   /** Moves on to the epoch the clock says it should send in by `now`. */
@@ -193,12 +219,12 @@ export class SendChain {
   /** next() without the wrapper object: the counter is left in lastCtr, the epoch in epoch. */
   take(now: number): Uint8Array {
     this.settle(now);
-    const keys = this.chain.keys;
-    if (keys.size === 0) this.chain.step();
-    const ctr = this.ctr++;
-    const key = keys.get(ctr)!;
-    keys.delete(ctr);
-    this.lastCtr = ctr;
+    if (this.taken === this.pending.length) {
+      this.pending = this.chain.stepInOrder();
+      this.taken = 0;
+    }
+    const key = this.pending[this.taken++];
+    this.lastCtr = this.ctr++;
     return key;
   }
 
@@ -209,6 +235,7 @@ export class SendChain {
   }
 
   clear(): void {
+    this.dropPending();
     this.chain.clear();
   }
 }
