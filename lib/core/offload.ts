@@ -120,7 +120,7 @@ export function splitFrame(frame: Uint8Array, emit: (packet: Uint8Array) => void
   }
   // The first packet's headers, kept aside: later packets' headers overwrite payload that has
   // already been emitted.
-  const saved = headerScratch;
+  const saved = headerScratch.subarray(0, headers);
   saved.set(p.subarray(0, headers));
   const id = (p[4] << 8) | p[5];
   const seq = tcp ? readU32(p, hl + 4) : 0;
@@ -129,7 +129,7 @@ export function splitFrame(frame: Uint8Array, emit: (packet: Uint8Array) => void
     const start = i * gsoSize;
     const len = Math.min(gsoSize, payload - start);
     const seg = p.subarray(start, start + headers + len);
-    if (i > 0) seg.set(saved.subarray(0, headers));
+    if (i > 0) seg.set(saved);
     const total = headers + len;
     putU16(seg, 2, total);
     putU16(seg, 4, (id + i) & 0xffff);
