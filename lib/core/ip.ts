@@ -78,12 +78,12 @@ export function ipv4IsFragment(p: Uint8Array): boolean {
   return (readU16be(p, 6) & 0x3fff) !== 0;
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /**
  * Ones' complement sum of `p[start:end]` as big-endian 16-bit words (an odd trailing byte is
  * padded with zero), added to `initial`, folded to 16 bits. Not complemented.
  */
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
 export function onesComplementSum(p: Uint8Array, start = 0, end = p.length, initial = 0): number {
   // 32-bit words: 2^16 is 1 in ones' complement arithmetic, so the sum of the words folds to the
   // sum of their 16-bit halves, with half the loads. A double holds the sum exactly far beyond
