@@ -296,3 +296,26 @@ Deno.test("a lone segment with a partial checksum is written with NEEDS_CSUM for
   assert.equal(k2.flags, 0);
   assert.deepEqual(k2.packet, ack);
 });
+
+Deno.test("a connection's segments leave in order when its headers change within a batch", () => {
+  // The timestamp option ticks after two segments, and the fourth carries PSH: each run must
+  // be written before anything that came after it.
+  const mss = 1000;
+  const segs = [0, 1, 2, 3, 4].map((i) => {
+    const p = tcpPacket(mss, 5000 + i * mss, i === 3 ? 0x18 : 0x10);
+    if (i >= 2) p[47] = 8; // TSval 7 -> 8
+    return withChecksums(p);
+  });
+  const frames: Uint8Array[] = [];
+  const c = new TcpCoalescer((f) => frames.push(f.slice()));
+  for (const s of segs) c.push(s);
+  c.flush();
+  let next = 5000;
+  for (const f of frames) {
+    const p = kernelView(f).packet;
+    assert.equal(dv(p).getUint32(24), next, "in sequence order");
+    next += p.length - 52;
+  }
+  assert.equal(next, 5000 + 5 * mss);
+  assert.equal(frames.length, 3); // TSval 7: 2 segments; TSval 8: 2 up to PSH; then the last
+});

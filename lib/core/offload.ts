@@ -180,10 +180,15 @@ function tcpHeaders(p: Uint8Array): number {
   return headers;
 }
 
-/** Same flow, same ACK, same IP fields and TCP options: the kernel's GRO conditions. */
-function sameFlow(a: Uint8Array, b: Uint8Array, headers: number): boolean {
+/** The same TCP connection: addresses and ports. */
+function sameConnection(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 12; i < 24; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Within one connection: same ACK, same IP fields and TCP options (the kernel's GRO rules). */
+function sameHeaders(a: Uint8Array, b: Uint8Array, headers: number): boolean {
   if (a[1] !== b[1] || a[6] !== b[6] || a[8] !== b[8]) return false; // tos, DF, ttl
-  for (let i = 12; i < 24; i++) if (a[i] !== b[i]) return false; // addresses and ports
   for (let i = 28; i < 33; i++) if (a[i] !== b[i]) return false; // ack and data offset
   for (let i = 40; i < headers; i++) if (a[i] !== b[i]) return false; // options
   return true;
@@ -225,10 +230,14 @@ export class TcpCoalescer {
     const groups = this.#groups;
     for (let i = 0; i < groups.length; i++) {
       const g = groups[i];
-      if (g.headers !== headers || !sameFlow(g.first, p, headers)) continue;
-      // Same flow. Join when it continues the run; else the run is written first.
-      const fits = !g.closed && seq === g.nextSeq && g.lastLen === g.segSize &&
-        len <= g.segSize && headers + g.bytes + len <= MAX_IP_PACKET;
+      if (!sameConnection(g.first, p)) continue;
+      // Same connection (at most one run each). Join when it continues the run with the same
+      // headers; else the run is written first. (Keeping a second run per connection, e.g. when
+      // the timestamp option ticks, let a later run be written before an earlier one: the
+      // receiver saw reordering, and the sender retransmitted what had arrived.)
+      const fits = !g.closed && g.headers === headers && sameHeaders(g.first, p, headers) &&
+        seq === g.nextSeq && g.lastLen === g.segSize && len <= g.segSize &&
+        headers + g.bytes + len <= MAX_IP_PACKET;
       if (fits) {
         g.payloads.push(p.subarray(headers));
         g.bytes += len;
