@@ -17,6 +17,8 @@
 //   --keep-logs     print the daemons' last log lines even when all went well
 //   --profile DIR   run our server with --cpu-prof, the profile lands in DIR
 //   --jumbo N       also run our server and client at MTU N (e.g. 9000): one stream each way
+//   --counters      after our tunnel's runs, print where packets were lost: the kernel's UDP,
+//                   TCP and interface drop counters in both namespaces
 //   --first N       only the first request, N times, each with a fresh client (the median
 //                   says more than one run on a busy machine); our server, and with
 //                   --reference the reference server too
@@ -52,6 +54,7 @@ interface Options {
   profile: string | null;
   jumbo: number | null;
   first: number;
+  counters: boolean;
 }
 
 function parseArgs(args: string[]): Options {
@@ -66,6 +69,7 @@ function parseArgs(args: string[]): Options {
     profile: null,
     jumbo: null,
     first: 0,
+    counters: false,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -91,6 +95,7 @@ function parseArgs(args: string[]): Options {
     else if (a === "--profile") o.profile = value();
     else if (a === "--jumbo") o.jumbo = positive(value());
     else if (a === "--first") o.first = positive(value());
+    else if (a === "--counters") o.counters = true;
     else throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -598,6 +603,35 @@ async function firstRequests(
 
 // ---- main ------------------------------------------------------------------------------------
 
+/** Drop, retransmission and reordering counters (nstat, interfaces) of both namespaces. */
+async function counters(lab: Lab): Promise<Map<string, number>> {
+  const wanted = /Rcvbuf|InErrors|Retrans|Reorder|LossProbe|Drop|DSACK|Timeouts|OFO|Undo|Recovery/;
+  const out = new Map<string, number>();
+  for (const [side, ns] of [["server", lab.serverNs], ["client", lab.clientNs]]) {
+    const nstat = await run(ns, ["nstat", "-asz"], { check: false });
+    for (const f of nstat.stdout.split("\n").map((l) => l.trim().split(/\s+/))) {
+      if (f.length >= 2 && wanted.test(f[0])) out.set(`${side} ${f[0]}`, Number(f[1]));
+    }
+    const link = await run(ns, ["ip", "-s", "-o", "link"], { check: false });
+    for (const l of link.stdout.split("\n").filter((l) => l.includes("link/"))) {
+      const name = l.split(":")[1]?.trim();
+      // "RX: bytes packets errors dropped ..." and then their values; the same for TX
+      const nums = l.replace(/\\/g, " ").split(/\s+/);
+      for (const dir of ["RX:", "TX:"]) {
+        const i = nums.indexOf(dir);
+        if (i >= 0) out.set(`${side} ${name} ${dir} dropped`, Number(nums[i + 10]));
+      }
+    }
+  }
+  return out;
+}
+
+function printCounterDiff(before: Map<string, number>, after: Map<string, number>): void {
+  const moved = [...after].filter(([k, v]) => v - (before.get(k) ?? 0) > 0)
+    .map(([k, v]) => `${k} +${v - (before.get(k) ?? 0)}`);
+  console.log(`counters during the iperf3 runs: ${moved.join(", ") || "none moved"}`);
+}
+
 async function tunnelRun(
   lab: Lab,
   opts: Options,
@@ -620,7 +654,9 @@ async function tunnelRun(
         `(curl ${fmt(first.curl, 0)} ms), key download ${fmt(times.keys, 0)} ms`,
     );
     const daemons = { server: server.pid, client: client.pid };
+    const before = opts.counters ? await counters(lab) : null;
     const f = await measure(lab, target, opts, daemons);
+    if (before) printCounterDiff(before, await counters(lab));
     f.firstRequest = first.wall;
     f.firstRequestCurl = first.curl;
     f.dnsAfter = first.dnsAfter;

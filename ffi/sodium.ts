@@ -19,10 +19,9 @@ export const SODIUM_CANDIDATES = [
 
 const SYMBOLS = {
   sodium_init: { parameters: [], result: "i32" },
-  // (c, mac, maclen_p, m, mlen, ad, adlen, nsec, npub, k)
-  crypto_aead_chacha20poly1305_ietf_encrypt_detached: {
+  // Combined mode, c = ciphertext || tag: (c, clen_p, m, mlen, ad, adlen, nsec, npub, k)
+  crypto_aead_chacha20poly1305_ietf_encrypt: {
     parameters: [
-      "buffer",
       "buffer",
       "buffer",
       "buffer",
@@ -35,14 +34,14 @@ const SYMBOLS = {
     ],
     result: "i32",
   },
-  // (m, nsec, c, clen, mac, ad, adlen, npub, k)
-  crypto_aead_chacha20poly1305_ietf_decrypt_detached: {
+  // (m, mlen_p, nsec, c, clen, ad, adlen, npub, k); the tag is checked before m is written
+  crypto_aead_chacha20poly1305_ietf_decrypt: {
     parameters: [
       "buffer",
       "buffer",
       "buffer",
-      "u64",
       "buffer",
+      "u64",
       "buffer",
       "u64",
       "buffer",

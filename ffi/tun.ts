@@ -31,6 +31,10 @@ const TUN_F_USO4 = 0x20;
 const TUN_F_USO6 = 0x40;
 /** Every read and write of a device with offloads starts with a struct virtio_net_hdr. */
 export const VNET_HDR_BYTES = 10;
+/** virtio_net_hdr flag: the checksum at csum_start + csum_offset is to be finished. */
+const VNET_F_NEEDS_CSUM = 1;
+/** Where the checksum lies in a TCP header. */
+const TCP_CSUM_OFFSET = 16;
 const IFNAMSIZ = 16;
 /** sizeof(struct ifreq) on Linux: the name plus a 24-byte union. */
 const IFREQ_SIZE = 40;
@@ -187,15 +191,25 @@ export class TunDevice {
     return count;
   }
 
-  /** Writes one IP packet; false (and counted) if the kernel refused it. */
-  write(packet: Uint8Array): boolean {
+  /**
+   * Writes one IP packet; false (and counted) if the kernel refused it. `partialTcpChecksum`
+   * (only with `vnetHeader`): the packet is TCP and its checksum field holds the pseudo-header
+   * sum; the kernel finishes it.
+   */
+  write(packet: Uint8Array, partialTcpChecksum = false): boolean {
     const f = this.#frame;
     if (f === null) return this.writeFrame(packet);
-    if (packet.length > f.length - VNET_HDR_BYTES) {
+    if (packet.length > f.length - VNET_HDR_BYTES || packet.length < 1) {
       this.stats.writeErrors++;
       return false;
     }
     f.fill(0, 0, VNET_HDR_BYTES); // no offload: the packet's checksums are complete
+    if (partialTcpChecksum) {
+      const start = (packet[0] & 0x0f) * 4;
+      f[0] = VNET_F_NEEDS_CSUM;
+      f[6] = start; // csum_start (little-endian u16): the TCP header
+      f[8] = TCP_CSUM_OFFSET; // csum_offset
+    }
     f.set(packet, VNET_HDR_BYTES);
     return this.writeFrame(f.subarray(0, VNET_HDR_BYTES + packet.length));
   }

@@ -7,6 +7,7 @@ import {
   ipv4HeaderLength,
   ipv4ToNumber,
   numberToIpv4,
+  onesComplementSum,
   parseIpv4Address,
   parseIpv4Header,
   parseSubnet,
@@ -392,4 +393,33 @@ Deno.test("address and subnet helpers", () => {
   assert.ok(!inSubnet(ipv4ToNumber("1.2.3.5"), parseSubnet("1.2.3.4/32")));
   assert.throws(() => parseSubnet("10.0.0.0/33"));
   assert.throws(() => parseSubnet("10.0.0.0"));
+});
+
+Deno.test("onesComplementSum agrees with a 16-bit reference at every alignment and length", () => {
+  const data = crypto.getRandomValues(new Uint8Array(1600));
+  data.fill(0xff, 0, 200); // long runs of ones: the folds must carry
+  const reference = (p: Uint8Array, start: number, end: number, initial: number) => {
+    let s = initial;
+    for (let i = start; i < end; i += 2) {
+      s += (p[i] << 8) | (i + 1 < end ? p[i + 1] : 0);
+      s = (s & 0xffff) + (s >>> 16);
+    }
+    while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+    return s;
+  };
+  for (let shift = 0; shift < 4; shift++) {
+    const p = data.subarray(shift);
+    for (const start of [0, 1, 2, 3, 20, 21]) {
+      for (const len of [0, 1, 2, 3, 63, 64, 65, 66, 67, 1399, 1400, 1500]) {
+        const end = Math.min(p.length, start + len);
+        for (const initial of [0, 0xfffe, 0x12345]) {
+          assert.equal(
+            onesComplementSum(p, start, end, initial),
+            reference(p, start, end, initial),
+            `shift ${shift} start ${start} len ${len} initial ${initial}`,
+          );
+        }
+      }
+    }
+  }
 });

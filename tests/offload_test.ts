@@ -11,6 +11,7 @@ import {
   VNET_F_NEEDS_CSUM,
   VNET_HDR_BYTES,
 } from "../lib/core/offload.ts";
+import { translate, translateOffloaded } from "../lib/core/nat.ts";
 
 // Reference checksum: DataView reads, folding after every addition.
 function sum16(bytes: Uint8Array, initial = 0): number {
@@ -242,4 +243,79 @@ Deno.test("control segments and other protocols flush what waits, so a flow stay
   assert.equal(frames.length, 2);
   assert.equal(kernelView(frames[0]).packet.length, 52 + 1000);
   assert.deepEqual(kernelView(frames[1]).packet, fin);
+});
+
+Deno.test("translateOffloaded leaves TCP's checksum for the kernel; finished, it is translate's", () => {
+  const src = 0x0a2c0005;
+  const dst = 0xc6120002;
+  // A checksum that does not match the addresses (the reference blanks the destination).
+  const inner = withChecksums(tcpPacket(1300, 4242, 0x10));
+  dv(inner).setUint32(16, 0);
+  const full = inner.slice();
+  assert.equal(translate(full, src, dst), true);
+  assert.ok(l4Valid(full) && ipValid(full));
+  const partial = inner.slice();
+  assert.equal(translateOffloaded(partial, src, dst), "partial");
+  assert.ok(ipValid(partial));
+  const hl = 20;
+  assert.equal(dv(partial).getUint16(hl + 16), pseudo(partial, 6, partial.length - hl));
+  // What the kernel does with NEEDS_CSUM: sum from csum_start to the end, complement.
+  dv(partial).setUint16(hl + 16, ~sum16(partial.subarray(hl)) & 0xffff);
+  assert.deepEqual(partial, full);
+  // UDP, other protocols and anything not IPv4 go as translate() takes them.
+  const udp = withChecksums(tcpPacket(100, 1));
+  udp[9] = 17;
+  withChecksums(udp);
+  const udpFull = udp.slice();
+  translate(udpFull, src, dst);
+  assert.equal(translateOffloaded(udp, src, dst), "complete");
+  assert.deepEqual(udp, udpFull);
+  assert.equal(translateOffloaded(new Uint8Array(10), src, dst), null);
+});
+
+Deno.test("a lone segment with a partial checksum is written with NEEDS_CSUM for the kernel", () => {
+  const frames: Uint8Array[] = [];
+  const c = new TcpCoalescer((f) => frames.push(f.slice()));
+  const p = withChecksums(tcpPacket(700, 1, 0x18));
+  const sum = dv(p).getUint16(36);
+  dv(p).setUint16(36, pseudo(p, 6, p.length - 20));
+  c.push(p, true); // PSH: closes its run at once
+  const ack = withChecksums(tcpPacket(0, 701, 0x10)); // no payload: never joins
+  c.push(ack);
+  c.flush();
+  assert.equal(frames.length, 2);
+  const k = kernelView(frames[0]);
+  assert.equal(k.flags, VNET_F_NEEDS_CSUM);
+  assert.equal(k.gsoType, GSO_NONE);
+  assert.equal(k.csumStart, 20);
+  assert.equal(k.csumOffset, 16);
+  dv(k.packet).setUint16(36, ~sum16(k.packet.subarray(20)) & 0xffff);
+  assert.equal(dv(k.packet).getUint16(36), sum);
+  assert.ok(l4Valid(k.packet));
+  const k2 = kernelView(frames[1]);
+  assert.equal(k2.flags, 0);
+  assert.deepEqual(k2.packet, ack);
+});
+
+Deno.test("a connection's segments leave in order when its headers change within a batch", () => {
+  // The timestamp option ticks after two segments, and the fourth carries PSH: each run must
+  // be written before anything that came after it.
+  const mss = 1000;
+  const segs = [0, 1, 2, 3, 4].map((i) => {
+    const p = tcpPacket(mss, 5000 + i * mss, i === 3 ? 0x18 : 0x10);
+    if (i >= 2) p[47] = 8; // TSval 7 -> 8
+    return withChecksums(p);
+  });
+  const frames: Uint8Array[] = [];
+  const c = new TcpCoalescer((f) => frames.push(f.slice()));
+  for (const s of segs) c.push(s);
+  c.flush();
+  let next = 5000;
+  for (const f of frames) {
+    const p = kernelView(f).packet;
+    assert.equal(dv(p).getUint32(24), next, "in sequence order");
+    next += p.length - 52;
+  }
+  assert.equal(next, 5000 + 5 * mss);
+  assert.equal(frames.length, 3); // TSval 7: 2 segments; TSval 8: 2 up to PSH; then the last
 });

@@ -1,7 +1,7 @@
 // The tunnel session's state machine: epochs over time, erasure, replays and bounds.
 
 import assert from "node:assert/strict";
-import { RECEIVE_WINDOW, TunnelSession } from "../lib/core/session.ts";
+import { RECEIVE_WINDOW, SendChain, TunnelSession } from "../lib/core/session.ts";
 import { EPOCH_LIFETIME_SECONDS, MAX_CHAIN_KEYS } from "../lib/core/constants.ts";
 
 function pair(now = 0) {
@@ -159,4 +159,20 @@ Deno.test("session: cookie state rebuilds both sides at the next epoch", () => {
   assert.ok(r.ok);
   assert.equal(r.epoch, 1);
   assert.ok(initiator.openPacket(restored.sealPacket(payload(8), 6), 6).ok);
+});
+
+Deno.test("session: a sender's keys not used when its epoch moves on, or it closes, are erased", () => {
+  for (const end of ["advance", "clear"] as const) {
+    const chain = new SendChain(crypto.getRandomValues(new Uint8Array(32)), 0, 0);
+    const key = chain.take(0);
+    // kdf hands out one chain step as views of one buffer: the next chain key and 18 packet keys.
+    const step = new Uint8Array(key.buffer, key.byteOffset - 32, 19 * 32);
+    assert.equal(step.byteLength, key.buffer.byteLength);
+    key.fill(0); // what the sealer does with a key once used
+    for (let i = 1; i < 5; i++) chain.take(0).fill(0);
+    assert.ok(step.some((b) => b !== 0), "13 keys of this step still unused");
+    if (end === "advance") chain.advance(31);
+    else chain.clear();
+    assert.ok(step.every((b) => b === 0), end);
+  }
 });

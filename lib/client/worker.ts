@@ -77,7 +77,8 @@ async function serve(
   dropPrivileges(user.uid, user.gid);
 
   const t0 = performance.now();
-  const now = () => (performance.now() - t0) / 1000;
+  // The packet loop's clock: one reading per batch of packets.
+  const now = () => (loop.now() - t0) / 1000;
   const tunAddress = ipv4ToNumber(opts.tunAddress);
   const shutdown = new Shutdown(log);
   cleanup.add(() => shutdown.dispose());
@@ -106,7 +107,8 @@ async function serve(
     },
     {
       sendUdp: (data, host, port) => loop.sendUdp(data, host, port),
-      writeTun: (packet) => loop.writeTun(packet),
+      writeTun: (packet, partial) => loop.writeTun(packet, partial),
+      finishesChecksums: loop.finishesChecksums,
       udpBuffer: () => loop.udpBuffer(),
       openKeyChannel: (host, port, deliver) =>
         openKeyChannel(loop, host, port, deliver, keyChannels),

@@ -9,7 +9,7 @@ import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "./constants.ts";
 import { tidKeyAt, type TunnelSession } from "./session.ts";
 import { isCookie } from "./cookie.ts";
 import { ipv4Dst, ipv4HeaderLength } from "./ip.ts";
-import { translate } from "./nat.ts";
+import { translate, translateOffloaded } from "./nat.ts";
 import { concat } from "./bytes.ts";
 import type { DropCounters } from "./log.ts";
 
@@ -17,8 +17,14 @@ import type { DropCounters } from "./log.ts";
 export interface TunnelIo {
   /** Sends (or queues) one datagram; false when it was refused at once. */
   sendUdp(data: Uint8Array, host: number, port: number): boolean | void;
-  /** Writes one packet to the TUN device; false when it was refused. */
-  writeTun(packet: Uint8Array): boolean | void;
+  /**
+   * Writes one packet to the TUN device; false when it was refused. `partialChecksum`: its TCP
+   * checksum field holds only the pseudo-header sum, for the device to finish (only given when
+   * `finishesChecksums` is true).
+   */
+  writeTun(packet: Uint8Array, partialChecksum?: boolean): boolean | void;
+  /** The TUN device finishes TCP checksums (virtio_net_hdr offloads): see translateOffloaded. */
+  readonly finishesChecksums?: boolean;
   /** Optional: a buffer to seal the next datagram into; sendUdp then takes it without a copy. */
   udpBuffer?(): Uint8Array | undefined;
 }
@@ -82,16 +88,26 @@ export function newPeer(
   };
 }
 
+/** Whether the tunnel id in `data` (at 2) starts as `peer`'s: the bytes its map key is made of. */
+function tidPrefixIs(data: Uint8Array, peer: Peer): boolean {
+  const tid = peer.session.tid;
+  for (let i = 0; i < 8; i++) if (data[2 + i] !== tid[i]) return false;
+  return true;
+}
+
 /** The live tunnels by tunnel id and by internal address. */
 export class PeerTable {
   private readonly byTid = new Map<string, Peer>();
   private readonly byInternal = new Map<number, Peer>();
+  /** Moves on with every add and remove: tells a cached lookup it may be stale. */
+  generation = 0;
 
   get size(): number {
     return this.byTid.size;
   }
 
   add(peer: Peer): void {
+    this.generation++;
     this.byTid.set(peer.tidKey, peer);
     this.byInternal.set(peer.internal, peer);
   }
@@ -105,6 +121,7 @@ export class PeerTable {
   }
 
   remove(peer: Peer): void {
+    this.generation++;
     if (this.byTid.get(peer.tidKey) === peer) this.byTid.delete(peer.tidKey);
     if (this.byInternal.get(peer.internal) === peer) this.byInternal.delete(peer.internal);
   }
@@ -150,6 +167,10 @@ export interface DataPathConfig {
 
 export class DataPath {
   readonly peers = new PeerTable();
+
+  /** The peer of the latest datagram (a burst is one tunnel's): most lookups end here. */
+  private lastPeer: Peer | undefined;
+  private lastGeneration = -1;
 
   constructor(
     private readonly io: TunnelIo,
@@ -198,9 +219,14 @@ export class DataPath {
    */
   fromNetwork(data: Uint8Array, host: number, port: number, now: number): FromNetwork {
     if (data.length < TUNNEL_OVERHEAD) return this.dropped("tunnel-short");
-    const tidKey = tidKeyAt(data, 2);
-    const peer = this.peers.byTunnelId(tidKey);
-    if (!peer) return { kind: "unknown-tid", tidKey };
+    let peer = this.lastPeer;
+    if (this.lastGeneration !== this.peers.generation || !peer || !tidPrefixIs(data, peer)) {
+      const tidKey = tidKeyAt(data, 2);
+      peer = this.peers.byTunnelId(tidKey);
+      if (!peer) return { kind: "unknown-tid", tidKey };
+      this.lastPeer = peer;
+      this.lastGeneration = this.peers.generation;
+    }
     const r = peer.session.openPacketInPlace(data, now);
     if (!r.ok) return this.dropped(`tunnel-${r.reason}`, peer);
     peer.lastSeen = now;
@@ -212,13 +238,19 @@ export class DataPath {
     }
     peer.rxPackets++;
     peer.rxBytes += r.plaintext.length;
-    if (isCookie(r.plaintext)) {
+    // An IPv4 packet starts with 0x4_, a cookie with "p": one byte tells the common case.
+    if (r.plaintext[0] >> 4 !== 4 && isCookie(r.plaintext)) {
       return { kind: "cookie", peer, cookie: r.plaintext.subarray(0, COOKIE_BYTES) };
     }
-    if (!translate(r.plaintext, peer.internal, this.config.deliverTo)) {
+    let partial = false;
+    if (this.io.finishesChecksums === true) {
+      const c = translateOffloaded(r.plaintext, peer.internal, this.config.deliverTo);
+      if (c === null) return this.dropped("inner-not-ipv4", peer);
+      partial = c === "partial";
+    } else if (!translate(r.plaintext, peer.internal, this.config.deliverTo)) {
       return this.dropped("inner-not-ipv4", peer);
     }
-    if (this.io.writeTun(r.plaintext) === false) this.drops.count("tun-write-failed");
+    if (this.io.writeTun(r.plaintext, partial) === false) this.drops.count("tun-write-failed");
     return { kind: "delivered", peer };
   }
 

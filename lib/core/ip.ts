@@ -78,21 +78,43 @@ export function ipv4IsFragment(p: Uint8Array): boolean {
   return (readU16be(p, 6) & 0x3fff) !== 0;
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /**
  * Ones' complement sum of `p[start:end]` as big-endian 16-bit words (an odd trailing byte is
  * padded with zero), added to `initial`, folded to 16 bits. Not complemented.
  */
 export function onesComplementSum(p: Uint8Array, start = 0, end = p.length, initial = 0): number {
-  // 32-bit big-endian words: 2^16 is 1 in ones' complement arithmetic, so the sum of the words
-  // folds to the sum of their 16-bit halves, with half the loads (~40 % faster on 1.4 kB). A
-  // double holds the sum exactly far beyond any packet size; fold once at the end.
-  const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
+  // 32-bit words: 2^16 is 1 in ones' complement arithmetic, so the sum of the words folds to the
+  // sum of their 16-bit halves, with half the loads. A double holds the sum exactly far beyond
+  // any packet size; fold once at the end. Where the data lies at an even address, the aligned
+  // middle is read as native (little-endian) words, faster than DataView's big-endian reads: a
+  // ones' complement sum of byte-swapped words is the byte-swapped sum (RFC 1071, 2.B).
   let sum = initial;
   let i = start;
-  const end4 = start + ((end - start) & ~3);
-  for (; i < end4; i += 4) sum += dv.getUint32(i);
+  const at = p.byteOffset + i;
+  if (end - i >= 64 && (at & 1) === 0 && LITTLE_ENDIAN) {
+    if ((at & 2) !== 0) {
+      sum += (p[i] << 8) | p[i + 1];
+      i += 2;
+    }
+    const words = (end - i) >> 2;
+    const u32 = new Uint32Array(p.buffer, p.byteOffset + i, words);
+    let le = 0;
+    for (let k = 0; k < words; k++) le += u32[k];
+    i += words * 4;
+    while (le > 0xffff) le = (le % 0x10000) + Math.floor(le / 0x10000);
+    sum += ((le & 0xff) << 8) | (le >>> 8);
+  } else if (end - i >= 64) {
+    const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
+    const end4 = i + ((end - i) & ~3);
+    for (; i < end4; i += 4) sum += dv.getUint32(i);
+  } else {
+    // Headers: bytes as they are, no view to allocate.
+    for (; i + 2 <= end; i += 2) sum += (p[i] << 8) | p[i + 1];
+  }
   if (i + 2 <= end) {
-    sum += dv.getUint16(i);
+    sum += (p[i] << 8) | p[i + 1];
     i += 2;
   }
   if (i < end) sum += p[i] << 8;

@@ -3,6 +3,7 @@
 // - translate(): packets leaving a tunnel. The peer may send inner packets whose checksums do
 //   not match their addresses (the reference blanks the destination without fixing them), so
 //   unfragmented TCP/UDP checksums are recomputed from scratch, not adjusted.
+//   translateOffloaded() leaves a TCP checksum to a TUN device that finishes checksums.
 // - rewriteAddresses(): an incremental update (RFC 1624) that keeps valid checksums valid. A
 //   fragment cannot be recomputed (its L4 checksum covers the whole datagram), so translate()
 //   uses it for fragments.
@@ -16,6 +17,7 @@ import {
   PROTO_TCP,
   PROTO_UDP,
   PROTO_UDPLITE,
+  pseudoHeaderSum,
   setIpv4HeaderChecksum,
   setTransportChecksum,
 } from "./ip.ts";
@@ -26,17 +28,42 @@ import { readU16be, readU32be, writeU16be, writeU32be } from "./bytes.ts";
  * Returns false (packet untouched) when it is not a well-formed IPv4 packet.
  */
 export function translate(p: Uint8Array, src: number, dst: number): boolean {
+  return translateTo(p, src, dst, false) !== null;
+}
+
+/** How translateOffloaded() left the packet's transport checksum. */
+export type Checksummed = "complete" | "partial";
+
+/**
+ * translate() for a TUN device that finishes checksums (a virtio_net_hdr with NEEDS_CSUM): an
+ * unfragmented TCP packet gets only its pseudo-header sum in the checksum field ("partial"), the
+ * kernel sums the segment from the TCP header on (or, delivering locally, takes it as it is:
+ * the tunnel authenticated every byte). That saves a pass over the payload per packet. Other
+ * packets are translated as by translate() ("complete"). null when it is not IPv4.
+ */
+export function translateOffloaded(p: Uint8Array, src: number, dst: number): Checksummed | null {
+  return translateTo(p, src, dst, true);
+}
+
+function translateTo(p: Uint8Array, src: number, dst: number, partial: boolean) {
   const hl = ipv4HeaderLength(p);
-  if (hl === 0) return false;
-  if (ipv4IsFragment(p)) return rewriteAddresses(p, src, dst);
+  if (hl === 0) return null;
+  if (ipv4IsFragment(p)) return rewriteAddresses(p, src, dst) ? "complete" : null;
   const total = readU16be(p, 2);
   const protocol = p[9];
   const at = protocol === PROTO_TCP ? hl + 16 : protocol === PROTO_UDP ? hl + 6 : -1;
-  if (at >= 0 && at + 2 > total) return false; // checked before anything is written
-  writeAddresses(p, src >>> 0, dst >>> 0);
-  if (at >= 0) setTransportChecksum(p, hl, total, protocol);
+  if (at >= 0 && at + 2 > total) return null; // checked before anything is written
+  src >>>= 0;
+  dst >>>= 0;
+  writeAddresses(p, src, dst);
   setIpv4HeaderChecksum(p);
-  return true;
+  if (at < 0) return "complete";
+  if (partial && protocol === PROTO_TCP) {
+    writeU16be(p, at, pseudoHeaderSum(src, dst, PROTO_TCP, total - hl));
+    return "partial";
+  }
+  setTransportChecksum(p, hl, total, protocol);
+  return "complete";
 }
 
 /** Offset of the checksum inside the L4 header for protocols whose checksum covers the

@@ -120,7 +120,7 @@ export function splitFrame(frame: Uint8Array, emit: (packet: Uint8Array) => void
   }
   // The first packet's headers, kept aside: later packets' headers overwrite payload that has
   // already been emitted.
-  const saved = headerScratch;
+  const saved = headerScratch.subarray(0, headers);
   saved.set(p.subarray(0, headers));
   const id = (p[4] << 8) | p[5];
   const seq = tcp ? readU32(p, hl + 4) : 0;
@@ -129,7 +129,7 @@ export function splitFrame(frame: Uint8Array, emit: (packet: Uint8Array) => void
     const start = i * gsoSize;
     const len = Math.min(gsoSize, payload - start);
     const seg = p.subarray(start, start + headers + len);
-    if (i > 0) seg.set(saved.subarray(0, headers));
+    if (i > 0) seg.set(saved);
     const total = headers + len;
     putU16(seg, 2, total);
     putU16(seg, 4, (id + i) & 0xffff);
@@ -165,6 +165,8 @@ interface Group {
   lastLen: number;
   nextSeq: number;
   closed: boolean;
+  /** The first segment's TCP checksum is only its pseudo-header sum. */
+  partial: boolean;
 }
 
 /** Whether `p` may join a coalesced TCP frame: plain IPv4, ACK (and PSH) only, with data. */
@@ -178,10 +180,15 @@ function tcpHeaders(p: Uint8Array): number {
   return headers;
 }
 
-/** Same flow, same ACK, same IP fields and TCP options: the kernel's GRO conditions. */
-function sameFlow(a: Uint8Array, b: Uint8Array, headers: number): boolean {
+/** The same TCP connection: addresses and ports. */
+function sameConnection(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 12; i < 24; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Within one connection: same ACK, same IP fields and TCP options (the kernel's GRO rules). */
+function sameHeaders(a: Uint8Array, b: Uint8Array, headers: number): boolean {
   if (a[1] !== b[1] || a[6] !== b[6] || a[8] !== b[8]) return false; // tos, DF, ttl
-  for (let i = 12; i < 24; i++) if (a[i] !== b[i]) return false; // addresses and ports
   for (let i = 28; i < 33; i++) if (a[i] !== b[i]) return false; // ack and data offset
   for (let i = 40; i < headers; i++) if (a[i] !== b[i]) return false; // options
   return true;
@@ -207,23 +214,30 @@ export class TcpCoalescer {
 
   constructor(private readonly write: (frame: Uint8Array) => void, readonly maxFlows = 16) {}
 
-  /** Takes one IP packet (its checksums complete). */
-  push(p: Uint8Array): void {
+  /**
+   * Takes one IP packet, its checksums complete or (`partial`, TCP only) its TCP checksum field
+   * holding the pseudo-header sum, for the kernel to finish.
+   */
+  push(p: Uint8Array, partial = false): void {
     const headers = tcpHeaders(p);
     if (headers === 0) {
       // Another protocol, or a control segment: whatever of its flow waits goes first.
       this.flush();
-      return this.#single(p);
+      return this.#single(p, partial);
     }
     const seq = readU32(p, 24);
     const len = p.length - headers;
     const groups = this.#groups;
     for (let i = 0; i < groups.length; i++) {
       const g = groups[i];
-      if (g.headers !== headers || !sameFlow(g.first, p, headers)) continue;
-      // Same flow. Join when it continues the run; else the run is written first.
-      const fits = !g.closed && seq === g.nextSeq && g.lastLen === g.segSize &&
-        len <= g.segSize && headers + g.bytes + len <= MAX_IP_PACKET;
+      if (!sameConnection(g.first, p)) continue;
+      // Same connection (at most one run each). Join when it continues the run with the same
+      // headers; else the run is written first. (Keeping a second run per connection, e.g. when
+      // the timestamp option ticks, let a later run be written before an earlier one: the
+      // receiver saw reordering, and the sender retransmitted what had arrived.)
+      const fits = !g.closed && g.headers === headers && sameHeaders(g.first, p, headers) &&
+        seq === g.nextSeq && g.lastLen === g.segSize && len <= g.segSize &&
+        headers + g.bytes + len <= MAX_IP_PACKET;
       if (fits) {
         g.payloads.push(p.subarray(headers));
         g.bytes += len;
@@ -248,6 +262,7 @@ export class TcpCoalescer {
       lastLen: len,
       nextSeq: (seq + len) >>> 0,
       closed: (p[33] & TCP_PSH) !== 0,
+      partial,
     });
   }
 
@@ -258,16 +273,21 @@ export class TcpCoalescer {
     groups.length = 0;
   }
 
-  #single(p: Uint8Array): void {
+  #single(p: Uint8Array, partial: boolean): void {
     const f = this.#frame;
     f.fill(0, 0, VNET_HDR_BYTES);
+    if (partial && p.length > 0) {
+      f[0] = VNET_F_NEEDS_CSUM;
+      f[6] = (p[0] & 0x0f) * 4; // csum_start: the TCP header
+      f[8] = 16; // csum_offset: TCP's checksum field
+    }
     f.set(p, VNET_HDR_BYTES);
     this.stats.frames++;
     this.write(f.subarray(0, VNET_HDR_BYTES + p.length));
   }
 
   #emit(g: Group): void {
-    if (g.payloads.length === 1) return this.#single(g.first);
+    if (g.payloads.length === 1) return this.#single(g.first, g.partial);
     const f = this.#frame;
     const h = g.headers;
     const total = h + g.bytes;

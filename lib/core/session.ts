@@ -91,11 +91,26 @@ class EpochChain {
     return this.start + EPOCH_SECONDS;
   }
 
+  /** One chain step: the next 18 packet keys, in counter order, kept in `keys`. */
   step(): void {
-    const [chain, ...packetKeys] = kdf(KEYS_PER_CHAIN_STEP + 1, this.chainKey);
+    for (const k of this.derive()) this.keys.set(this.nextCtr++, k);
+  }
+
+  /**
+   * One chain step for a sender, which takes keys strictly in counter order: the 18 keys are
+   * handed over (the caller erases them), not kept in `keys`.
+   */
+  stepInOrder(): Uint8Array[] {
+    const packetKeys = this.derive();
+    this.nextCtr += packetKeys.length;
+    return packetKeys;
+  }
+
+  private derive(): Uint8Array[] {
+    const keys = kdf(KEYS_PER_CHAIN_STEP + 1, this.chainKey);
     wipe(this.chainKey);
-    this.chainKey = chain;
-    for (const k of packetKeys) this.keys.set(this.nextCtr++, k);
+    this.chainKey = keys.shift()!;
+    return keys;
   }
 
   get highestCtr(): number {
@@ -156,6 +171,9 @@ export class SendChain {
   lastCtr = -1;
   /** No epoch after the current one: a cookie handed its successors to a rebuilt session. */
   private capped = false;
+  /** The current chain step's keys, taken in order from `taken` on; the rest erased on moving. */
+  private pending: Uint8Array[] = [];
+  private taken = 0;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chain = new EpochChain(root, epoch, now, now);
@@ -176,7 +194,15 @@ export class SendChain {
     if (old.epoch >= MAX_EPOCH_NUMBER) throw new Error("epoch counter exhausted");
     this.chain = makeChain(old, now);
     this.ctr = 0;
+    this.dropPending();
     old.clear();
+  }
+
+  /** Erases the keys of the current chain step not taken yet. */
+  private dropPending(): void {
+    for (let i = this.taken; i < this.pending.length; i++) this.pending[i].fill(0);
+    this.pending = [];
+    this.taken = 0;
   }
 
   /** Moves on to the epoch the clock says it should send in by `now`. */
@@ -193,12 +219,12 @@ export class SendChain {
   /** next() without the wrapper object: the counter is left in lastCtr, the epoch in epoch. */
   take(now: number): Uint8Array {
     this.settle(now);
-    const keys = this.chain.keys;
-    if (keys.size === 0) this.chain.step();
-    const ctr = this.ctr++;
-    const key = keys.get(ctr)!;
-    keys.delete(ctr);
-    this.lastCtr = ctr;
+    if (this.taken === this.pending.length) {
+      this.pending = this.chain.stepInOrder();
+      this.taken = 0;
+    }
+    const key = this.pending[this.taken++];
+    this.lastCtr = this.ctr++;
     return key;
   }
 
@@ -209,6 +235,7 @@ export class SendChain {
   }
 
   clear(): void {
+    this.dropPending();
     this.chain.clear();
   }
 }
@@ -249,21 +276,30 @@ export class ReceiveChain {
 
   /** Erases every epoch created more than 120 s ago, and epochs kept aside too long. */
   expire(now: number): void {
+    // Called for every packet: a scan only once something may be due (or the epochs changed).
+    if (now < this.nextExpiry) return;
+    let next = Infinity;
     for (const [epoch, chain] of this.chains) {
       if (now - chain.created >= EPOCH_LIFETIME_SECONDS) {
         chain.clear();
         this.chains.delete(epoch);
-      }
+      } else next = Math.min(next, chain.created + EPOCH_LIFETIME_SECONDS);
     }
     const f = this.future[0];
     if (f && (now - f.created >= FUTURE_SECONDS || !this.chains.has(this.latest))) {
       this.dropFuture();
-    }
+    } else if (f) next = Math.min(next, f.created + FUTURE_SECONDS);
+    // A hair early, so rounding can never make a scan late.
+    this.nextExpiry = next - 1e-6;
   }
+
+  /** Earliest time expire() has work to do; -Infinity after every change to the epochs. */
+  private nextExpiry = -Infinity;
 
   private dropFuture(): void {
     for (const c of this.future) c.clear();
     this.future = [];
+    this.nextExpiry = -Infinity;
   }
 
   /** Adds the epoch after the latest (a cookie tells the client to). */
@@ -275,6 +311,7 @@ export class ReceiveChain {
     this.derivations++;
     this.chains.set(next.epoch, next);
     this.latest = next.epoch;
+    this.nextExpiry = -Infinity;
     return true;
   }
 
@@ -315,12 +352,14 @@ export class ReceiveChain {
       this.future.push(makeChain(this.future.at(-1) ?? last, now));
       this.derivations++;
     }
+    this.nextExpiry = -Infinity;
     return this.keyIn(this.future[ahead - 1], ctr, MAX_CHAIN_KEYS, () => {
       for (const c of this.future.splice(0, ahead)) {
         c.created = now; // its 120 s start when it becomes live
         this.chains.set(c.epoch, c);
       }
       this.latest = epoch;
+      this.nextExpiry = -Infinity;
     });
   }
 
@@ -456,17 +495,13 @@ export class TunnelSession {
     const n = payload.length + TUNNEL_OVERHEAD;
     if (out.length < n) throw new RangeError("sealPacketInto: output too small");
     const key = this.send.take(now);
-    out.set(this.header);
-    writeU16be(out, 34, this.send.epoch);
-    writeU32be(out, 36, this.send.lastCtr);
-    aeadSeal(
-      key,
-      ZERO_NONCE,
-      out.subarray(0, TUNNEL_HEADER_BYTES),
-      payload,
-      out.subarray(TUNNEL_HEADER_BYTES, n),
-    );
-    wipe(key);
+    // The header is built in the session's own buffer, the associated data as it is.
+    const header = this.header;
+    writeU16be(header, 34, this.send.epoch);
+    writeU32be(header, 36, this.send.lastCtr);
+    out.set(header);
+    aeadSeal(key, ZERO_NONCE, header, payload, out.subarray(TUNNEL_HEADER_BYTES, n));
+    key.fill(0); // erased after its one use
     return n;
   }
 

@@ -11,23 +11,39 @@ import { jsX25519, setX25519Backend, type X25519Backend } from "../core/crypto.t
 
 export type AeadChoice = AeadBackendName | "auto";
 
+/** n as a BigInt, the latest one kept: the same length again costs no allocation. */
+function bigintOf(): (n: number) => bigint {
+  let last = 0;
+  let lastBig = 0n;
+  return (n) => {
+    if (n !== last) {
+      last = n;
+      lastBig = BigInt(n);
+    }
+    return lastBig;
+  };
+}
+
 function sodiumAead(s: Sodium): AeadBackend {
-  const encrypt = s.crypto_aead_chacha20poly1305_ietf_encrypt_detached;
-  const decrypt = s.crypto_aead_chacha20poly1305_ietf_decrypt_detached;
+  // The combined calls (ciphertext || tag in one buffer): per packet no views to cut. The
+  // lengths go as BigInts; a stream of packets has few sizes, so the latest ones are kept.
+  const encrypt = s.crypto_aead_chacha20poly1305_ietf_encrypt;
+  const decrypt = s.crypto_aead_chacha20poly1305_ietf_decrypt;
   const xorIc = s.crypto_stream_chacha20_xor_ic;
   const counterCell = new DataView(new ArrayBuffer(8));
+  const sealLength = bigintOf();
+  const openLength = bigintOf();
+  const adLength = bigintOf();
   return {
     name: "libsodium",
     encrypt(key, nonce, ad, m, out) {
-      const n = m.length;
-      encrypt(out, out.subarray(n), null, m, BigInt(n), ad, BigInt(ad.length), null, nonce, key);
+      encrypt(out, null, m, sealLength(m.length), ad, adLength(ad.length), null, nonce, key);
     },
     decrypt(key, nonce, ad, sealed, out) {
-      const n = sealed.length - TAG_BYTES;
+      if (sealed.length < TAG_BYTES) return false;
       // libsodium checks the tag before it writes anything but zeros (on failure) to `out`.
-      const c = sealed.subarray(0, n);
-      const tag = sealed.subarray(n);
-      return decrypt(out, null, c, BigInt(n), tag, ad, BigInt(ad.length), nonce, key) === 0;
+      const clen = openLength(sealed.length);
+      return decrypt(out, null, null, sealed, clen, ad, adLength(ad.length), nonce, key) === 0;
     },
     keystream(key, nonce, counter, out) {
       let ic = 0n;

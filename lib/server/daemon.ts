@@ -103,9 +103,11 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         `(uid ${user.uid})`,
     );
 
-    const clock = steadyClocks(); // a wall clock that never steps: lib/runtime/clock.ts
-    const ephemeral = new EphemeralKeyStore();
     const loop = new TunnelLoop({ tun, sock: cryptoSock });
+    // A wall clock that never steps (lib/runtime/clock.ts), on the packet loop's clock: one
+    // reading per batch of packets.
+    const clock = steadyClocks(() => loop.now());
+    const ephemeral = new EphemeralKeyStore();
     log.info(`data path offloads: ${loop.offloads}`);
     const device = new ServerDevice(
       {

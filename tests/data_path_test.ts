@@ -1,0 +1,62 @@
+// DataPath's lookup of the peer a datagram belongs to: it remembers the latest one, and that
+// memory must never outlive a change to the peer table (a session replaced under the same id).
+
+import assert from "node:assert/strict";
+import { DataPath, newPeer } from "../lib/core/data_path.ts";
+import { TunnelSession } from "../lib/core/session.ts";
+import { DropCounters } from "../lib/core/log.ts";
+
+const HOST = 0xc6120001;
+
+/** A sealed IPv4/UDP packet to `session`'s peer. */
+function datagram(sender: TunnelSession, now: number): Uint8Array {
+  const p = new Uint8Array(28);
+  p[0] = 0x45;
+  p[3] = 28;
+  p[8] = 64;
+  p[9] = 17;
+  return sender.sealPacket(p, now);
+}
+
+function pair(tid: Uint8Array) {
+  const a = crypto.getRandomValues(new Uint8Array(32));
+  const b = crypto.getRandomValues(new Uint8Array(32));
+  return {
+    mine: TunnelSession.create(tid, a.slice(), b.slice(), 0),
+    theirs: TunnelSession.create(tid, b.slice(), a.slice(), 0),
+  };
+}
+
+Deno.test("datagrams reach the peer of their tunnel id, also after the peer is replaced", () => {
+  const delivered: Uint8Array[] = [];
+  const path = new DataPath(
+    { sendUdp: () => true, writeTun: (p) => void delivered.push(p.slice()) },
+    new DropCounters(),
+    { deliverTo: 0x0a000001, roaming: false },
+  );
+  const tidA = crypto.getRandomValues(new Uint8Array(32));
+  const tidB = tidA.slice();
+  tidB[3] ^= 1; // within the 8 bytes the lookup compares
+  const a = pair(tidA);
+  const b = pair(tidB);
+  const peerA = newPeer(a.mine, 0x0a000002, HOST, 1, 0);
+  const peerB = newPeer(b.mine, 0x0a000003, HOST, 2, 0);
+  path.peers.add(peerA);
+  path.peers.add(peerB);
+  for (const [s, peer] of [[a, peerA], [b, peerB], [a, peerA], [a, peerA], [b, peerB]] as const) {
+    const r = path.fromNetwork(datagram(s.theirs, 1), HOST, 1, 1);
+    assert.equal(r.kind, "delivered");
+    assert.equal(r.kind === "delivered" && r.peer, peer);
+  }
+  // A's session is replaced by a new one under the same id (a resume): the new one gets it.
+  path.peers.remove(peerA);
+  const a2 = pair(tidA);
+  const peerA2 = newPeer(a2.mine, 0x0a000004, HOST, 1, 1);
+  path.peers.add(peerA2);
+  const r = path.fromNetwork(datagram(a2.theirs, 2), HOST, 1, 2);
+  assert.equal(r.kind === "delivered" && r.peer, peerA2);
+  // Gone altogether: unknown, whatever was looked up last.
+  path.peers.remove(peerA2);
+  assert.equal(path.fromNetwork(datagram(a2.theirs, 2), HOST, 1, 2).kind, "unknown-tid");
+  assert.equal(delivered.length, 6);
+});
