@@ -74,3 +74,46 @@ Deno.test("key download into silence stays bounded (no flood)", () => {
   assert.ok(sent <= 20, `${sent} requests in 20 s of silence`);
   assert.ok(!fetcher.complete);
 });
+
+/**
+ * A key server like the reference's: one thread answering in order, one request per
+ * `serviceSeconds`, behind a receive buffer that holds `capacity` requests and drops the rest.
+ */
+function slowServer(capacity: number, serviceSeconds: number) {
+  const fetcher = new KeyFetcher(tree.root, 0);
+  const store = new EphemeralKeyStore();
+  const queue: Uint8Array[] = [];
+  let answers: { at: number; data: Uint8Array }[] = [];
+  let busyUntil = 0;
+  let dropped = 0;
+  let now = 0;
+  const step = 0.0001;
+  while (!fetcher.complete && now < 20) {
+    for (const req of fetcher.poll(now)) {
+      if (queue.length < capacity) queue.push(req);
+      else dropped++;
+    }
+    while (queue.length > 0 && busyUntil <= now) {
+      const a = answerKeyRequest(queue.shift()!, tree, store, now);
+      assert.ok(a.ok);
+      busyUntil = Math.max(busyUntil, now) + serviceSeconds;
+      answers.push({ at: busyUntil + 0.0001, data: a.response });
+    }
+    now += step;
+    const due = answers.filter((p) => p.at <= now);
+    answers = answers.filter((p) => p.at > now);
+    for (const p of due) fetcher.onResponse(p.data, now);
+  }
+  return { fetcher, now, dropped };
+}
+
+Deno.test("key download from a slow server with a small receive buffer resends lost requests early", () => {
+  // 937 parts at 0.2 ms each take 0.19 s of service; the buffer holds 20 requests.
+  const { fetcher, now, dropped } = slowServer(20, 0.0002);
+  assert.ok(fetcher.complete);
+  assert.deepEqual(fetcher.keys().mceliecePk, fixture("mceliece_pk"));
+  assert.ok(dropped > 0, "the first window overflows the buffer");
+  // Waiting for the ≥ 100 ms retransmission timeout after each overflow took ≥ 0.4 s here.
+  assert.ok(now < 0.3, `took ${now.toFixed(3)} simulated seconds, ${dropped} dropped`);
+  assert.ok(fetcher.requestsSent < 937 + 200, `${fetcher.requestsSent} requests`);
+});

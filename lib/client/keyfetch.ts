@@ -3,15 +3,30 @@
 // sends what `poll` returns and feeds back what arrives.
 //
 // Pacing is a small window-based controller: a window of outstanding requests that grows by one
-// per answered request (slow start doubles it each round trip) and halves when a request times
-// out, with a retransmission timeout from measured round trips. Enough to fill a fast link
-// without flooding a slow one.
+// per answered request (slow start doubles it each round trip) and halves (at most once a round
+// trip) when a request is lost, with a retransmission timeout from measured round trips. Enough
+// to fill a fast link without flooding a slow one.
+//
+// Loss is also seen without waiting for the timeout: key servers answer in order, so a request
+// still unanswered when one sent after it has been answered was dropped (the reference's key
+// server is one Python thread, and a burst longer than its socket's receive buffer loses its
+// tail). Such requests go again at once, as far as the window allows, instead of after
+// ≥ 100 ms.
 
 import { KeyTreeAssembler, TREE_SHAPE } from "../core/keytree.ts";
 import { parseKeyResponse, staticKeyRequest } from "../core/keymsg.ts";
 
 const INITIAL_WINDOW = 64;
 const MAX_WINDOW = 128;
+const MIN_WINDOW = 8;
+/** How much earlier than an answered request one must have been sent to count as lost (s), at
+ * first: requests of one batch share their send time, so they never overtake each other. A
+ * network that reorders more shows it (an answer too soon after a resend) and widens it. */
+const REORDER_SECONDS = 0.001;
+const MAX_REORDER_SECONDS = 0.1;
+/** The tail of a batch has no later request to reveal its loss: it counts as lost once the
+ * answers stop for this long (or two smoothed round trips, if longer). */
+const TAIL_SECONDS = 0.01;
 const MIN_RTO = 0.1;
 const MAX_RTO = 2;
 
@@ -32,6 +47,14 @@ export class KeyFetcher {
   private rto = 0.5;
   private depth = 1;
   private queue: number[] = [0];
+  /** When the most recently sent request that was answered (first try) went out. */
+  private answeredSentAt = -Infinity;
+  /** When the window was last halved: losses of requests sent before it count once. */
+  private lastCut = -Infinity;
+  private reorder = REORDER_SECONDS;
+  private minRtt = Infinity;
+  /** When the last new part arrived. */
+  private lastAnswerAt = -Infinity;
   readonly started: number;
   /** When the last part was verified (same clock), for the log. */
   finished: number | null = null;
@@ -59,18 +82,23 @@ export class KeyFetcher {
   /** Requests to send now: retransmissions first, then new ones while the window allows. */
   poll(now: number): Uint8Array[] {
     const out: Uint8Array[] = [];
-    let lost = false;
-    for (const o of this.outstanding.values()) {
-      if (now - o.sentAt >= this.rto * (1 << Math.min(o.retries, 4))) {
+    const lost: Outstanding[] = [];
+    for (const o of this.outstanding.values()) if (this.isLost(o, now)) lost.push(o);
+    if (lost.length > 0) {
+      // One cut per round trip: the losses of one window are one congestion event.
+      if (lost.some((o) => o.sentAt > this.lastCut)) {
+        this.window = Math.max(MIN_WINDOW, Math.floor(this.window / 2));
+        this.slowStart = false;
+        this.lastCut = now;
+      }
+      // What is lost is not in flight; resend, oldest first, as far as the window allows.
+      lost.sort((a, b) => a.sentAt - b.sentAt);
+      const room = Math.max(1, this.window - (this.outstanding.size - lost.length));
+      for (const o of lost.slice(0, room)) {
         o.sentAt = now;
         o.retries++;
-        lost = true;
         out.push(staticKeyRequest(o.depth, o.pos));
       }
-    }
-    if (lost) {
-      this.window = Math.max(INITIAL_WINDOW / 2, Math.floor(this.window / 2));
-      this.slowStart = false;
     }
     this.advanceDepth();
     while (this.outstanding.size < this.window && this.queue.length > 0) {
@@ -85,6 +113,18 @@ export class KeyFetcher {
     }
     this.requestsSent += out.length;
     return out;
+  }
+
+  /** Timed out, sent well before a request that has been answered, or left behind by one. */
+  private isLost(o: Outstanding, now: number): boolean {
+    return now >= this.lostAt(o);
+  }
+
+  private lostAt(o: Outstanding): number {
+    if (o.sentAt < this.answeredSentAt - this.reorder) return -Infinity;
+    const timeout = o.sentAt + this.rto * (1 << Math.min(o.retries, 4));
+    if (o.sentAt > this.answeredSentAt) return timeout;
+    return Math.min(timeout, this.lastAnswerAt + Math.max(TAIL_SECONDS, 2 * this.srtt));
   }
 
   /** Moves to the next depth once every node of this one is verified. */
@@ -110,14 +150,22 @@ export class KeyFetcher {
     }
     this.outstanding.delete(id);
     this.responsesAccepted++;
+    this.lastAnswerAt = now;
     if (this.asm.complete) this.finished = now;
-    if (o.retries === 0) this.sampleRtt(now - o.sentAt);
+    if (o.retries === 0) {
+      this.sampleRtt(now - o.sentAt);
+      this.answeredSentAt = Math.max(this.answeredSentAt, o.sentAt);
+    } else if (now - o.sentAt < this.minRtt / 2) {
+      // Faster than any round trip: the first request was answered, it was only overtaken.
+      this.reorder = Math.min(MAX_REORDER_SECONDS, this.reorder * 2);
+    }
     this.window = Math.min(MAX_WINDOW, this.window + (this.slowStart ? 1 : 1 / this.window));
     this.advanceDepth();
     return true;
   }
 
   private sampleRtt(rtt: number): void {
+    this.minRtt = Math.min(this.minRtt, rtt);
     if (this.srtt === 0) {
       this.srtt = rtt;
       this.rttvar = rtt / 2;
@@ -131,9 +179,7 @@ export class KeyFetcher {
   /** Seconds until `poll` may have something new to send (a retransmission deadline). */
   nextDeadline(now: number): number {
     let soonest = Infinity;
-    for (const o of this.outstanding.values()) {
-      soonest = Math.min(soonest, o.sentAt + this.rto * (1 << Math.min(o.retries, 4)) - now);
-    }
+    for (const o of this.outstanding.values()) soonest = Math.min(soonest, this.lostAt(o) - now);
     return Math.max(0, soonest);
   }
 
