@@ -22,6 +22,8 @@
 //   --first N       only the first request, N times, each with a fresh client (the median
 //                   says more than one run on a busy machine); our server, and with
 //                   --reference the reference server too
+//   --rtt N         only the round trip: N rounds of 100 pings, plain veth then the tunnel
+//                   (our server and client), each round's minimum and average side by side
 
 import {
   createLab,
@@ -55,6 +57,7 @@ interface Options {
   jumbo: number | null;
   first: number;
   counters: boolean;
+  rtt: number;
 }
 
 function parseArgs(args: string[]): Options {
@@ -70,6 +73,7 @@ function parseArgs(args: string[]): Options {
     jumbo: null,
     first: 0,
     counters: false,
+    rtt: 0,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -96,6 +100,7 @@ function parseArgs(args: string[]): Options {
     else if (a === "--jumbo") o.jumbo = positive(value());
     else if (a === "--first") o.first = positive(value());
     else if (a === "--counters") o.counters = true;
+    else if (a === "--rtt") o.rtt = positive(value());
     else throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -363,16 +368,28 @@ async function firstRequest(lab: Lab) {
 /** "long-term keys verified (937 parts, N requests, X ms)" and "tunnel … up (X ms)". */
 function connectionTimes(
   log: string,
-): { keys: number | null; partsIn: number | null; up: number | null } {
+): { keys: number | null; partsIn: number | null; requests: number | null; up: number | null } {
   const keys = log.match(
-    /long-term keys verified \(\d+ parts, \d+ requests, (\d+) ms(?:, all parts in after (\d+) ms)?\)/,
+    /long-term keys verified \(\d+ parts, (\d+) requests, (\d+) ms(?:, all parts in after (\d+) ms)?\)/,
   );
   const up = log.match(/: tunnel [0-9a-f]+ up \((\d+) ms\)/);
   return {
-    keys: keys ? Number(keys[1]) : null,
-    partsIn: keys?.[2] ? Number(keys[2]) : null,
+    keys: keys ? Number(keys[2]) : null,
+    partsIn: keys?.[3] ? Number(keys[3]) : null,
+    requests: keys ? Number(keys[1]) : null,
     up: up ? Number(up[1]) : null,
   };
+}
+
+/** UDP datagrams the kernel dropped for a full receive buffer in `ns` so far (all sockets). */
+async function udpBufferDrops(ns: string): Promise<number | null> {
+  const r = await run(ns, ["cat", "/proc/net/snmp"], { check: false });
+  const lines = r.stdout.split("\n").filter((l) => l.startsWith("Udp: "));
+  if (lines.length < 2) return null;
+  const names = lines[0].split(/\s+/);
+  const values = lines[1].split(/\s+/);
+  const i = names.indexOf("RcvbufErrors");
+  return i < 0 ? null : Number(values[i]);
 }
 
 /** Resolves the announced name through the client (it answers with an internal address) and
@@ -557,14 +574,17 @@ async function firstRequests(
     for (let i = 0; i < opts.first; i++) {
       const client = await startOurClient(lab, opts);
       try {
+        const drops0 = await udpBufferDrops(lab.serverNs);
         const first = await firstRequest(lab);
+        const drops1 = await udpBufferDrops(lab.serverNs);
         const t = connectionTimes(client.output());
         const failed = first.error ? ` — failed: ${first.error.trim()}` : "";
+        const lost = drops0 === null || drops1 === null ? "?" : String(drops1 - drops0);
         console.log(
           `first request ${fmt(first.wall, 0)} ms (curl ${fmt(first.curl, 0)} ms), ` +
-            `key download ${fmt(t.keys, 0)} ms (all parts in ${fmt(t.partsIn, 0)}), tunnel up ${
-              fmt(t.up, 0)
-            } ms, ` +
+            `key download ${fmt(t.keys, 0)} ms (all parts in ${fmt(t.partsIn, 0)}, ` +
+            `${fmt(t.requests, 0)} requests, ${lost} dropped by a full server socket), ` +
+            `tunnel up ${fmt(t.up, 0)} ms, ` +
             `DNS after ${fmt(first.dnsAfter, 0)} ms (before ${fmt(first.dnsBefore, 0)} ms)` +
             failed,
         );
@@ -597,6 +617,42 @@ async function firstRequests(
       } ms (target ≤ 150, ref. ≤ 300), ` +
         `key download ${fmt(pick(1), 0)} ms (target ≤ 50), tunnel up ${fmt(pick(2), 0)} ms, ` +
         `DNS after ${fmt(pick(3), 0)} ms (plain name before: ${fmt(pick(4), 0)} ms)`,
+    );
+  }
+}
+
+/** --rtt N: ping rounds alternating between the plain veth and the tunnel, same server. */
+async function rttRounds(lab: Lab, opts: Options): Promise<void> {
+  console.log(`\n== round trip, ${opts.rtt} rounds of 100 pings at 10 ms`);
+  const server = await servingOurServer(lab, opts);
+  const client = await startOurClient(lab, opts);
+  const added: number[] = [];
+  const addedMin: number[] = [];
+  try {
+    const target = await tunnelTarget(lab);
+    for (let i = 0; i < opts.rtt; i++) {
+      const plain = await ping(lab, lab.serverAddr, 100, "0.01");
+      const tunnel = await ping(lab, target, 100, "0.01");
+      if (plain.avg === null || tunnel.avg === null) continue;
+      added.push(tunnel.avg - plain.avg);
+      addedMin.push(tunnel.min! - plain.min!);
+      console.log(
+        `plain ${fmt(plain.min, 3)} / ${fmt(plain.avg, 3)} ms, tunnel ${fmt(tunnel.min, 3)} / ` +
+          `${fmt(tunnel.avg, 3)} ms (min / avg): added ${
+            (tunnel.min! - plain.min!).toFixed(3)
+          } / ` +
+          `${(tunnel.avg - plain.avg).toFixed(3)} ms`,
+      );
+    }
+  } finally {
+    await client.stop("SIGTERM", 8000, false).catch(() => {});
+    await server.stop();
+  }
+  const median = (v: number[]) => v.sort((a, b) => a - b)[v.length >> 1];
+  if (added.length) {
+    console.log(
+      `median of ${added.length}: added RTT min ${median(addedMin).toFixed(3)} ms, ` +
+        `avg ${median(added).toFixed(3)} ms (target ≤ 0.15)`,
     );
   }
 }
@@ -753,6 +809,7 @@ async function main(): Promise<void> {
       await Deno.remove(webRoot, { recursive: true }).catch(() => {});
     });
 
+    if (opts.rtt > 0) return await rttRounds(lab, opts);
     if (opts.first > 0) {
       if (opts.ours) {
         await firstRequests(lab, opts, "our server", () => servingOurServer(lab, opts));
