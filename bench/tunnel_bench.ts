@@ -134,6 +134,10 @@ interface Figures {
    * DNS path's own time through the client), as dig reports them, ms. */
   dnsAfter?: number | null;
   dnsBefore?: number | null;
+  /** Lookups of a plain name every 50 ms while TCP up runs (through the client, whose packet
+   * loop is busy with the transfer, if there is one): median and worst, ms. */
+  dnsLoadMedian?: number | null;
+  dnsLoadMax?: number | null;
   notes: string[];
 }
 
@@ -244,6 +248,19 @@ async function ping(lab: Lab, target: string, count: number, interval: string) {
   };
 }
 
+/** dig's query times for a plain name, one lookup every 50 ms for `seconds`, in the client
+ * namespace. */
+async function dnsWhile(lab: Lab, seconds: number): Promise<number[]> {
+  const script = `end=$((SECONDS + ${seconds})); while [ $SECONDS -lt $end ]; do ` +
+    `dig +noall +stats +time=2 +tries=1 plain.lab.test A | ` +
+    `sed -n 's/.*Query time: \\([0-9]*\\) msec.*/\\1/p'; sleep 0.05; done`;
+  const r = await run(lab.clientNs, ["bash", "-c", script], {
+    check: false,
+    timeoutMs: (seconds + 10) * 1000,
+  });
+  return r.stdout.split("\n").filter((l) => /^\d+$/.test(l.trim())).map(Number);
+}
+
 /** Plain-link and through-tunnel figures share this: ping, then iperf3 both ways. */
 async function measure(
   lab: Lab,
@@ -256,12 +273,14 @@ async function measure(
   if (p.loss) notes.push(`ping loss ${p.loss}%`);
   const upRun = iperf(lab, target, opts.seconds, false);
   const m0 = machineTicks();
+  const lookups = dnsWhile(lab, Math.max(1, opts.seconds - 1));
   const busy = await cpuWhile(
     daemons ? [daemons.server, daemons.client] : [],
     upRun,
   );
   const m1 = machineTicks();
   const up = await upRun;
+  const dnsTimes = (await lookups).sort((a, b) => a - b);
   if (up.error) notes.push(`up: ${up.error}`);
   const down = await iperf(lab, target, opts.seconds, true);
   if (down.error) notes.push(`down: ${down.error}`);
@@ -273,6 +292,8 @@ async function measure(
     up4: up4.mbps,
     rtt: p.avg,
     rttMin: p.min,
+    dnsLoadMedian: dnsTimes.length ? dnsTimes[dnsTimes.length >> 1] : null,
+    dnsLoadMax: dnsTimes.length ? dnsTimes[dnsTimes.length - 1] : null,
     busyServerCpu: busy[0] ?? null,
     busyClientCpu: busy[1] ?? null,
     busyMachineCpu: ((m1.busy - m0.busy) / (m1.total - m0.total)) * 100,
@@ -523,6 +544,8 @@ function printTable(
     "≤ 5 more",
     false,
   );
+  add("DNS lookups during TCP up, median, ms", (f) => f.dnsLoadMedian, 0, false, "");
+  add("DNS lookups during TCP up, worst, ms", (f) => f.dnsLoadMax, 0, false, "≤ 5 more");
   add(
     "server CPU during TCP up, %",
     (f) => f.busyServerCpu,
