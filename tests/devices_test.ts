@@ -5,7 +5,12 @@
 
 import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
-import { type ClientConfig, ClientDevice, type KeyChannel } from "../lib/client/device.ts";
+import {
+  type ClientConfig,
+  ClientDevice,
+  type KeyChannel,
+  RESEND_DELAYS_SECONDS,
+} from "../lib/client/device.ts";
 import { ServerDevice } from "../lib/server/device.ts";
 import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
@@ -394,7 +399,7 @@ devicesTest(
 );
 
 devicesTest(
-  "devices: the client's tick resends the first packets at 40, 240 and 840 ms until it hears back",
+  "devices: the client's tick resends the first packets on its schedule until it hears back",
   async ({ pool, clock, defer }) => {
     const clientHost = ipv4ToNumber("198.18.0.2");
     const server = await makeServer(pool, clock, () => {}); // every answer is lost
@@ -406,22 +411,23 @@ devicesTest(
     c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("syn")));
     await until("the tunnel is up", () => [...c.client.servers][0].state === "up");
     await until("the first packet at the server", () => texts(server.tun).includes("syn"));
-    const up = clock.t;
-    assert.ok(Math.abs(c.wakeups.at(-1)! - (up + 0.04)) < 1e-9, "a tick asked for at 40 ms");
     const copies = () => texts(server.tun).filter((t) => t === "syn").length;
     const step = async (seconds: number, resent: number) => {
       clock.advance(seconds);
       c.client.tick();
-      assert.equal(c.client.resent, resent, `resent after ${(clock.t - up).toFixed(3)} s`);
+      assert.equal(c.client.resent, resent, `resent at ${clock.t.toFixed(3)} s`);
       await until(`${resent + 1} copies at the server`, () => copies() === resent + 1);
     };
-    await step(0.035, 0);
-    await step(0.01, 1);
-    assert.ok(Math.abs(c.wakeups.at(-1)! - (clock.t + 0.2)) < 1e-9, "next tick asked for");
-    await step(0.19, 1);
-    await step(0.02, 2);
-    await step(0.61, 3);
-    await step(5, 3); // three resends, no more
+    // every 40 ms for 0.4 s, then every 0.1 s up to 1 s
+    assert.deepEqual(RESEND_DELAYS_SECONDS, [...Array(10).fill(0.04), ...Array(6).fill(0.1)]);
+    let due = clock.t + RESEND_DELAYS_SECONDS[0];
+    for (let i = 0; i < RESEND_DELAYS_SECONDS.length; i++) {
+      assert.ok(Math.abs(c.wakeups.at(-1)! - due) < 1e-9, `a tick asked for resend ${i + 1}`);
+      await step(due - 0.005 - clock.t, i); // not before it is due
+      await step(0.006, i + 1);
+      due = clock.t + (RESEND_DELAYS_SECONDS[i + 1] ?? 0);
+    }
+    await step(5, RESEND_DELAYS_SECONDS.length); // no more
     assert.equal(server.device.handshakes, 1);
   },
 );

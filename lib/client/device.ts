@@ -136,13 +136,20 @@ const QUARANTINE_SECONDS = 120;
 /** tick() runs at least this often: liveness and expiry need no earlier wakeup. */
 export const TICK_SECONDS = 1;
 /**
- * When the first packets go out again if the server has not been heard from yet, each after
- * the one before. The reference server knows the tunnel a few ms after the handshake arrives,
- * so the first resend is early: the first connection can take most of TCP's 1 s SYN timer
- * already (key download). A server that holds early packets (ours) may then deliver a packet
- * twice, which IP allows.
+ * When the first packets go out again while the server has not been heard from: the wait
+ * before each resend. The reference server knows a tunnel only once its handshake threads
+ * finish, 40-110 ms after the handshake on an idle server and several hundred ms on a busy
+ * one. With resends at 40, 240 and 840 ms, first requests through a tunnel that was up after
+ * 130-150 ms took 380 and 940 ms (bench:tunnel --first 7 --reference). So: every 40 ms for the
+ * first 0.4 s, then every 0.1 s up to 1 s, where TCP's own SYN timer takes over. A resend is
+ * the few held packets (bounded) under fresh counters. A server that holds early packets
+ * (ours) usually answers before the first resend; if not, it may deliver a packet twice,
+ * which IP allows.
  */
-const RESEND_DELAYS_SECONDS = [0.04, 0.2, 0.6];
+export const RESEND_DELAYS_SECONDS: readonly number[] = [
+  ...new Array<number>(10).fill(0.04),
+  ...new Array<number>(6).fill(0.1),
+];
 
 /** Packets waiting for a tunnel, bounded in count and bytes. */
 export class HeldPackets {

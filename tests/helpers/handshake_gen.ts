@@ -174,7 +174,7 @@ interface Pending {
 
 /**
  * An unanswered echo is sent again 0.1, 0.3 and 0.7 s after the first, as a client's own
- * retransmission would (lib/client/device.ts resends its first packets three times): a server
+ * retransmission would (lib/client/device.ts resends its first packets too, more often): a server
  * that drops packets arriving before its handshake is done (the reference does) then answers
  * the next one, and pays for it in latency.
  */
