@@ -89,6 +89,8 @@ export class CryptoPoolClosedError extends CryptoPoolError {
 interface Pending {
   resolve(result: unknown): void;
   reject(error: Error): void;
+  /** Answered only from finishDeferred(), not in the turn its reply arrives in. */
+  deferred?: boolean;
 }
 
 function checkLength(what: string, value: Uint8Array, expected: number): void {
@@ -179,6 +181,9 @@ export class CryptoPool implements AsyncDisposable {
   #dead: Error | undefined;
   #stats = { submitted: 0, completed: 0, failed: 0, rejectedFull: 0 };
   #posted = 0;
+  /** Replies to respondDeferred() calls, waiting for finishDeferred(). */
+  #inbox: { lane: Lane; reply: Extract<WorkerReply, { op: "reply" }> }[] = [];
+  #inboxHead = 0;
 
   private constructor(
     workers: Worker[],
@@ -296,6 +301,62 @@ export class CryptoPool implements AsyncDisposable {
     }
     const data = movable(initiation);
     return await this.#call({ op: "respond", data, slots }, [data.buffer]);
+  }
+
+  /**
+   * respond() without a promise: `done` is called synchronously from finishDeferred(), which
+   * the caller's packet loop runs a bounded number at a time between socket reads. The turn a
+   * worker's reply arrives in then only files it: a turn that finished every handshake of a
+   * burst of replies left the socket unread long enough for the kernel to drop datagrams.
+   * False (and `done` never called) when the pool is full or closed.
+   */
+  respondDeferred(
+    initiation: Uint8Array,
+    slots: number[],
+    done: (result: ResultOf["respond"] | null, error?: Error) => void,
+  ): boolean {
+    if (!this.#hasServerKey || this.#closed || this.#dead) return false;
+    if (this.#outstanding >= this.#maxPending) {
+      this.#stats.rejectedFull++;
+      return false;
+    }
+    const data = movable(initiation);
+    this.#enqueue(this.#idlest(), { op: "respond", data, slots }, [data.buffer], false, {
+      resolve: (r) => done(r as ResultOf["respond"]),
+      reject: (e) => done(null, e),
+      deferred: true,
+    });
+    return true;
+  }
+
+  /** Requests submitted and not answered yet (filed replies included). */
+  get outstanding(): number {
+    return this.#outstanding;
+  }
+
+  /** Replies filed for finishDeferred(). */
+  get deferredWaiting(): number {
+    return this.#inbox.length - this.#inboxHead;
+  }
+
+  /**
+   * Answers up to `max` filed replies (their `done` callbacks run here), then posts what those
+   * callbacks asked of the workers. Returns how many are still filed.
+   */
+  finishDeferred(max: number): number {
+    const inbox = this.#inbox;
+    const end = Math.min(inbox.length, this.#inboxHead + max);
+    while (this.#inboxHead < end) {
+      const { lane, reply } = inbox[this.#inboxHead];
+      inbox[this.#inboxHead++] = undefined!;
+      this.#answer(lane, reply);
+    }
+    if (this.#inboxHead === inbox.length) {
+      this.#inbox = [];
+      this.#inboxHead = 0;
+    }
+    for (const lane of this.#lanes) this.#flush(lane);
+    return this.deferredWaiting;
   }
 
   /** Hands one ephemeral slot's secrets to every worker (each gets its own copy). */
@@ -429,18 +490,27 @@ export class CryptoPool implements AsyncDisposable {
         new CryptoPoolFullError(`crypto pool full (${this.#maxPending} requests outstanding)`),
       );
     }
-    const id = this.#nextId++;
-    const message = { ...req, id };
     return new Promise((resolve, reject) => {
-      lane.pending.set(id, { resolve, reject });
-      if (internal) lane.control.add(id);
-      else {
-        this.#stats.submitted++;
-        this.#outstanding++;
-      }
-      lane.outbox.push({ message, transfer });
-      if (lane.outbox.length === 1) queueMicrotask(() => this.#flush(lane));
+      this.#enqueue(lane, req, transfer, internal, { resolve, reject });
     });
+  }
+
+  #enqueue(
+    lane: Lane,
+    req: RequestBody,
+    transfer: ArrayBuffer[],
+    internal: boolean,
+    pending: Pending,
+  ): void {
+    const id = this.#nextId++;
+    lane.pending.set(id, pending);
+    if (internal) lane.control.add(id);
+    else {
+      this.#stats.submitted++;
+      this.#outstanding++;
+    }
+    lane.outbox.push({ message: { ...req, id }, transfer });
+    if (lane.outbox.length === 1) queueMicrotask(() => this.#flush(lane));
   }
 
   /**
@@ -469,6 +539,16 @@ export class CryptoPool implements AsyncDisposable {
     if (reply.op !== "reply") return;
     const p = lane.pending.get(reply.id);
     if (!p) return;
+    if (p.deferred) {
+      this.#inbox.push({ lane, reply });
+      return;
+    }
+    this.#answer(lane, reply);
+  }
+
+  #answer(lane: Lane, reply: WorkerReply & { op: "reply" }): void {
+    const p = lane.pending.get(reply.id);
+    if (!p) return; // cut off by #die meanwhile
     lane.pending.delete(reply.id);
     if (lane.control.delete(reply.id)) {
       if (reply.ok) p.resolve(reply.result);

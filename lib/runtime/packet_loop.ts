@@ -61,6 +61,12 @@ export interface PacketLoopOptions {
   maxBlockMs?: number;
   /** Called after every round of drains, e.g. to send what the round queued. */
   flush?: () => void;
+  /**
+   * Called once a round, right after the wait: a bounded piece of other work done between
+   * socket reads rather than in one long event-loop turn (the server finishing handshakes).
+   * `busy`: the wait found packets. Returns true while work is left (the loop stays awake).
+   */
+  work?: (busy: boolean) => boolean;
 }
 
 /** How long an idle loop parks in one wait on the blocking pool (ms). */
@@ -132,6 +138,7 @@ export async function packetLoop(
   const hotMs = opts.hotMs ?? 1000;
   const maxBlockMs = opts.maxBlockMs ?? 2;
   const flush = opts.flush ?? (() => {});
+  const work = opts.work;
   const set = sourcesIn instanceof SourceList ? sourcesIn : null;
   let sources: readonly PacketSource[] = [];
   let count = 0;
@@ -174,6 +181,13 @@ export async function packetLoop(
     } else {
       // Sleep on this thread, but not past the event loop's next turn.
       n = poll(pfds, nfds, Math.max(1, Math.ceil(turnDue - now)));
+    }
+    if (work !== undefined) {
+      try {
+        if (work(n > 0)) lastPacket = performance.now();
+      } catch (e) {
+        reportError(name, e);
+      }
     }
     if (n <= 0 || !running()) continue;
     // A source removed while we waited is skipped: its descriptor may be closed already.

@@ -51,6 +51,13 @@ export interface ServerOptions {
  * capacity: the round trips, not the KEMs, set the pace); WASM: ~100 ms each.
  */
 const HANDSHAKES_PER_WORKER = { native: 128, wasm: 2 };
+/**
+ * Workers' replies finished per packet-loop round while datagrams wait: each creates a tunnel
+ * and delivers its held packets (~tens of µs), so a round stays well under a millisecond and
+ * the socket is read again before its 4 MiB buffer (~30 ms of a 5x flood) can fill. When the
+ * round found nothing to read, every filed reply is finished.
+ */
+const REPLIES_PER_ROUND = 16;
 
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");
@@ -123,6 +130,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         sntrupDecap: (ct, sk) => pool.sntrupDecap(ct, sk),
         // Whole handshakes in the workers: one round trip each (they hold the slots' secrets).
         respond: (data, slots) => pool.respond(data, slots),
+        respondDeferred: (data, slots, done) => pool.respondDeferred(data, slots, done),
       },
       ephemeral,
       cookies,
@@ -173,6 +181,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         (d, host, port) => device.onDatagram(d, host, port),
         {
           drops: device.drops,
+          // Awake while handshakes are out: their replies arrive in the loop's turns.
+          work: (busy) =>
+            pool.finishDeferred(busy ? REPLIES_PER_ROUND : Infinity) > 0 || pool.outstanding > 0,
           sources: [keyServerSource(keySock, tree, ephemeral, clock.wall, device.drops)],
         },
       ),

@@ -30,6 +30,16 @@ export interface ResponderCrypto {
    * worker, which holds the live slots' secrets): used instead of the two calls above when given.
    */
   respond?(initiation: Uint8Array, slots: number[]): Promise<RespondReply>;
+  /**
+   * respond() with a callback instead of a promise, used instead of it when given: the daemon's
+   * pool calls `done` from the packet loop, a few replies per round between socket reads
+   * (CryptoPool.finishDeferred). False if refused at once (`done` is then never called).
+   */
+  respondDeferred?(
+    initiation: Uint8Array,
+    slots: number[],
+    done: (reply: RespondReply | null, error?: Error) => void,
+  ): boolean;
 }
 
 export type RespondReply = ResponderOutcome | { ok: false; reason: "malformed" };
@@ -290,6 +300,10 @@ export class ServerDevice {
         this.endHandshake(stale);
       });
       if (!job) return;
+      if (this.crypto.respondDeferred) {
+        if (!this.respondDeferred(job, this.crypto.respondDeferred)) return;
+        continue;
+      }
       this.running++;
       this.respond(job).catch((e) => {
         // e.g. a McEliece ciphertext with padding bits set: the KEM refuses it
@@ -301,6 +315,51 @@ export class ServerDevice {
         this.startHandshakes();
       });
     }
+  }
+
+  /**
+   * Hands one job to the workers; its end runs synchronously in the callback (no promise, so it
+   * finishes in the packet loop's round that hands the reply over, not in a later turn).
+   */
+  private respondDeferred(
+    job: HandshakeJob,
+    respondDeferred: NonNullable<ResponderCrypto["respondDeferred"]>,
+  ): boolean {
+    const slots = this.ephemeral.live(this.clock.wall()).map((k) => k.slot);
+    const sent = respondDeferred(job.data, slots, (r, error) => {
+      const secrets: Uint8Array[] = [];
+      try {
+        if (r === null) {
+          this.drops.count("handshake-rejected");
+          this.log.debug(
+            `handshake from ${numberToIpv4(job.host)}:${job.port} rejected: ${error}`,
+          );
+        } else if (!r.ok) {
+          this.drops.count(
+            r.reason === "slot-expired" ? "handshake-slot-expired" : "handshake-auth",
+          );
+        } else {
+          secrets.push(r.i2r, r.r2i);
+          this.finishHandshake(job, r);
+        }
+      } catch (e) {
+        this.drops.count("handshake-rejected");
+        this.log.debug(`handshake from ${numberToIpv4(job.host)}:${job.port} failed: ${e}`);
+      } finally {
+        wipe(...secrets);
+        this.onHandshakeSecrets?.(secrets);
+        this.running--;
+        this.endHandshake(job);
+        this.startHandshakes();
+      }
+    });
+    if (!sent) {
+      this.drops.count("handshake-busy");
+      this.endHandshake(job);
+      return false;
+    }
+    this.running++;
+    return true;
   }
 
   /** A handshake is over: forget its c0, and its client's held packets once none is left. */
@@ -328,29 +387,32 @@ export class ServerDevice {
   }
 
   private async respond(job: HandshakeJob): Promise<void> {
-    const { msg: copy, host, port } = job;
-    const started = job.arrived;
     // Every secret of this handshake, erased however it ends (dropped, refused, thrown, done).
     const secrets: Uint8Array[] = [];
     try {
       const result = this.crypto.respond
         ? await this.respondInWorker(job, this.crypto.respond, secrets)
         : await this.respondHere(job, secrets);
-      if (!result) return;
-      const now = this.clock.mono();
-      if (this.replay.has(copy.c0, now)) return this.drops.count("handshake-replay");
-      if (!this.replay.add(copy.c0, now)) return this.drops.count("handshake-replay-full");
-      // The responder sends with the responder-to-initiator root (the session erases both).
-      const session = TunnelSession.create(result.tid, result.r2i, result.i2r, now);
-      const tidKey = tidKeyAt(result.tid, 0);
-      this.addSession(session, tidKey, host, port, now);
-      this.handshakes++;
-      this.logUp(result.tid, host, port, now - started, now);
-      this.releaseHeld(job.source, tidKey);
+      if (result) this.finishHandshake(job, result);
     } finally {
       wipe(...secrets);
       this.onHandshakeSecrets?.(secrets);
     }
+  }
+
+  /** The decapsulations are done: replay check, the new tunnel, its held packets. */
+  private finishHandshake(job: HandshakeJob, result: HandshakeResult): void {
+    const { msg: copy, host, port } = job;
+    const now = this.clock.mono();
+    if (this.replay.has(copy.c0, now)) return this.drops.count("handshake-replay");
+    if (!this.replay.add(copy.c0, now)) return this.drops.count("handshake-replay-full");
+    // The responder sends with the responder-to-initiator root (the session erases both).
+    const session = TunnelSession.create(result.tid, result.r2i, result.i2r, now);
+    const tidKey = tidKeyAt(result.tid, 0);
+    this.addSession(session, tidKey, host, port, now);
+    this.handshakes++;
+    this.logUp(result.tid, host, port, now - job.arrived, now);
+    this.releaseHeld(job.source, tidKey);
   }
 
   /**
