@@ -245,82 +245,99 @@ Deno.test("worker responder: every intermediate secret is erased on every way ou
 });
 
 // And the daemon's path: the worker answers a whole handshake; the device erases the two roots.
-Deno.test({
-  name: "responder in the crypto worker: a handshake completes, the roots are erased",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const pool = await CryptoPool.start({
-      mcelieceSecretKey: fixture("mceliece_sk"),
-      x25519SecretKey: fixture("x25519_sk"),
-      workers: 2,
-    });
-    try {
-      const store = new EphemeralKeyStore();
-      const kp = await pool.sntrupKeypair();
-      const ex = crypto.getRandomValues(new Uint8Array(32));
-      const slot = WALL - (WALL % 30);
-      store.add({
-        slot,
-        sntrupPk: kp.publicKey,
-        sntrupSk: kp.secretKey,
-        x25519Pk: x25519PublicKey(ex),
-        x25519Sk: ex,
+// "deferred" is what the daemon runs: the replies wait until the packet loop hands them over.
+for (const mode of ["promise", "deferred"] as const) {
+  Deno.test({
+    name: `responder in the crypto worker (${mode}): a handshake completes, the roots are erased`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      const pool = await CryptoPool.start({
+        mcelieceSecretKey: fixture("mceliece_sk"),
+        x25519SecretKey: fixture("x25519_sk"),
+        workers: 2,
       });
-      await pool.addEphemeral(slot, ex, kp.secretKey);
-      const device = new ServerDevice(
-        {
-          x25519Sk: fixture("x25519_sk"),
-          tunAddress: ipv4ToNumber("10.42.0.1"),
-          prefix: 16,
-          hostAddress: ipv4ToNumber("198.18.0.1"),
-          maxPeers: 4,
-          maxPendingHandshakes: 4,
-        },
-        { sendUdp: () => {}, writeTun: () => {} },
-        {
-          mcelieceDecap: () => Promise.reject(new Error("not used")),
-          sntrupDecap: () => Promise.reject(new Error("not used")),
-          respond: (d, s) => pool.respond(d, s),
-        },
-        store,
-        new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
-        quiet,
-        { mono: () => 1000, wall: () => WALL },
-      );
-      const outcomes: Uint8Array[][] = [];
-      device.onHandshakeSecrets = (s) => outcomes.push([...s]);
-      const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
-      const send = async () => {
-        const mc = await pool.mcelieceEncap(pkId);
-        const nt = await pool.sntrupEncap(kp.publicKey);
-        const e = crypto.getRandomValues(new Uint8Array(32));
-        const hs = initiate({
-          mcelieceCt: mc.ciphertext,
-          mcelieceSs: mc.sharedSecret,
-          clientX25519Sk: e,
-          clientX25519Pk: x25519PublicKey(e),
-          serverStaticX25519Pk: fixture("x25519_pk"),
-          serverEphemeralX25519Pk: x25519PublicKey(ex),
-          sntrupCt: nt.ciphertext,
-          sntrupSs: nt.sharedSecret,
+      try {
+        const store = new EphemeralKeyStore();
+        const kp = await pool.sntrupKeypair();
+        const ex = crypto.getRandomValues(new Uint8Array(32));
+        const slot = WALL - (WALL % 30);
+        store.add({
+          slot,
+          sntrupPk: kp.publicKey,
+          sntrupSk: kp.secretKey,
+          x25519Pk: x25519PublicKey(ex),
+          x25519Sk: ex,
         });
-        device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
-      };
-      await send();
-      assert.ok(await until(() => outcomes.length === 1, 10_000), "handshake finished");
-      assert.equal(device.handshakes, 1, "the worker answered it");
-      assert.equal(outcomes[0].length, 2, "both roots came back");
-      for (const s of outcomes[0]) assert.ok(s.every((b) => b === 0), "root erased");
-      // The slot expires: every worker erases it, and a handshake for it fails to open.
-      await pool.keepEphemeral([]);
-      await send();
-      assert.ok(await until(() => outcomes.length === 2, 10_000), "second handshake over");
-      assert.equal(device.handshakes, 1);
-      assert.equal(device.drops.snapshot()["handshake-auth"], 1, "no slot opened c3");
-      device.close();
-    } finally {
-      await pool.close();
-    }
-  },
-});
+        await pool.addEphemeral(slot, ex, kp.secretKey);
+        const device = new ServerDevice(
+          {
+            x25519Sk: fixture("x25519_sk"),
+            tunAddress: ipv4ToNumber("10.42.0.1"),
+            prefix: 16,
+            hostAddress: ipv4ToNumber("198.18.0.1"),
+            maxPeers: 4,
+            maxPendingHandshakes: 4,
+          },
+          { sendUdp: () => {}, writeTun: () => {} },
+          {
+            mcelieceDecap: () => Promise.reject(new Error("not used")),
+            sntrupDecap: () => Promise.reject(new Error("not used")),
+            respond: (d, s) => pool.respond(d, s),
+            ...(mode === "deferred"
+              ? { respondDeferred: (d, s, done) => pool.respondDeferred(d, s, done) }
+              : {}),
+          },
+          store,
+          new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
+          quiet,
+          { mono: () => 1000, wall: () => WALL },
+        );
+        const outcomes: Uint8Array[][] = [];
+        device.onHandshakeSecrets = (s) => outcomes.push([...s]);
+        const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
+        const send = async () => {
+          const mc = await pool.mcelieceEncap(pkId);
+          const nt = await pool.sntrupEncap(kp.publicKey);
+          const e = crypto.getRandomValues(new Uint8Array(32));
+          const hs = initiate({
+            mcelieceCt: mc.ciphertext,
+            mcelieceSs: mc.sharedSecret,
+            clientX25519Sk: e,
+            clientX25519Pk: x25519PublicKey(e),
+            serverStaticX25519Pk: fixture("x25519_pk"),
+            serverEphemeralX25519Pk: x25519PublicKey(ex),
+            sntrupCt: nt.ciphertext,
+            sntrupSs: nt.sharedSecret,
+          });
+          device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
+        };
+        // What the daemon's packet loop does each round: finish at most a few filed replies.
+        const finished = (n: number) => () => {
+          if (mode === "deferred") pool.finishDeferred(1);
+          return outcomes.length === n;
+        };
+        await send();
+        if (mode === "deferred") {
+          assert.ok(await until(() => pool.deferredWaiting === 1, 10_000), "the reply is filed");
+          await new Promise((r) => setTimeout(r, 50));
+          assert.equal(outcomes.length, 0, "nothing finishes before the loop hands it over");
+          assert.equal(pool.finishDeferred(8), 0, "one reply finished, none left");
+        }
+        assert.ok(await until(finished(1), 10_000), "handshake finished");
+        assert.equal(device.handshakes, 1, "the worker answered it");
+        assert.equal(outcomes[0].length, 2, "both roots came back");
+        for (const s of outcomes[0]) assert.ok(s.every((b) => b === 0), "root erased");
+        // The slot expires: every worker erases it, and a handshake for it fails to open.
+        await pool.keepEphemeral([]);
+        await send();
+        assert.ok(await until(finished(2), 10_000), "second handshake over");
+        assert.equal(device.handshakes, 1);
+        assert.equal(device.drops.snapshot()["handshake-auth"], 1, "no slot opened c3");
+        device.close();
+      } finally {
+        await pool.close();
+      }
+    },
+  });
+}
