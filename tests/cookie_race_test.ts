@@ -6,40 +6,15 @@
 // clients in one process (tests/helpers/device_net.ts), real keys and KEMs, the test's clock.
 
 import assert from "node:assert/strict";
-import { fixture } from "./fixtures.ts";
-import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 import { StderrLogger } from "../lib/runtime/log.ts";
 import { TunnelSession } from "../lib/core/session.ts";
 import { COOKIE_BYTES, EPOCH_SECONDS } from "../lib/core/constants.ts";
 import { isCookie } from "../lib/core/cookie.ts";
 import { MAX_COOKIE_SENDS } from "../lib/core/data_path.ts";
-import { DeviceNet, payloadText, TestClock, until } from "./helpers/device_net.ts";
+import { DeviceNet, netTest, TestClock, texts, through, until } from "./helpers/device_net.ts";
 import { Prng } from "./helpers/prng.ts";
 
 const quiet = new StderrLogger("test", "error");
-
-function netTest(name: string, body: (pool: CryptoPool) => Promise<void>): void {
-  Deno.test({
-    name,
-    sanitizeResources: false,
-    sanitizeOps: false,
-    async fn() {
-      const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-      try {
-        await body(pool);
-      } finally {
-        await pool.close();
-      }
-    },
-  });
-}
-
-const texts = (tun: Uint8Array[]) => tun.map(payloadText);
-
-async function through(net: DeviceNet, i: number, text: string, ms = 5000): Promise<boolean> {
-  net.clientSend(i, text);
-  return await until(() => texts(net.serverTun).includes(text), ms);
-}
 
 const clientPeer = (net: DeviceNet, i: number) => [...net.clients[i].device.servers][0]?.peer;
 const hasCookie = (net: DeviceNet, i: number) => () => clientPeer(net, i)?.cookie !== undefined;

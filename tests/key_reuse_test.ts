@@ -4,39 +4,21 @@
 // off the wire, and an attacker replays what clients sent.
 
 import assert from "node:assert/strict";
-import { fixture } from "./fixtures.ts";
-import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 import { StderrLogger } from "../lib/runtime/log.ts";
 import { COOKIE_BYTES, EPOCH_SECONDS } from "../lib/core/constants.ts";
 import { isCookie } from "../lib/core/cookie.ts";
-import { DeviceNet, dropTotal, payloadText, TestClock, until } from "./helpers/device_net.ts";
+import {
+  DeviceNet,
+  dropTotal,
+  netTest,
+  TestClock,
+  texts,
+  through,
+  until,
+} from "./helpers/device_net.ts";
 import { Prng } from "./helpers/prng.ts";
 
 const quiet = new StderrLogger("test", "error");
-
-function netTest(name: string, body: (pool: CryptoPool) => Promise<void>): void {
-  Deno.test({
-    name,
-    sanitizeResources: false,
-    sanitizeOps: false,
-    async fn() {
-      const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-      try {
-        await body(pool);
-      } finally {
-        await pool.close();
-      }
-    },
-  });
-}
-
-const texts = (tun: Uint8Array[]) => tun.map(payloadText);
-
-/** Client `i` sends `text`; true once it reached the server's TUN device. */
-async function through(net: DeviceNet, i: number, text: string, ms = 5000): Promise<boolean> {
-  net.clientSend(i, text);
-  return await until(() => texts(net.serverTun).includes(text), ms);
-}
 
 const hasCookie = (net: DeviceNet, i: number) => () =>
   [...net.clients[i].device.servers][0]?.peer?.cookie !== undefined;

@@ -8,7 +8,7 @@
 import { fixture } from "../fixtures.ts";
 import { ClientDevice, type KeyChannel } from "../../lib/client/device.ts";
 import { ServerDevice } from "../../lib/server/device.ts";
-import type { CryptoPool } from "../../lib/runtime/crypto_pool.ts";
+import { CryptoPool } from "../../lib/runtime/crypto_pool.ts";
 import { EphemeralKeyStore } from "../../lib/core/ephemeral.ts";
 import { CookieKeyring } from "../../lib/core/cookie.ts";
 import { KeyTree } from "../../lib/core/keytree.ts";
@@ -346,4 +346,35 @@ export async function until(cond: () => boolean, ms = 20_000): Promise<boolean> 
 /** Sum of all drop counters: every datagram the server refuses counts once. */
 export function dropTotal(d: DropCounters): number {
   return Object.values(d.snapshot()).reduce((a, b) => a + b, 0);
+}
+
+/** A test with a crypto pool holding the fixture server's McEliece secret key. */
+export function netTest(name: string, body: (pool: CryptoPool) => Promise<void>): void {
+  Deno.test({
+    name,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
+      try {
+        await body(pool);
+      } finally {
+        await pool.close();
+      }
+    },
+  });
+}
+
+/** What each packet written to a TUN device carries, as text. */
+export const texts = (tun: Uint8Array[]) => tun.map(payloadText);
+
+/** Client `i` sends `text`; true once it reached the server's TUN device. */
+export async function through(
+  net: DeviceNet,
+  i: number,
+  text: string,
+  ms = 5000,
+): Promise<boolean> {
+  net.clientSend(i, text);
+  return await until(() => texts(net.serverTun).includes(text), ms);
 }
