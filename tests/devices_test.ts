@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
+import { netTest } from "./helpers/device_net.ts";
 import {
   type ClientConfig,
   ClientDevice,
@@ -12,7 +13,7 @@ import {
   RESEND_DELAYS_SECONDS,
 } from "../lib/client/device.ts";
 import { ServerDevice } from "../lib/server/device.ts";
-import { CryptoPool } from "../lib/runtime/crypto_pool.ts";
+import type { CryptoPool } from "../lib/runtime/crypto_pool.ts";
 import { EphemeralKeyStore } from "../lib/core/ephemeral.ts";
 import { CookieKeyring } from "../lib/core/cookie.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
@@ -189,20 +190,13 @@ function devicesTest(
     env: { pool: CryptoPool; clock: Clock; defer: (close: () => void) => void },
   ) => Promise<void>,
 ): void {
-  Deno.test({
-    name,
-    sanitizeResources: false,
-    sanitizeOps: false,
-    async fn() {
-      const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
-      const closers: (() => void)[] = [];
-      try {
-        await body({ pool, clock: new Clock(), defer: (close) => closers.push(close) });
-      } finally {
-        for (const close of closers.reverse()) close();
-        await pool.close();
-      }
-    },
+  netTest(name, async (pool) => {
+    const closers: (() => void)[] = [];
+    try {
+      await body({ pool, clock: new Clock(), defer: (close) => closers.push(close) });
+    } finally {
+      for (const close of closers.reverse()) close();
+    }
   });
 }
 

@@ -33,6 +33,28 @@ interface Outcome {
   secrets: Uint8Array[];
 }
 
+/** A client's initiation to the fixture server, its encapsulations done by `pool`. */
+async function initiationThroughPool(
+  pool: CryptoPool,
+  pkId: number,
+  sntrupPk: Uint8Array,
+  ephemeralX25519Sk: Uint8Array,
+) {
+  const mc = await pool.mcelieceEncap(pkId);
+  const nt = await pool.sntrupEncap(sntrupPk);
+  const e = crypto.getRandomValues(new Uint8Array(32));
+  return initiate({
+    mcelieceCt: mc.ciphertext,
+    mcelieceSs: mc.sharedSecret,
+    clientX25519Sk: e,
+    clientX25519Pk: x25519PublicKey(e),
+    serverStaticX25519Pk: fixture("x25519_pk"),
+    serverEphemeralX25519Pk: x25519PublicKey(ephemeralX25519Sk),
+    sntrupCt: nt.ciphertext,
+    sntrupSs: nt.sharedSecret,
+  });
+}
+
 async function scenario(
   pool: CryptoPool,
   opts: {
@@ -95,19 +117,7 @@ async function scenario(
   const outcomes: Outcome[] = [];
   device.onHandshakeSecrets = (s) => outcomes.push({ drop: null, secrets: [...s] });
   const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
-  const mc = await pool.mcelieceEncap(pkId);
-  const nt = await pool.sntrupEncap(kp.publicKey);
-  const e = crypto.getRandomValues(new Uint8Array(32));
-  const hs = initiate({
-    mcelieceCt: mc.ciphertext,
-    mcelieceSs: mc.sharedSecret,
-    clientX25519Sk: e,
-    clientX25519Pk: x25519PublicKey(e),
-    serverStaticX25519Pk: fixture("x25519_pk"),
-    serverEphemeralX25519Pk: x25519PublicKey(ex),
-    sntrupCt: nt.ciphertext,
-    sntrupSs: nt.sharedSecret,
-  });
+  const hs = await initiationThroughPool(pool, pkId, kp.publicKey, ex);
   const before = device.drops.snapshot();
   device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
   if (opts.twice) device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
@@ -297,19 +307,7 @@ for (const mode of ["promise", "deferred"] as const) {
         device.onHandshakeSecrets = (s) => outcomes.push([...s]);
         const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
         const send = async () => {
-          const mc = await pool.mcelieceEncap(pkId);
-          const nt = await pool.sntrupEncap(kp.publicKey);
-          const e = crypto.getRandomValues(new Uint8Array(32));
-          const hs = initiate({
-            mcelieceCt: mc.ciphertext,
-            mcelieceSs: mc.sharedSecret,
-            clientX25519Sk: e,
-            clientX25519Pk: x25519PublicKey(e),
-            serverStaticX25519Pk: fixture("x25519_pk"),
-            serverEphemeralX25519Pk: x25519PublicKey(ex),
-            sntrupCt: nt.ciphertext,
-            sntrupSs: nt.sharedSecret,
-          });
+          const hs = await initiationThroughPool(pool, pkId, kp.publicKey, ex);
           device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
         };
         // What the daemon's packet loop does each round: finish at most a few filed replies.
