@@ -334,13 +334,9 @@ export class ServerDevice {
           this.log.debug(
             `handshake from ${numberToIpv4(job.host)}:${job.port} rejected: ${error}`,
           );
-        } else if (!r.ok) {
-          this.drops.count(
-            r.reason === "slot-expired" ? "handshake-slot-expired" : "handshake-auth",
-          );
         } else {
-          secrets.push(r.i2r, r.r2i);
-          this.finishHandshake(job, r);
+          const result = this.acceptReply(r, secrets);
+          if (result) this.finishHandshake(job, result);
         }
       } catch (e) {
         this.drops.count("handshake-rejected");
@@ -443,7 +439,11 @@ export class ServerDevice {
     secrets: Uint8Array[],
   ): Promise<HandshakeResult | null> {
     const slots = this.ephemeral.live(this.clock.wall()).map((k) => k.slot);
-    const r = await respond(job.data, slots);
+    return this.acceptReply(await respond(job.data, slots), secrets);
+  }
+
+  /** A worker's answer: a refusal counted, or the result with its roots filed for erasure. */
+  private acceptReply(r: RespondReply, secrets: Uint8Array[]): HandshakeResult | null {
     if (!r.ok) {
       this.drops.count(r.reason === "slot-expired" ? "handshake-slot-expired" : "handshake-auth");
       return null;
