@@ -15,6 +15,7 @@ import { ipv4ToNumber } from "../lib/core/ip.ts";
 import { StderrLogger } from "../lib/runtime/log.ts";
 import { nativeKemBackend } from "../lib/runtime/kem_backend.ts";
 import { prepareInitiation, randomInitiation } from "./helpers/initiations.ts";
+import { InThreadResponder } from "./helpers/in_thread_responder.ts";
 
 Deno.test("token buckets: burst, refill at the rate, bounded table", () => {
   const l = new InitiationLimiter(5, 10, 4);
@@ -45,9 +46,9 @@ async function setup(maxPendingHandshakes: number) {
   const clock = { t: 100, wall: 1_800_000_000 };
   const ephemeral = new EphemeralKeyStore();
   const tun: Uint8Array[] = [];
+  const responder = await InThreadResponder.start(ephemeral);
   const device = new ServerDevice(
     {
-      x25519Sk: fixture("x25519_sk"),
       tunAddress: ipv4ToNumber("10.42.0.1"),
       prefix: 16,
       hostAddress: ipv4ToNumber("198.18.0.1"),
@@ -55,7 +56,7 @@ async function setup(maxPendingHandshakes: number) {
       maxPendingHandshakes,
     },
     { sendUdp: () => {}, writeTun: (p) => void tun.push(p.slice()) },
-    { mcelieceDecap: (c) => pool.mcelieceDecap(c), sntrupDecap: (c, s) => pool.sntrupDecap(c, s) },
+    responder,
     ephemeral,
     new CookieKeyring(fixture("session_key"), new Uint8Array(32)),
     new StderrLogger("test", "error"),
@@ -90,8 +91,7 @@ async function setup(maxPendingHandshakes: number) {
       await new Promise((r) => setTimeout(r, 5));
     }
   };
-  const base = pool.stats.submitted; // the ephemeral key pair made above
-  const decapsulations = () => pool.stats.submitted - base;
+  const decapsulations = () => responder.decapsulations;
   const close = async () => {
     enc.dispose();
     device.close();

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
 import { netTest } from "./helpers/device_net.ts";
+import { InThreadResponder } from "./helpers/in_thread_responder.ts";
 import {
   type ClientConfig,
   ClientDevice,
@@ -87,7 +88,6 @@ async function makeServer(
   const tun: Uint8Array[] = [];
   const device = new ServerDevice(
     {
-      x25519Sk: fixture("x25519_sk"),
       tunAddress: ipv4ToNumber("10.42.0.1"),
       prefix: 16,
       hostAddress: ipv4ToNumber("198.18.0.1"),
@@ -95,7 +95,7 @@ async function makeServer(
       maxPendingHandshakes: 8,
     },
     { sendUdp: deliver, writeTun: (p) => void tun.push(p.slice()) },
-    { mcelieceDecap: (c) => pool.mcelieceDecap(c), sntrupDecap: (c, s) => pool.sntrupDecap(c, s) },
+    await InThreadResponder.start(ephemeral),
     ephemeral,
     new CookieKeyring(fixture("session_key"), new Uint8Array(32)),
     quiet,

@@ -17,14 +17,18 @@ import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
 import { x25519PublicKey } from "../lib/core/crypto.ts";
 import { ipv4ToNumber } from "../lib/core/ip.ts";
 import { until } from "./helpers/device_net.ts";
+import { InThreadResponder } from "./helpers/in_thread_responder.ts";
 
 const quiet = new StderrLogger("test", "error");
 const WALL = 1_700_000_010;
 
-/** An ephemeral store that has lost a slot between finding it and using it. */
+/** An ephemeral store that loses a slot right after it was first looked up. */
 class ForgetfulStore extends EphemeralKeyStore {
-  override get(): null {
-    return null;
+  private looked = new Set<number>();
+  override get(slot: number) {
+    if (this.looked.has(slot)) return null;
+    this.looked.add(slot);
+    return super.get(slot);
   }
 }
 
@@ -55,13 +59,25 @@ async function initiationThroughPool(
   });
 }
 
+/** Sets a padding bit of c0 (bits 1547..1551 of its 194 bytes): every McEliece KEM refuses it. */
+function padC0(message: Uint8Array): Uint8Array {
+  const m = message.slice();
+  m[2 + 193] |= 0x80;
+  return m;
+}
+
+/**
+ * One handshake through the device's responder path, answered by the same core responder the
+ * workers run (on this thread, so the test sees its intermediate secrets too).
+ */
 async function scenario(
   pool: CryptoPool,
   opts: {
     store?: EphemeralKeyStore;
-    sntrupThrows?: boolean;
-    mcelieceThrows?: boolean;
+    /** c0 from another encapsulation: the McEliece shared secret is not the client's. */
     wrongMcelieceSs?: boolean;
+    /** c0 with a padding bit set: the KEM throws. */
+    mcelieceRefuses?: boolean;
     /** Fill the replay cache before the handshake. */
     fullReplayCache?: boolean;
     twice?: boolean;
@@ -77,10 +93,11 @@ async function scenario(
     x25519Pk: x25519PublicKey(ex),
     x25519Sk: ex,
   });
-  const held: Uint8Array[] = []; // what the KEMs handed the device
+  const responder = await InThreadResponder.start(store);
+  const made: Uint8Array[] = []; // the responder's intermediate secrets, after their erasure
+  responder.onSecrets = (s) => made.push(...s);
   const device = new ServerDevice(
     {
-      x25519Sk: fixture("x25519_sk"),
       tunAddress: ipv4ToNumber("10.42.0.1"),
       prefix: 16,
       hostAddress: ipv4ToNumber("198.18.0.1"),
@@ -88,21 +105,7 @@ async function scenario(
       maxPendingHandshakes: 4,
     },
     { sendUdp: () => {}, writeTun: () => {} },
-    {
-      mcelieceDecap: async (c) => {
-        if (opts.mcelieceThrows) throw new Error("refused ciphertext");
-        const ss = await pool.mcelieceDecap(c);
-        if (opts.wrongMcelieceSs) ss[0] ^= 1;
-        held.push(ss);
-        return ss;
-      },
-      sntrupDecap: async (c, sk) => {
-        if (opts.sntrupThrows) throw new Error("decapsulation failed");
-        const ss = await pool.sntrupDecap(c, sk);
-        held.push(ss);
-        return ss;
-      },
-    },
+    responder,
     store,
     new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
     quiet,
@@ -117,12 +120,18 @@ async function scenario(
   const outcomes: Outcome[] = [];
   device.onHandshakeSecrets = (s) => outcomes.push({ drop: null, secrets: [...s] });
   const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
-  const hs = await initiationThroughPool(pool, pkId, kp.publicKey, ex);
+  let message = (await initiationThroughPool(pool, pkId, kp.publicKey, ex)).message;
+  if (opts.wrongMcelieceSs) {
+    const other = await pool.mcelieceEncap(pkId);
+    message = message.slice();
+    message.set(other.ciphertext, 2);
+  }
+  if (opts.mcelieceRefuses) message = padC0(message);
   const before = device.drops.snapshot();
-  device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
-  if (opts.twice) device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
+  device.onDatagram(message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
+  if (opts.twice) device.onDatagram(message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
   assert.ok(await until(() => outcomes.length === 1, 10_000), "handshake finished");
-  await until(() => false, 5); // the rejection handler runs after the finally block
+  await until(() => false, 5); // a second answer, if there were one, would be in by now
   const after = device.drops.snapshot();
   // the handshake's own drop reason (a refused copy counts "handshake-replay" at admission)
   const grew = Object.keys(after).filter((k) =>
@@ -130,7 +139,7 @@ async function scenario(
   );
   if (opts.twice) assert.equal(after["handshake-replay"], 1, "the copy was refused");
   outcomes.forEach((o, i) => o.drop = grew[i] ?? null);
-  for (const o of outcomes) o.secrets.push(...held);
+  for (const o of outcomes) o.secrets.push(...made);
   device.close();
   return outcomes;
 }
@@ -149,35 +158,31 @@ Deno.test({
   async fn() {
     const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk") });
     try {
-      // done: McEliece ss, chaining key, sntrup ss, both roots (+ the two KEM results held)
+      // done: both roots (the device's), McEliece ss, chaining key, sntrup ss (the responder's)
       const [ok] = await scenario(pool, {});
       assert.equal(ok.drop, null);
-      assertErased(ok, "completed", 5 + 2);
+      assertErased(ok, "completed", 2 + 3);
       // c1 does not open: only the McEliece shared secret exists
       const [auth] = await scenario(pool, { wrongMcelieceSs: true });
       assert.equal(auth.drop, "handshake-auth");
-      assertErased(auth, "auth", 1 + 1);
+      assertErased(auth, "auth", 1);
       // the slot vanished between finding it and using it: the chaining key is made by then
       const [slot] = await scenario(pool, { store: new ForgetfulStore() });
       assert.equal(slot.drop, "handshake-slot-expired");
-      assertErased(slot, "slot expired", 2 + 1);
-      // sntrup761 decapsulation fails
-      const [sntrup] = await scenario(pool, { sntrupThrows: true });
-      assert.equal(sntrup.drop, "handshake-rejected");
-      assertErased(sntrup, "sntrup fails", 2 + 1);
-      // McEliece decapsulation fails: nothing was made
-      const [mceliece] = await scenario(pool, { mcelieceThrows: true });
+      assertErased(slot, "slot expired", 2);
+      // McEliece decapsulation refuses c0: nothing was made
+      const [mceliece] = await scenario(pool, { mcelieceRefuses: true });
       assert.equal(mceliece.drop, "handshake-rejected");
-      assertErased(mceliece, "McEliece fails", 0);
+      assertErased(mceliece, "McEliece refuses", 0);
       // the same message twice at once: the copy is refused at admission, before any work
       const [once, ...none] = await scenario(pool, { twice: true });
       assert.equal(none.length, 0, "the copy made no secrets");
       assert.deepEqual(once.drop, null);
-      assertErased(once, "the first of two", 5 + 2);
+      assertErased(once, "the first of two", 2 + 3);
       // the replay cache is full: refused after all the work
       const [full] = await scenario(pool, { fullReplayCache: true });
       assert.equal(full.drop, "handshake-replay-full");
-      assertErased(full, "replay cache full", 5 + 2);
+      assertErased(full, "replay cache full", 2 + 3);
     } finally {
       await pool.close();
     }
@@ -254,88 +259,82 @@ Deno.test("worker responder: every intermediate secret is erased on every way ou
   enc.dispose();
 });
 
-// And the daemon's path: the worker answers a whole handshake; the device erases the two roots.
-// "deferred" is what the daemon runs: the replies wait until the packet loop hands them over.
-for (const mode of ["promise", "deferred"] as const) {
-  Deno.test({
-    name: `responder in the crypto worker (${mode}): a handshake completes, the roots are erased`,
-    sanitizeResources: false,
-    sanitizeOps: false,
-    async fn() {
-      const pool = await CryptoPool.start({
-        mcelieceSecretKey: fixture("mceliece_sk"),
-        x25519SecretKey: fixture("x25519_sk"),
-        workers: 2,
+// And the daemon's path: the worker answers a whole handshake, the reply waits until the packet
+// loop hands it over (CryptoPool.finishDeferred), and the device erases the two roots.
+Deno.test({
+  name: "responder in the crypto worker: a handshake completes, the roots are erased",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pool = await CryptoPool.start({
+      mcelieceSecretKey: fixture("mceliece_sk"),
+      x25519SecretKey: fixture("x25519_sk"),
+      workers: 2,
+    });
+    try {
+      const store = new EphemeralKeyStore();
+      const kp = await pool.sntrupKeypair();
+      const ex = crypto.getRandomValues(new Uint8Array(32));
+      const slot = WALL - (WALL % 30);
+      store.add({
+        slot,
+        sntrupPk: kp.publicKey,
+        sntrupSk: kp.secretKey,
+        x25519Pk: x25519PublicKey(ex),
+        x25519Sk: ex,
       });
-      try {
-        const store = new EphemeralKeyStore();
-        const kp = await pool.sntrupKeypair();
-        const ex = crypto.getRandomValues(new Uint8Array(32));
-        const slot = WALL - (WALL % 30);
-        store.add({
-          slot,
-          sntrupPk: kp.publicKey,
-          sntrupSk: kp.secretKey,
-          x25519Pk: x25519PublicKey(ex),
-          x25519Sk: ex,
-        });
-        await pool.addEphemeral(slot, ex, kp.secretKey);
-        const device = new ServerDevice(
-          {
-            x25519Sk: fixture("x25519_sk"),
-            tunAddress: ipv4ToNumber("10.42.0.1"),
-            prefix: 16,
-            hostAddress: ipv4ToNumber("198.18.0.1"),
-            maxPeers: 4,
-            maxPendingHandshakes: 4,
-          },
-          { sendUdp: () => {}, writeTun: () => {} },
-          {
-            mcelieceDecap: () => Promise.reject(new Error("not used")),
-            sntrupDecap: () => Promise.reject(new Error("not used")),
-            respond: (d, s) => pool.respond(d, s),
-            ...(mode === "deferred"
-              ? { respondDeferred: (d, s, done) => pool.respondDeferred(d, s, done) }
-              : {}),
-          },
-          store,
-          new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
-          quiet,
-          { mono: () => 1000, wall: () => WALL },
-        );
-        const outcomes: Uint8Array[][] = [];
-        device.onHandshakeSecrets = (s) => outcomes.push([...s]);
-        const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
-        const send = async () => {
-          const hs = await initiationThroughPool(pool, pkId, kp.publicKey, ex);
-          device.onDatagram(hs.message.slice(), ipv4ToNumber("198.18.0.2"), 42423);
-        };
-        // What the daemon's packet loop does each round: finish at most a few filed replies.
-        const finished = (n: number) => () => {
-          if (mode === "deferred") pool.finishDeferred(1);
-          return outcomes.length === n;
-        };
-        await send();
-        if (mode === "deferred") {
-          assert.ok(await until(() => pool.deferredWaiting === 1, 10_000), "the reply is filed");
-          await new Promise((r) => setTimeout(r, 50));
-          assert.equal(outcomes.length, 0, "nothing finishes before the loop hands it over");
-          assert.equal(pool.finishDeferred(8), 0, "one reply finished, none left");
-        }
-        assert.ok(await until(finished(1), 10_000), "handshake finished");
-        assert.equal(device.handshakes, 1, "the worker answered it");
-        assert.equal(outcomes[0].length, 2, "both roots came back");
-        for (const s of outcomes[0]) assert.ok(s.every((b) => b === 0), "root erased");
-        // The slot expires: every worker erases it, and a handshake for it fails to open.
-        await pool.keepEphemeral([]);
-        await send();
-        assert.ok(await until(finished(2), 10_000), "second handshake over");
-        assert.equal(device.handshakes, 1);
-        assert.equal(device.drops.snapshot()["handshake-auth"], 1, "no slot opened c3");
-        device.close();
-      } finally {
-        await pool.close();
-      }
-    },
-  });
-}
+      await pool.addEphemeral(slot, ex, kp.secretKey);
+      const device = new ServerDevice(
+        {
+          tunAddress: ipv4ToNumber("10.42.0.1"),
+          prefix: 16,
+          hostAddress: ipv4ToNumber("198.18.0.1"),
+          maxPeers: 4,
+          maxPendingHandshakes: 4,
+        },
+        { sendUdp: () => {}, writeTun: () => {} },
+        { respondDeferred: (d, s, done) => pool.respondDeferred(d, s, done) },
+        store,
+        new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
+        quiet,
+        { mono: () => 1000, wall: () => WALL },
+      );
+      const outcomes: Uint8Array[][] = [];
+      device.onHandshakeSecrets = (s) => outcomes.push([...s]);
+      const pkId = await pool.registerMcEliecePublicKey(fixture("mceliece_pk"));
+      const send = async (change = (m: Uint8Array) => m) => {
+        const hs = await initiationThroughPool(pool, pkId, kp.publicKey, ex);
+        device.onDatagram(change(hs.message.slice()), ipv4ToNumber("198.18.0.2"), 42423);
+      };
+      // What the daemon's packet loop does each round: finish at most a few filed replies.
+      const finished = (n: number) => () => {
+        pool.finishDeferred(1);
+        return outcomes.length === n;
+      };
+      await send();
+      assert.ok(await until(() => pool.deferredWaiting === 1, 10_000), "the reply is filed");
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(outcomes.length, 0, "nothing finishes before the loop hands it over");
+      assert.equal(pool.finishDeferred(8), 0, "one reply finished, none left");
+      assert.ok(await until(finished(1), 10_000), "handshake finished");
+      assert.equal(device.handshakes, 1, "the worker answered it");
+      assert.equal(outcomes[0].length, 2, "both roots came back");
+      for (const s of outcomes[0]) assert.ok(s.every((b) => b === 0), "root erased");
+      // The worker's KEM refuses c0: the error reply is a counted rejection, nothing made.
+      await send(padC0);
+      assert.ok(await until(finished(2), 10_000), "refused handshake over");
+      assert.equal(device.drops.snapshot()["handshake-rejected"], 1, "the KEM refused c0");
+      assert.equal(outcomes[1].length, 0, "no secret reached the device");
+      // The slot expires: every worker erases it, and a handshake for it fails to open.
+      await pool.keepEphemeral([]);
+      await send();
+      assert.ok(await until(finished(3), 10_000), "third handshake over");
+      assert.equal(device.handshakes, 1);
+      assert.equal(device.drops.snapshot()["handshake-auth"], 1, "no slot opened c3");
+      assert.equal(pool.outstanding, 0, "nothing left in the workers");
+      device.close();
+    } finally {
+      await pool.close();
+    }
+  },
+});

@@ -125,13 +125,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         maxPendingHandshakes: inFlight,
       },
       loop,
-      {
-        mcelieceDecap: (c0) => pool.mcelieceDecap(c0),
-        sntrupDecap: (ct, sk) => pool.sntrupDecap(ct, sk),
-        // Whole handshakes in the workers: one round trip each (they hold the slots' secrets).
-        respond: (data, slots) => pool.respond(data, slots),
-        respondDeferred: (data, slots, done) => pool.respondDeferred(data, slots, done),
-      },
+      // Whole handshakes in the workers: one round trip each (they hold the slots' secrets).
+      { respondDeferred: (data, slots, done) => pool.respondDeferred(data, slots, done) },
       ephemeral,
       cookies,
       log,

@@ -4,7 +4,7 @@
 // is counted under a reason.
 
 import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL } from "../core/constants.ts";
-import { parseInitiation, respondFinish, respondOpen } from "../core/handshake.ts";
+import { parseInitiation } from "../core/handshake.ts";
 import { tidKeyAt, TunnelSession } from "../core/session.ts";
 import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../core/data_path.ts";
 import { buildCookie, type CookieKeyring, isCookie } from "../core/cookie.ts";
@@ -21,21 +21,17 @@ import { hex, wipe } from "../core/bytes.ts";
 /** The server's wires are the tunnel's: the packet loop implements them. */
 export type ServerIo = TunnelIo;
 
-/** The slow parts of a handshake, run off the packet path (a worker). */
+/**
+ * The slow part of a handshake, run off the packet path: the whole responder
+ * (lib/core/responder.ts) in a crypto worker that holds the server's and the live slots' secrets.
+ */
 export interface ResponderCrypto {
-  mcelieceDecap(c0: Uint8Array): Promise<Uint8Array>;
-  sntrupDecap(ct: Uint8Array, sk: Uint8Array): Promise<Uint8Array>;
   /**
-   * The whole responder handshake in one round trip (lib/core/responder.ts in the crypto
-   * worker, which holds the live slots' secrets): used instead of the two calls above when given.
+   * Starts one handshake; `done` is called later from the packet loop, a few replies per round
+   * between socket reads (CryptoPool.finishDeferred). False if refused at once (`done` is then
+   * never called).
    */
-  respond?(initiation: Uint8Array, slots: number[]): Promise<RespondReply>;
-  /**
-   * respond() with a callback instead of a promise, used instead of it when given: the daemon's
-   * pool calls `done` from the packet loop, a few replies per round between socket reads
-   * (CryptoPool.finishDeferred). False if refused at once (`done` is then never called).
-   */
-  respondDeferred?(
+  respondDeferred(
     initiation: Uint8Array,
     slots: number[],
     done: (reply: RespondReply | null, error?: Error) => void,
@@ -45,11 +41,6 @@ export interface ResponderCrypto {
 export type RespondReply = ResponderOutcome | { ok: false; reason: "malformed" };
 
 export interface ServerConfig {
-  /**
-   * The static X25519 secret key, for the two-round-trip path only (a ResponderCrypto without
-   * respond(), as in tests); the daemon's workers hold it and this thread does not.
-   */
-  x25519Sk?: Uint8Array;
   /** The TUN device's own address; clients get the others of its subnet. */
   tunAddress: number;
   prefix: number;
@@ -151,9 +142,6 @@ export class ServerDevice {
     /** Monotonic seconds for sessions, and wall-clock seconds for ephemeral key slots. */
     private readonly clock: { mono(): number; wall(): number },
   ) {
-    if (!crypto.respond && !config.x25519Sk) {
-      throw new Error("a responder without respond() needs the static X25519 secret key");
-    }
     this.pool = new AddressPool(config.tunAddress, config.prefix);
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
     this.lingerPath = new DataPath(io, this.drops, {
@@ -300,20 +288,7 @@ export class ServerDevice {
         this.endHandshake(stale);
       });
       if (!job) return;
-      if (this.crypto.respondDeferred) {
-        if (!this.respondDeferred(job, this.crypto.respondDeferred)) return;
-        continue;
-      }
-      this.running++;
-      this.respond(job).catch((e) => {
-        // e.g. a McEliece ciphertext with padding bits set: the KEM refuses it
-        this.drops.count("handshake-rejected");
-        this.log.debug(`handshake from ${numberToIpv4(job.host)}:${job.port} rejected: ${e}`);
-      }).finally(() => {
-        this.running--;
-        this.endHandshake(job);
-        this.startHandshakes();
-      });
+      if (!this.respond(job)) return;
     }
   }
 
@@ -321,12 +296,9 @@ export class ServerDevice {
    * Hands one job to the workers; its end runs synchronously in the callback (no promise, so it
    * finishes in the packet loop's round that hands the reply over, not in a later turn).
    */
-  private respondDeferred(
-    job: HandshakeJob,
-    respondDeferred: NonNullable<ResponderCrypto["respondDeferred"]>,
-  ): boolean {
+  private respond(job: HandshakeJob): boolean {
     const slots = this.ephemeral.live(this.clock.wall()).map((k) => k.slot);
-    const sent = respondDeferred(job.data, slots, (r, error) => {
+    const sent = this.crypto.respondDeferred(job.data, slots, (r, error) => {
       const secrets: Uint8Array[] = [];
       try {
         if (r === null) {
@@ -382,20 +354,6 @@ export class ServerDevice {
     }
   }
 
-  private async respond(job: HandshakeJob): Promise<void> {
-    // Every secret of this handshake, erased however it ends (dropped, refused, thrown, done).
-    const secrets: Uint8Array[] = [];
-    try {
-      const result = this.crypto.respond
-        ? await this.respondInWorker(job, this.crypto.respond, secrets)
-        : await this.respondHere(job, secrets);
-      if (result) this.finishHandshake(job, result);
-    } finally {
-      wipe(...secrets);
-      this.onHandshakeSecrets?.(secrets);
-    }
-  }
-
   /** The decapsulations are done: replay check, the new tunnel, its held packets. */
   private finishHandshake(job: HandshakeJob, result: HandshakeResult): void {
     const { msg: copy, host, port } = job;
@@ -432,16 +390,6 @@ export class ServerDevice {
     );
   }
 
-  /** One worker round trip; the worker erased its own intermediate secrets. */
-  private async respondInWorker(
-    job: HandshakeJob,
-    respond: NonNullable<ResponderCrypto["respond"]>,
-    secrets: Uint8Array[],
-  ): Promise<HandshakeResult | null> {
-    const slots = this.ephemeral.live(this.clock.wall()).map((k) => k.slot);
-    return this.acceptReply(await respond(job.data, slots), secrets);
-  }
-
   /** A worker's answer: a refusal counted, or the result with its roots filed for erasure. */
   private acceptReply(r: RespondReply, secrets: Uint8Array[]): HandshakeResult | null {
     if (!r.ok) {
@@ -450,38 +398,6 @@ export class ServerDevice {
     }
     secrets.push(r.i2r, r.r2i);
     return r;
-  }
-
-  /** Two round trips (decapsulations only), the rest on this thread. */
-  private async respondHere(
-    job: HandshakeJob,
-    secrets: Uint8Array[],
-  ): Promise<HandshakeResult | null> {
-    const copy = job.msg;
-    const mcelieceSs = await this.crypto.mcelieceDecap(copy.c0);
-    secrets.push(mcelieceSs);
-    const live = this.ephemeral.live(this.clock.wall());
-    const opened = respondOpen(
-      copy,
-      mcelieceSs,
-      this.config.x25519Sk!,
-      live.map((k) => ({ x25519Sk: k.x25519Sk, id: k.slot })),
-    );
-    if (!opened) {
-      this.drops.count("handshake-auth");
-      return null;
-    }
-    secrets.push(opened.cs); // the chaining key
-    const slot = this.ephemeral.get(opened.slotId);
-    if (!slot) {
-      this.drops.count("handshake-slot-expired");
-      return null;
-    }
-    const sntrupSs = await this.crypto.sntrupDecap(opened.sntrupCt, slot.sntrupSk);
-    secrets.push(sntrupSs);
-    const result = respondFinish(copy, opened, sntrupSs);
-    secrets.push(result.i2r, result.r2i);
-    return result;
   }
 
   /**
@@ -664,6 +580,5 @@ export class ServerDevice {
     for (const l of [...this.lingering.values()]) this.endLinger(l);
     this.cookies.clear();
     this.ephemeral.clear();
-    if (this.config.x25519Sk) wipe(this.config.x25519Sk);
   }
 }

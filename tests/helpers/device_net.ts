@@ -17,6 +17,7 @@ import { x25519PublicKey } from "../../lib/core/crypto.ts";
 import { DropCounters, type Logger } from "../../lib/core/log.ts";
 import { internetChecksum, ipv4ToNumber, pseudoHeaderSum } from "../../lib/core/ip.ts";
 import { KeyLedger } from "./key_ledger.ts";
+import { InThreadResponder } from "./in_thread_responder.ts";
 import type { Prng } from "./prng.ts";
 
 export const SERVER_HOST = ipv4ToNumber("198.18.0.1");
@@ -149,9 +150,9 @@ export class DeviceNet {
     this.ephemeral = new EphemeralKeyStore();
     const tun: Uint8Array[] = [];
     this.serverTun = tun;
+    const responder = await InThreadResponder.start(this.ephemeral);
     this.server = new ServerDevice(
       {
-        x25519Sk: fixture("x25519_sk"),
         tunAddress: ipv4ToNumber("10.42.0.1"),
         prefix: 16,
         hostAddress: SERVER_HOST,
@@ -174,10 +175,7 @@ export class DeviceNet {
         },
         writeTun: (p) => void tun.push(p.slice()),
       },
-      {
-        mcelieceDecap: (c) => this.pool.mcelieceDecap(c),
-        sntrupDecap: (c, s) => this.pool.sntrupDecap(c, s),
-      },
+      responder,
       this.ephemeral,
       // as the daemon: fresh randomness in every process
       new CookieKeyring(fixture("session_key"), crypto.getRandomValues(new Uint8Array(32))),
