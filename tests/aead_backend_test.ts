@@ -5,7 +5,13 @@
 import assert from "node:assert/strict";
 import { fixture, fromHex, vectors } from "./fixtures.ts";
 import { hex } from "../lib/core/bytes.ts";
-import { aeadBackend, type AeadBackendName, aeadOpen, aeadSeal } from "../lib/core/aead.ts";
+import {
+  aeadBackend,
+  type AeadBackendName,
+  aeadOpen,
+  aeadOpenPacket,
+  aeadSeal,
+} from "../lib/core/aead.ts";
 import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
 import {
   openDetached,
@@ -72,6 +78,29 @@ for (const name of BACKENDS) {
           const bad = fromHex(t.ct + t.tag);
           bad[bad.length - 1] ^= 1;
           assert.equal(aeadOpen(key, nonce, ad, bad, bad.subarray(0, msg.length)), false);
+          // a whole packet, ad || ciphertext || tag, opened where it lies inside a larger buffer
+          const room = new Uint8Array(7 + ad.length + msg.length + 16 + 5);
+          const packet = room.subarray(7, 7 + ad.length + msg.length + 16);
+          packet.set(ad);
+          packet.set(fromHex(t.ct + t.tag), ad.length);
+          const out = packet.subarray(ad.length, ad.length + msg.length);
+          assert.ok(aeadOpenPacket(key, nonce, packet, ad.length, out));
+          assert.equal(hex(out), t.msg);
+          assert.equal(hex(packet.subarray(0, ad.length)), hex(ad), "the header stays");
+          for (const at of [0, ad.length, packet.length - 1]) { // ad, ciphertext, tag
+            if (at >= packet.length || (at === 0 && ad.length === 0)) continue;
+            const forged = packet.slice();
+            forged.set(fromHex(t.ct + t.tag), ad.length);
+            forged[at] ^= 1;
+            const view = forged.subarray(ad.length, ad.length + msg.length);
+            assert.equal(aeadOpenPacket(key, nonce, forged, ad.length, view), false, `byte ${at}`);
+          }
+          // `out` must be the packet's own ciphertext view: anything else is refused loudly
+          assert.throws(() => aeadOpenPacket(key, nonce, packet, ad.length, msg.slice()));
+          assert.throws(() =>
+            aeadOpenPacket(key, nonce, packet, ad.length, packet.subarray(ad.length + 1))
+          );
+          assert.equal(aeadOpenPacket(key, nonce, packet.subarray(0, 15), 0, out), false);
         }
       }),
   );

@@ -24,6 +24,18 @@ export interface AeadBackend {
     sealed: Uint8Array,
     out: Uint8Array,
   ): boolean;
+  /**
+   * Optional: decrypt() of a packet laid out as ad || ciphertext || tag, where it lies: the
+   * associated data is `packet[0:adLength]`, `out` the view `packet[adLength:length - 16]`. A
+   * backend that takes pointers needs no further views of the packet for it.
+   */
+  decryptPacket?(
+    key: Uint8Array,
+    nonce: Uint8Array,
+    packet: Uint8Array,
+    adLength: number,
+    out: Uint8Array,
+  ): boolean;
   /** Original ChaCha20 keystream (8-byte nonce, 64-bit little-endian block counter). */
   keystream(key: Uint8Array, nonce: Uint8Array, counter: Uint8Array | null, out: Uint8Array): void;
 }
@@ -88,6 +100,30 @@ export function aeadOpen(
 ): boolean {
   if (sealed.length < TAG_BYTES || out.length !== sealed.length - TAG_BYTES) return false;
   return active.decrypt(key, nonce, ad, sealed, out);
+}
+
+/**
+ * aeadOpen() of a packet laid out as ad || ciphertext || tag, decrypted where it lies: the
+ * associated data is `packet[0:adLength]`, and `out` must be the view
+ * `packet[adLength:length - 16]` (the caller keeps it as the plaintext). False when the tag does
+ * not verify; `out` is then unspecified.
+ */
+export function aeadOpenPacket(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  packet: Uint8Array,
+  adLength: number,
+  out: Uint8Array,
+): boolean {
+  if (packet.length < adLength + TAG_BYTES) return false;
+  if (
+    out.buffer !== packet.buffer || out.byteOffset !== packet.byteOffset + adLength ||
+    out.length !== packet.length - adLength - TAG_BYTES
+  ) throw new RangeError("aeadOpenPacket: out is not the packet's ciphertext");
+  if (active.decryptPacket !== undefined) {
+    return active.decryptPacket(key, nonce, packet, adLength, out);
+  }
+  return active.decrypt(key, nonce, packet.subarray(0, adLength), packet.subarray(adLength), out);
 }
 
 /** The original ChaCha20 keystream (8-byte nonce, 64-bit little-endian block counter). */

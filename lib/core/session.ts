@@ -14,7 +14,7 @@
 
 import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
 import { kdf } from "./kdf.ts";
-import { aeadOpen, aeadSeal } from "./aead.ts";
+import { aeadOpen, aeadOpenPacket, aeadSeal } from "./aead.ts";
 import {
   EPOCH_LIFETIME_SECONDS,
   EPOCH_SECONDS,
@@ -533,24 +533,20 @@ export class TunnelSession {
     const epoch = readU16be(packet, 34);
     const ctr = readU32be(packet, 36);
     const n = packet.length - TUNNEL_OVERHEAD;
-    const ad = packet.subarray(0, TUNNEL_HEADER_BYTES);
-    const sealed = packet.subarray(TUNNEL_HEADER_BYTES);
     const plaintext = inPlace
       ? packet.subarray(TUNNEL_HEADER_BYTES, TUNNEL_HEADER_BYTES + n)
       : new Uint8Array(n);
     // Fast path: the key is already derived, nothing to fork or commit but its erasure.
     const direct = this.recv.derived(epoch, ctr);
     if (direct) {
-      if (!aeadOpen(direct, ZERO_NONCE, ad, sealed, plaintext)) {
-        return { ok: false, reason: "auth" };
-      }
+      if (!openWith(direct, packet, plaintext, inPlace)) return { ok: false, reason: "auth" };
       this.recv.consume(epoch, ctr);
       this.followPeer(now);
       return { ok: true, plaintext, epoch, ctr };
     }
     const candidate = this.recv.find(epoch, ctr, now);
     if (!candidate) return { ok: false, reason: "no-key" };
-    if (!aeadOpen(candidate.key, ZERO_NONCE, ad, sealed, plaintext)) {
+    if (!openWith(candidate.key, packet, plaintext, inPlace)) {
       return { ok: false, reason: "auth" };
     }
     candidate.commit();
@@ -606,6 +602,22 @@ export class TunnelSession {
     this.send.clear();
     this.recv.clear();
   }
+}
+
+/**
+ * Verifies and decrypts a tunnel packet with `key` into `plaintext`: where it lies (`plaintext`
+ * is then the packet's view after the header: no views of the header and the sealed part are
+ * cut per packet) or into a buffer of its own.
+ */
+function openWith(
+  key: Uint8Array,
+  packet: Uint8Array,
+  plaintext: Uint8Array,
+  inPlace: boolean,
+): boolean {
+  if (inPlace) return aeadOpenPacket(key, ZERO_NONCE, packet, TUNNEL_HEADER_BYTES, plaintext);
+  const ad = packet.subarray(0, TUNNEL_HEADER_BYTES);
+  return aeadOpen(key, ZERO_NONCE, ad, packet.subarray(TUNNEL_HEADER_BYTES), plaintext);
 }
 
 /**

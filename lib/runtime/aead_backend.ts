@@ -45,6 +45,13 @@ function sodiumAead(s: Sodium): AeadBackend {
       const clen = openLength(sealed.length);
       return decrypt(out, null, null, sealed, clen, ad, adLength(ad.length), nonce, key) === 0;
     },
+    decryptPacket(key, nonce, packet, adLen, out) {
+      // aeadOpenPacket checked that `out` starts where the ciphertext does and that the
+      // ciphertext and its tag end where `packet` ends: `out` stands for the ciphertext and
+      // `packet` for the associated data, pointers both, with the lengths given apart.
+      const clen = openLength(out.length + TAG_BYTES);
+      return decrypt(out, null, null, out, clen, packet, adLength(adLen), nonce, key) === 0;
+    },
     keystream(key, nonce, counter, out) {
       let ic = 0n;
       if (counter) {
