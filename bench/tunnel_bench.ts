@@ -22,8 +22,9 @@
 //   --first N       only the first request, N times, each with a fresh client (the median
 //                   says more than one run on a busy machine); our server, and with
 //                   --reference the reference server too
-//   --rtt N         only the round trip: N rounds of 100 pings, plain veth then the tunnel
-//                   (our server and client), each round's minimum and average side by side
+//   --rtt N         only the round trip: N rounds of 100 pings each over the plain veth, two
+//                   relays without cryptography (C, bench/relay.c built with gcc; Deno,
+//                   tests/helpers/plain_tunnel.ts) and our tunnel; min/p50/p90/p99/avg
 
 import {
   createLab,
@@ -644,38 +645,205 @@ async function firstRequests(
   }
 }
 
-/** --rtt N: ping rounds alternating between the plain veth and the tunnel, same server. */
+/** Every reply's round trip of one ping run (not -q), ms, sorted. */
+async function pingTimes(lab: Lab, target: string, count: number): Promise<number[]> {
+  const r = await run(lab.clientNs, [
+    "ping",
+    "-n",
+    "-c",
+    String(count),
+    "-i",
+    "0.01",
+    "-W",
+    "1",
+    target,
+  ], {
+    check: false,
+    timeoutMs: 60_000,
+  });
+  return [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((a, b) => a - b);
+}
+
+/** The q-quantile of sorted values. */
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+/**
+ * The round trip's floor: two relays without cryptography, each end its own TUN device whose
+ * packets travel as bare UDP datagrams to the other end's relay. "C relay": bench/relay.c, one
+ * blocking poll() a packet (built here with gcc). "Deno relay": tests/helpers/plain_tunnel.ts
+ * (Deno's async ops: a wait on the thread pool, then the JS thread). Without gcc the C relay
+ * is left out.
+ */
+async function startRelays(
+  lab: Lab,
+): Promise<{ name: string; target: string; stop: () => Promise<void> }[]> {
+  const out: { name: string; target: string; stop: () => Promise<void> }[] = [];
+  const dir = await Deno.makeTempDir({ prefix: "pqts-relay" });
+  const bin = `${dir}/relay`;
+  const cc = await run(null, ["gcc", "-O2", "-o", bin, `${ROOT}/bench/relay.c`], { check: false })
+    .catch((e) => ({ code: 1, stderr: String(e) }));
+  if (cc.code === 0) {
+    const procs: LabProcess[] = [];
+    const ends = [
+      { ns: lab.serverNs, tunAddr: "10.98.0.1", argv: [bin, "pqcrelay0", lab.serverAddr, "42427"] },
+      {
+        ns: lab.clientNs,
+        tunAddr: "10.98.0.2",
+        argv: [bin, "pqcrelay0", lab.clientAddr, "42427", lab.serverAddr, "42427"],
+      },
+    ];
+    for (const e of ends) {
+      const p = spawn(e.ns, e.argv, { name: "C relay" });
+      procs.push(p);
+      await p.waitFor("up", 10_000);
+      await run(e.ns, ["ip", "addr", "add", `${e.tunAddr}/24`, "dev", "pqcrelay0"]);
+      await run(e.ns, ["ip", "link", "set", "pqcrelay0", "mtu", "1400", "up"]);
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {}); // running, no longer needed
+    out.push({
+      name: "C relay",
+      target: "10.98.0.1",
+      stop: async () => {
+        for (const p of procs) await p.stop("SIGKILL", 1000).catch(() => {});
+      },
+    });
+  } else {
+    console.log(`no C relay (gcc: ${cc.stderr.trim().split("\n")[0]})`);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  const plain = (addr: string, listen: string, to: string[]) => [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--unstable-net",
+    `${ROOT}/tests/helpers/plain_tunnel.ts`,
+    "--address",
+    addr,
+    "--mtu",
+    "1400",
+    "--listen",
+    listen,
+    ...to,
+  ];
+  const srv = spawn(lab.serverNs, plain("10.99.0.1", `${lab.serverAddr}:42428`, []), {
+    name: "Deno relay (server)",
+  });
+  const cli = spawn(
+    lab.clientNs,
+    plain("10.99.0.2", `${lab.clientAddr}:42428`, ["--to", `${lab.serverAddr}:42428`]),
+    { name: "Deno relay (client)" },
+  );
+  await srv.waitFor("up", 30_000);
+  await cli.waitFor("up", 30_000);
+  out.push({
+    name: "Deno relay",
+    target: "10.99.0.1",
+    stop: async () => {
+      await cli.stop("SIGTERM", 2000).catch(() => {});
+      await srv.stop("SIGTERM", 2000).catch(() => {});
+    },
+  });
+  return out;
+}
+
+/**
+ * --rtt N: ping rounds alternating between the plain veth, the relays without cryptography
+ * (the floor of any TUN-to-UDP tunnel here) and our tunnel; same server. Each path's replies of
+ * all rounds are pooled for the distribution.
+ */
 async function rttRounds(lab: Lab, opts: Options): Promise<void> {
   console.log(`\n== round trip, ${opts.rtt} rounds of 100 pings at 10 ms`);
+  const relays = await startRelays(lab);
   const server = await servingOurServer(lab, opts);
   const client = await startOurClient(lab, opts);
-  const added: number[] = [];
-  const addedMin: number[] = [];
+  const paths: { name: string; target: string; all: number[]; avgs: number[]; mins: number[] }[] =
+    [];
   try {
     const target = await tunnelTarget(lab);
+    for (const r of relays) {
+      // The first packets open the relays' paths (ARP); not part of the figures.
+      await run(lab.clientNs, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", r.target], {
+        check: false,
+      });
+    }
+    paths.push({ name: "plain veth", target: lab.serverAddr, all: [], avgs: [], mins: [] });
+    for (const r of relays) {
+      paths.push({ name: r.name, target: r.target, all: [], avgs: [], mins: [] });
+    }
+    paths.push({ name: "ours", target, all: [], avgs: [], mins: [] });
     for (let i = 0; i < opts.rtt; i++) {
-      const plain = await ping(lab, lab.serverAddr, 100, "0.01");
-      const tunnel = await ping(lab, target, 100, "0.01");
-      if (plain.avg === null || tunnel.avg === null) continue;
-      added.push(tunnel.avg - plain.avg);
-      addedMin.push(tunnel.min! - plain.min!);
-      console.log(
-        `plain ${fmt(plain.min, 3)} / ${fmt(plain.avg, 3)} ms, tunnel ${fmt(tunnel.min, 3)} / ` +
-          `${fmt(tunnel.avg, 3)} ms (min / avg): added ${
-            (tunnel.min! - plain.min!).toFixed(3)
-          } / ` +
-          `${(tunnel.avg - plain.avg).toFixed(3)} ms`,
-      );
+      const parts: string[] = [];
+      for (const p of paths) {
+        const t = await pingTimes(lab, p.target, 100);
+        if (t.length === 0) {
+          parts.push(`${p.name} —`);
+          continue;
+        }
+        const avg = t.reduce((a, b) => a + b, 0) / t.length;
+        p.all.push(...t);
+        p.avgs.push(avg);
+        p.mins.push(t[0]);
+        parts.push(`${p.name} ${t[0].toFixed(3)} / ${avg.toFixed(3)}`);
+      }
+      console.log(`min / avg ms: ${parts.join(", ")}`);
     }
   } finally {
     await client.stop("SIGTERM", 8000, false).catch(() => {});
     await server.stop();
+    for (const r of relays) await r.stop();
   }
-  const median = (v: number[]) => v.sort((a, b) => a - b)[v.length >> 1];
-  if (added.length) {
+  const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1];
+  const base = paths[0];
+  if (!base || base.all.length === 0) return;
+  const baseAll = base.all.sort((a, b) => a - b);
+  console.log(
+    '\nreplies pooled over the rounds, ms; "added" is against the plain veth (quantile - quantile)',
+  );
+  const cols = [
+    "path",
+    "n",
+    "min",
+    "p50",
+    "p90",
+    "p99",
+    "avg",
+    "added min",
+    "added p50",
+    "added avg",
+  ];
+  const rows: string[][] = [cols];
+  for (const p of paths) {
+    if (p.all.length === 0) continue;
+    const s = p.all.sort((a, b) => a - b);
+    const avg = s.reduce((a, b) => a + b, 0) / s.length;
+    const baseAvg = baseAll.reduce((a, b) => a + b, 0) / baseAll.length;
+    rows.push([
+      p.name,
+      String(s.length),
+      ...[s[0], quantile(s, 0.5), quantile(s, 0.9), quantile(s, 0.99), avg].map((v) =>
+        v.toFixed(3)
+      ),
+      ...(p === base ? ["", "", ""] : [
+        (s[0] - baseAll[0]).toFixed(3),
+        (quantile(s, 0.5) - quantile(baseAll, 0.5)).toFixed(3),
+        (avg - baseAvg).toFixed(3),
+      ]),
+    ]);
+  }
+  const widths = cols.map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) {
     console.log(
-      `median of ${added.length}: added RTT min ${median(addedMin).toFixed(3)} ms, ` +
-        `avg ${median(added).toFixed(3)} ms (target ≤ 0.15)`,
+      r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  "),
+    );
+  }
+  const ours = paths[paths.length - 1];
+  if (ours.avgs.length) {
+    console.log(
+      `median of ${ours.avgs.length} rounds: ours added RTT min ${
+        (median(ours.mins) - median(base.mins)).toFixed(3)
+      } ms, avg ${(median(ours.avgs) - median(base.avgs)).toFixed(3)} ms (target ≤ 0.15)`,
     );
   }
 }
