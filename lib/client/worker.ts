@@ -173,6 +173,7 @@ async function serve(
   // pool that has to get a turn of the event loop too.
   const dnsSource: PacketSource = {
     fd: dns.fd,
+    urgent: true, // taken between the frames of a long tunnel batch, too
     drain: () => {
       const taken = takeAnswers(dns, jobs, drops);
       if (taken !== null) return taken;
