@@ -16,7 +16,7 @@ import {
 import { decodeChannelMessage } from "./messages.ts";
 import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
-import { pump } from "../runtime/packet_loop.ts";
+import { packetLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { openInterface } from "../runtime/interface.ts";
 import { NfQueue } from "../../ffi/nfqueue.ts";
@@ -54,6 +54,11 @@ export interface ClientOptions {
    * reference client's --host-ip: for a client running on a router or VM for other hosts. */
   hostAddress?: string;
 }
+
+/** The DNS relay waits on this thread for this long after the last answer or verdict (ms),
+ * giving its event loop (the tick, signals) a turn every SUPERVISOR_TURN_MS meanwhile. */
+const SUPERVISOR_HOT_MS = 250;
+const SUPERVISOR_TURN_MS = 10;
 
 /** An answer the worker has not judged within this time is dropped (see dns_relay.ts). */
 const VERDICT_TIMEOUT_SECONDS = 2;
@@ -130,12 +135,19 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       if (++tick % 60 === 0) relay.drops.report(log);
     }, TICK_SECONDS);
     await Promise.all([
-      pump("pqconnect-client", running, (ms) => waitReadable(queue.fd, ms), () => {
-        relay.relayAnswers();
-      }),
-      pump("pqconnect-client", running, (ms) => waitReadable(channel.fd, ms), () => {
-        if (!relay.applyVerdicts()) shutdown.stop("worker closed its channel");
-      }),
+      // One loop for both directions (issue 11): while answers come, it waits in a poll on
+      // this thread (one wakeup per answer and per verdict, not a thread-pool wakeup and then
+      // this thread's), and parks on the thread pool once DNS has been quiet for a while.
+      packetLoop("pqconnect-client", running, [
+        { fd: queue.fd, drain: () => (relay.relayAnswers(), 1) },
+        {
+          fd: channel.fd,
+          drain: () => {
+            if (!relay.applyVerdicts()) shutdown.stop("worker closed its channel");
+            return 1;
+          },
+        },
+      ], { hotMs: SUPERVISOR_HOT_MS, maxBlockMs: SUPERVISOR_TURN_MS }),
       ticks.run(running),
     ]);
     relay.passAll();
