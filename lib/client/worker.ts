@@ -189,7 +189,9 @@ async function serve(
       running,
       (p) => device.onTunPacket(p),
       (d, host, port) => device.onDatagram(d, host, port),
-      { drops },
+      // A reply from the crypto worker (a key registered, an encapsulation for the handshake)
+      // is taken as it comes, not at the next turn that happens to dispatch it.
+      { drops, awaitingWorker: () => pool.awaitingReplies },
     ),
     ticks.run(running),
   ]);

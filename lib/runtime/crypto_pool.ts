@@ -334,6 +334,16 @@ export class CryptoPool implements AsyncDisposable {
     return this.#outstanding;
   }
 
+  /**
+   * Some request (a control message included) has been posted and its reply has not arrived
+   * yet: a packet loop that is owed one waits where the event loop can take it.
+   */
+  get awaitingReplies(): boolean {
+    let pending = 0;
+    for (const lane of this.#lanes) pending += lane.pending.size;
+    return pending > this.deferredWaiting;
+  }
+
   /** Replies filed for finishDeferred(). */
   get deferredWaiting(): number {
     return this.#inbox.length - this.#inboxHead;

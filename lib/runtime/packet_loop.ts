@@ -80,6 +80,13 @@ export interface PacketLoopOptions {
    * `busy`: the wait found packets. Returns true while work is left (the loop stays awake).
    */
   work?: (busy: boolean) => boolean;
+  /**
+   * While this says true, every wait goes through the event loop (pollAsync), so a message from
+   * a worker thread is handed over as it comes. The turn of `pollAsync(0)` every `maxBlockMs`
+   * does not do that reliably: a worker's reply waited a median 12 ms and up to 288 ms for a
+   * turn that dispatched it (bench/README.md, issue 11, fourth pass).
+   */
+  awaitingWorker?: () => boolean;
 }
 
 /** How long an idle loop parks in one wait on the blocking pool (ms). */
@@ -186,6 +193,7 @@ export async function packetLoop(
   const maxBlockMs = opts.maxBlockMs ?? 2;
   const flush = opts.flush ?? (() => {});
   const work = opts.work;
+  const awaitingWorker = opts.awaitingWorker;
   const set = sourcesIn instanceof SourceList ? sourcesIn : null;
   let sources: readonly PacketSource[] = [];
   let count = 0;
@@ -219,6 +227,9 @@ export async function packetLoop(
     let n: number;
     if (quiet >= hotMs) {
       n = await pollAsync(pfds, nfds, PARK_MS);
+      lastYield = performance.now();
+    } else if (awaitingWorker?.()) {
+      n = await pollAsync(pfds, nfds, maxBlockMs);
       lastYield = performance.now();
     } else if (now >= turnDue) {
       n = await pollAsync(pfds, nfds, 0); // the event loop's turn

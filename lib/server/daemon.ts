@@ -179,6 +179,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
           // Awake while handshakes are out: their replies arrive in the loop's turns.
           work: (busy) =>
             pool.finishDeferred(busy ? REPLIES_PER_ROUND : Infinity) > 0 || pool.outstanding > 0,
+          // A worker's reply is taken as it comes, not at the next turn that dispatches it.
+          awaitingWorker: () => pool.outstanding > 0,
           sources: [keyServerSource(keySock, tree, ephemeral, clock.wall, device.drops)],
         },
       ),
