@@ -470,19 +470,24 @@ export class ClientDevice {
     }
   }
 
-  /** A precomputed McEliece ciphertext if there is one, and a fresh sntrup761 one. */
+  /**
+   * A precomputed McEliece ciphertext if there is one, and a fresh sntrup761 one. Both are asked
+   * for in the same turn, so a first handshake waits for one crypto-worker round trip, not two.
+   */
   private async encapsulate(
     entry: ServerEntry,
     pkId: number,
     sntrupPk: Uint8Array,
   ): Promise<[Encapsulation, Encapsulation]> {
-    const mc = entry.ciphertexts.shift() ?? await this.crypto.mcelieceEncap(pkId);
-    try {
-      return [mc, await this.crypto.sntrupEncap(sntrupPk)];
-    } catch (e) {
-      wipe(mc.sharedSecret);
-      throw e;
-    }
+    const stocked = entry.ciphertexts.shift();
+    const [mc, nt] = await Promise.allSettled([
+      stocked ?? this.crypto.mcelieceEncap(pkId),
+      this.crypto.sntrupEncap(sntrupPk),
+    ]);
+    if (mc.status === "fulfilled" && nt.status === "fulfilled") return [mc.value, nt.value];
+    if (mc.status === "fulfilled") wipe(mc.value.sharedSecret);
+    if (nt.status === "fulfilled") wipe(nt.value.sharedSecret);
+    throw (mc.status === "rejected" ? mc.reason : (nt as PromiseRejectedResult).reason);
   }
 
   private keyChannel(
