@@ -670,7 +670,8 @@ async function firstRequests(
     return v.length ? v[Math.floor(v.length / 2)] : null;
   };
   const best = (k: number) => sorted(k)[0] ?? null;
-  for (const [what, pick] of [["median", median], ["best", best]] as const) {
+  const worst = (k: number) => sorted(k).at(-1) ?? null;
+  for (const [what, pick] of [["median", median], ["best", best], ["worst", worst]] as const) {
     console.log(
       `${what} of ${rows.length}: first request ${
         fmt(pick(0), 0)
