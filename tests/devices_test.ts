@@ -10,6 +10,7 @@ import { InThreadResponder } from "./helpers/in_thread_responder.ts";
 import {
   type ClientConfig,
   ClientDevice,
+  INITIATION_RESEND_SECONDS,
   type KeyChannel,
   RESEND_DELAYS_SECONDS,
 } from "../lib/client/device.ts";
@@ -116,7 +117,11 @@ function makeClient(
   toServer: () => { device: ServerDevice; ephemeral: EphemeralKeyStore },
   keyRequests: { count: number; ephemeral?: number },
   ports = { crypto: 42424, key: 42425, txt: new Map<string, string[]>() },
-  extra: { config?: Partial<ClientConfig> } = {},
+  extra: {
+    config?: Partial<ClientConfig>;
+    /** The link loses the tunnel-port datagrams this says true for. */
+    lose?: (data: Uint8Array) => boolean;
+  } = {},
 ) {
   const tun: Uint8Array[] = [];
   /** Every datagram the client sent (tunnel and key requests): [host, port, bytes]. */
@@ -141,6 +146,7 @@ function makeClient(
         assert.equal(host, SERVER_HOST);
         assert.equal(port, ports.crypto);
         const copy = data.slice();
+        if (extra.lose?.(copy)) return;
         setTimeout(() => toServer().device.onDatagram(copy, clientHost, 42423), 0);
       },
       writeTun: (p) => void tun.push(p.slice()),
@@ -423,6 +429,51 @@ devicesTest(
     }
     await step(5, RESEND_DELAYS_SECONDS.length); // no more
     assert.equal(server.device.handshakes, 1);
+  },
+);
+
+devicesTest(
+  "devices: a lost handshake message goes again with the first packets' resends",
+  async ({ pool, clock, defer }) => {
+    const clientHost = ipv4ToNumber("198.18.0.2");
+    const server = await makeServer(pool, clock, (data) => {
+      const copy = data.slice();
+      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
+    });
+    defer(() => server.device.close());
+    // The link loses the client's first datagram to the tunnel port: the handshake message.
+    let datagrams = 0;
+    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, undefined, {
+      lose: () => datagrams++ === 0,
+    });
+    defer(() => c.client.close());
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
+    const me = ipv4ToNumber("10.43.0.1");
+    c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("syn")));
+    await until("the tunnel is up", () => [...c.client.servers][0].state === "up");
+    const up = clock.t;
+    await until(
+      "the first packet refused",
+      () => server.device.drops.get("tunnel-unknown-tid") >= 1,
+    );
+    // The shell's ticks, 10 ms apart on the client's clock; the server's handshake runs in real
+    // time, so the clock waits for it once the message has gone again.
+    while (!texts(server.tun).includes("syn") && clock.t - up < 5) {
+      clock.advance(0.01);
+      c.client.tick();
+      if (c.client.initiationsResent > 0 && server.device.handshakes === 0) {
+        await until("the handshake at the server", () => server.device.handshakes === 1);
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const took = clock.t - up;
+    assert.ok(texts(server.tun).includes("syn"), "the first packet arrived");
+    assert.equal(c.client.initiationsResent, 1);
+    assert.equal(server.device.handshakes, 1);
+    assert.ok(
+      took <= INITIATION_RESEND_SECONDS + 0.05,
+      `the first packet at the server ${took.toFixed(2)} s after the tunnel was up`,
+    );
   },
 );
 

@@ -77,6 +77,9 @@ interface Resend {
   packets: Uint8Array[];
   attempt: number;
   at: number;
+  /** The handshake message, sent again with the packets now and then (it may be the one lost). */
+  initiation: Uint8Array;
+  initiationAt: number;
 }
 
 export interface ServerEntry extends ServerFacts {
@@ -135,6 +138,14 @@ const RETRY_SECONDS = 2;
 const QUARANTINE_SECONDS = 120;
 /** tick() runs at least this often: liveness and expiry need no earlier wakeup. */
 export const TICK_SECONDS = 1;
+/**
+ * The handshake message goes again with the first packets' resends once this long has passed
+ * since it was last sent, in case it was the datagram lost: without it a lost initiation cost
+ * ~3 s of silence and a new tunnel. Not with every resend: the reference decapsulates each copy
+ * that arrives while its first is still in its handshake threads (40-110 ms idle, more when busy);
+ * our server and the reference drop later copies as replays before any work.
+ */
+export const INITIATION_RESEND_SECONDS = 0.2;
 /**
  * When the first packets go out again while the server has not been heard from: the wait
  * before each resend. The reference server knows a tunnel only once its handshake threads
@@ -200,6 +211,8 @@ export class ClientDevice {
   evicted = 0;
   /** First packets sent again because the server had not answered yet. */
   resent = 0;
+  /** Handshake messages sent again with them. */
+  initiationsResent = 0;
 
   constructor(
     private readonly config: ClientConfig,
@@ -534,7 +547,14 @@ export class ClientDevice {
     const held = entry.held.take();
     for (const p of held) this.path.send(peer, p, now);
     if (held.length > 0) {
-      entry.resend = { peer, packets: held, attempt: 0, at: now + RESEND_DELAYS_SECONDS[0] };
+      entry.resend = {
+        peer,
+        packets: held,
+        attempt: 0,
+        at: now + RESEND_DELAYS_SECONDS[0],
+        initiation: result.message,
+        initiationAt: now,
+      };
       this.io.wakeAt(entry.resend.at);
     }
     this.refill(entry);
@@ -571,6 +591,13 @@ export class ClientDevice {
     if (entry.peer !== r.peer || r.peer.rxPackets > 0 || !r.peer.session.alive(now)) {
       entry.resend = undefined;
       return;
+    }
+    if (now - r.initiationAt >= INITIATION_RESEND_SECONDS) {
+      r.initiationAt = now;
+      this.initiationsResent++;
+      if (this.io.sendUdp(r.initiation, r.peer.host, r.peer.port) === false) {
+        this.drops.count("udp-send-failed");
+      }
     }
     this.resent += r.packets.length;
     for (const p of r.packets) this.path.send(r.peer, p, now);
