@@ -13,7 +13,7 @@
 // (the genuine sender uses them next), so repeating a forgery costs no new derivation.
 
 import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
-import { kdf } from "./kdf.ts";
+import { kdf, kdfInto } from "./kdf.ts";
 import { aeadOpen, aeadOpenPacket, aeadSeal } from "./aead.ts";
 import {
   EPOCH_LIFETIME_SECONDS,
@@ -59,12 +59,37 @@ const MAX_HELD_KEYS = MAX_CHAIN_KEYS + KEYS_PER_CHAIN_STEP;
 /** How long epochs derived ahead for packets that did not verify are kept aside. */
 const FUTURE_SECONDS = EPOCH_SECONDS;
 
+/**
+ * One chain step's output in one buffer: the next chain key's place (zeroed once copied out),
+ * then the 18 packet keys, key i at 32 * (i + 1). `live` has bit i set while key i is held.
+ * One buffer per step, not a view and a map entry per key: a live tunnel holds a step in each
+ * direction, and 47 000 tunnels' views and entries were most of a 350 MB heap (issue 8).
+ */
+interface KeyBlock {
+  keys: Uint8Array;
+  live: number;
+}
+
+const BLOCK_BYTES = (KEYS_PER_CHAIN_STEP + 1) * 32;
+const ALL_KEYS_LIVE = (1 << KEYS_PER_CHAIN_STEP) - 1;
+
+/** Packet key `i` of a chain step's block, as a view. */
+function keyOf(block: Uint8Array, i: number): Uint8Array {
+  return block.subarray(32 * (i + 1), 32 * (i + 2));
+}
+
 /** The keys of one epoch in one direction. */
 class EpochChain {
   readonly nextEpochRoot: Uint8Array;
-  private chainKey: Uint8Array;
-  /** Unused packet keys by counter. */
-  readonly keys = new Map<number, Uint8Array>();
+  /** Updated in place by each chain step. */
+  private readonly chainKey: Uint8Array;
+  /**
+   * Unused packet keys (receiving side), by chain step (counter / 18), steps in counter order;
+   * a step is gone once it holds none. Made on the first step.
+   */
+  private blocks: Map<number, KeyBlock> | null = null;
+  /** Keys held in `blocks`. */
+  private held = 0;
   /** Counter of the next key a chain step will produce. */
   private nextCtr = 0;
   /** Counter of the newest packet that verified in this epoch (receiving side). */
@@ -91,30 +116,47 @@ class EpochChain {
     return this.start + EPOCH_SECONDS;
   }
 
-  /** One chain step: the next 18 packet keys, in counter order, kept in `keys`. */
+  /** One chain step: the next 18 packet keys, in counter order, kept. */
   step(): void {
-    for (const k of this.derive()) this.keys.set(this.nextCtr++, k);
+    const blocks = this.blocks ??= new Map();
+    blocks.set(this.nextCtr / KEYS_PER_CHAIN_STEP, { keys: this.derive(), live: ALL_KEYS_LIVE });
+    this.nextCtr += KEYS_PER_CHAIN_STEP;
+    this.held += KEYS_PER_CHAIN_STEP;
   }
 
   /**
-   * One chain step for a sender, which takes keys strictly in counter order: the 18 keys are
-   * handed over (the caller erases them), not kept in `keys`.
+   * One chain step for a sender, which takes keys strictly in counter order: the block of 18
+   * keys is handed over (the caller erases it), not kept.
    */
-  stepInOrder(): Uint8Array[] {
-    const packetKeys = this.derive();
-    this.nextCtr += packetKeys.length;
-    return packetKeys;
+  stepInOrder(): Uint8Array {
+    const block = this.derive();
+    this.nextCtr += KEYS_PER_CHAIN_STEP;
+    return block;
   }
 
-  private derive(): Uint8Array[] {
-    const keys = kdf(KEYS_PER_CHAIN_STEP + 1, this.chainKey);
-    wipe(this.chainKey);
-    this.chainKey = keys.shift()!;
-    return keys;
+  private derive(): Uint8Array {
+    const block = new Uint8Array(BLOCK_BYTES);
+    kdfInto(this.chainKey, block);
+    this.chainKey.set(block.subarray(0, 32));
+    block.fill(0, 0, 32);
+    return block;
   }
 
   get highestCtr(): number {
     return this.nextCtr - 1;
+  }
+
+  /** The block holding `ctr`'s key, while it is held. */
+  private blockOf(ctr: number): KeyBlock | undefined {
+    const i = ctr % KEYS_PER_CHAIN_STEP;
+    const b = this.blocks?.get((ctr - i) / KEYS_PER_CHAIN_STEP);
+    return b !== undefined && (b.live >> i & 1) === 1 ? b : undefined;
+  }
+
+  /** The key of `ctr` while held, as a view; undefined when it is not. */
+  key(ctr: number): Uint8Array | undefined {
+    const b = this.blockOf(ctr);
+    return b === undefined ? undefined : keyOf(b.keys, ctr % KEYS_PER_CHAIN_STEP);
   }
 
   /**
@@ -124,7 +166,7 @@ class EpochChain {
    * lost packets then fill it and, at 2 % loss, stall the epoch after a few thousand packets.)
    */
   stepsTo(ctr: number, window = MAX_CHAIN_KEYS): number {
-    if (ctr <= this.highestCtr) return this.keys.has(ctr) ? 0 : -1;
+    if (ctr <= this.highestCtr) return this.blockOf(ctr) !== undefined ? 0 : -1;
     if (ctr - this.newest > window) return -1;
     return Math.ceil((ctr - this.highestCtr) / KEYS_PER_CHAIN_STEP);
   }
@@ -134,25 +176,36 @@ class EpochChain {
    * lost packets (or very late ones): beyond MAX_HELD_KEYS the oldest are forgotten.
    */
   used(ctr: number): void {
-    const keys = this.keys;
-    wipe(keys.get(ctr));
-    keys.delete(ctr);
+    const blocks = this.blocks!;
+    const i = ctr % KEYS_PER_CHAIN_STEP;
+    const step = (ctr - i) / KEYS_PER_CHAIN_STEP;
+    this.forget(blocks, step, blocks.get(step)!, i);
     if (ctr > this.newest) this.newest = ctr;
-    while (keys.size > MAX_HELD_KEYS) {
-      // Chain steps insert counters in increasing order: the first held is the oldest. Keys
+    while (this.held > MAX_HELD_KEYS) {
+      // Chain steps come in counter order: the first block's lowest key is the oldest held. Keys
       // ahead of the newest verified packet stay (the sender uses them next; a forgery may
       // have had them derived, and must not make the genuine packets' keys go).
-      const [oldest, key] = keys.entries().next().value!;
-      if (oldest >= this.newest) break;
-      wipe(key);
-      keys.delete(oldest);
+      const [step, b] = blocks.entries().next().value!;
+      const low = 31 - Math.clz32(b.live & -b.live);
+      if (step * KEYS_PER_CHAIN_STEP + low >= this.newest) break;
+      this.forget(blocks, step, b, low);
     }
+  }
+
+  /** Erases key `i` of the block of chain step `step`; an empty block goes. */
+  private forget(blocks: Map<number, KeyBlock>, step: number, b: KeyBlock, i: number): void {
+    keyOf(b.keys, i).fill(0);
+    b.live &= ~(1 << i);
+    this.held--;
+    if (b.live === 0) blocks.delete(step);
   }
 
   clear(): void {
     wipe(this.nextEpochRoot, this.chainKey);
-    for (const k of this.keys.values()) wipe(k);
-    this.keys.clear();
+    if (this.blocks === null) return;
+    for (const b of this.blocks.values()) b.keys.fill(0);
+    this.blocks.clear();
+    this.held = 0;
   }
 }
 
@@ -171,9 +224,9 @@ export class SendChain {
   lastCtr = -1;
   /** No epoch after the current one: a cookie handed its successors to a rebuilt session. */
   private capped = false;
-  /** The current chain step's keys, taken in order from `taken` on; the rest erased on moving. */
-  private pending: Uint8Array[] = [];
-  private taken = 0;
+  /** The current chain step's block, its keys taken in order from `taken` on (erased on moving). */
+  private pending: Uint8Array | null = null;
+  private taken = KEYS_PER_CHAIN_STEP;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chain = new EpochChain(root, epoch, now, now);
@@ -200,9 +253,9 @@ export class SendChain {
 
   /** Erases the keys of the current chain step not taken yet. */
   private dropPending(): void {
-    for (let i = this.taken; i < this.pending.length; i++) this.pending[i].fill(0);
-    this.pending = [];
-    this.taken = 0;
+    this.pending?.fill(0);
+    this.pending = null;
+    this.taken = KEYS_PER_CHAIN_STEP;
   }
 
   /** Moves on to the epoch the clock says it should send in by `now`. */
@@ -219,11 +272,11 @@ export class SendChain {
   /** next() without the wrapper object: the counter is left in lastCtr, the epoch in epoch. */
   take(now: number): Uint8Array {
     this.settle(now);
-    if (this.taken === this.pending.length) {
+    if (this.taken === KEYS_PER_CHAIN_STEP) {
       this.pending = this.chain.stepInOrder();
       this.taken = 0;
     }
-    const key = this.pending[this.taken++];
+    const key = keyOf(this.pending!, this.taken++);
     this.lastCtr = this.ctr++;
     return key;
   }
@@ -317,7 +370,7 @@ export class ReceiveChain {
 
   /** The key for (epoch, ctr) when it is already derived (the common case), else undefined. */
   derived(epoch: number, ctr: number): Uint8Array | undefined {
-    return this.chains.get(epoch)?.keys.get(ctr);
+    return this.chains.get(epoch)?.key(ctr);
   }
 
   /** Erases a derived() key once its packet verified. */
@@ -374,7 +427,7 @@ export class ReceiveChain {
     if (steps < 0) return null;
     for (let i = 0; i < steps; i++) chain.step();
     this.derivations += steps;
-    const key = chain.keys.get(ctr)!;
+    const key = chain.key(ctr)!;
     return {
       key,
       commit: () => {
