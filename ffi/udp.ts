@@ -79,6 +79,9 @@ export interface Datagram {
   port: number;
 }
 
+/** Receives one datagram: a view of a receive slot (valid until the next receive), its source. */
+export type OnDatagram = (data: Uint8Array, addr: number, port: number) => void;
+
 export interface UdpStats {
   received: number;
   sent: number;
@@ -368,12 +371,26 @@ export class UdpSocket {
    * Each `data` is a view into this socket's receive slots, overwritten by the next call.
    */
   recvBatch(max = this.batch): Datagram[] {
-    if (this.#fd < 0) return [];
-    max = Math.min(max, this.batch);
-    return this.mode === "mmsg" ? this.#recvMmsg(max) : this.#recvPlain(max);
+    const out: Datagram[] = [];
+    this.recvEach((data, addr, port) => void out.push({ data, addr, port }), max);
+    return out;
   }
 
-  #recvMmsg(max: number): Datagram[] {
+  /**
+   * recvBatch() handing each datagram to `onDatagram` as it is read, with no object per
+   * datagram (a server under a flood reads tens of thousands a second). Returns how many.
+   */
+  recvEach(onDatagram: OnDatagram, max = this.batch): number {
+    if (this.#fd < 0) return 0;
+    max = Math.min(max, this.batch);
+    const n = this.mode === "mmsg"
+      ? this.#recvMmsg(max, onDatagram)
+      : this.#recvPlain(max, onDatagram);
+    this.stats.received += n;
+    return n;
+  }
+
+  #recvMmsg(max: number, onDatagram: OnDatagram): number {
     const rx = this.#rx;
     const gro = this.#gro;
     if (gro) {
@@ -386,9 +403,9 @@ export class UdpSocket {
       const code = errno();
       if (code === EINTR) continue;
       if (code !== EAGAIN) this.#recvFailed(code);
-      return [];
+      return 0;
     }
-    const out: Datagram[] = [];
+    let got = 0;
     const u32 = rx.u32;
     const view = rx.view;
     for (let i = 0; i < n; i++) {
@@ -404,16 +421,17 @@ export class UdpSocket {
       const len = u32[h + (H_LEN >> 2)];
       const size = gro ? this.#groSize(rx, i) : 0;
       if (size === 0 || size >= len) {
-        out.push({ data: rx.slots[i].subarray(0, len), addr, port });
+        onDatagram(rx.slots[i].subarray(0, len), addr, port);
+        got++;
         continue;
       }
       // Several datagrams of `size` bytes (the last may be shorter), as they were sent.
       for (let at = 0; at < len; at += size) {
-        out.push({ data: rx.slots[i].subarray(at, Math.min(len, at + size)), addr, port });
+        onDatagram(rx.slots[i].subarray(at, Math.min(len, at + size)), addr, port);
+        got++;
       }
     }
-    this.stats.received += out.length;
-    return out;
+    return got;
   }
 
   /** The datagram size of a coalesced receive, from its UDP_GRO control message; 0 if none. */
@@ -425,9 +443,9 @@ export class UdpSocket {
     return u32[c + 4];
   }
 
-  #recvPlain(max: number): Datagram[] {
+  #recvPlain(max: number, onDatagram: OnDatagram): number {
     const rx = this.#rx;
-    const out: Datagram[] = [];
+    let got = 0;
     const size = BigInt(this.maxDatagram);
     for (let i = 0; i < max;) {
       this.#nameLen[0] = SOCKADDR_IN;
@@ -452,15 +470,15 @@ export class UdpSocket {
         continue;
       }
       const name = rx.nameAt + i * SOCKADDR_IN;
-      out.push({
-        data: rx.slots[i].subarray(0, n),
-        addr: rx.view.getUint32(name + 4, false),
-        port: rx.view.getUint16(name + 2, false),
-      });
       i++;
+      got++;
+      onDatagram(
+        rx.slots[i - 1].subarray(0, n),
+        rx.view.getUint32(name + 4, false),
+        rx.view.getUint16(name + 2, false),
+      );
     }
-    this.stats.received += out.length;
-    return out;
+    return got;
   }
 
   #recvFailed(code: number): void {

@@ -13,9 +13,9 @@ import { EPOCH_LIFETIME_SECONDS } from "./constants.ts";
 
 /** A map key for a c0: 32 bytes of a 194-byte ciphertext are as unique as the whole. */
 export function replayKey(c0: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < 32 && i < c0.length; i++) s += String.fromCharCode(c0[i]);
-  return s + String(c0.length);
+  // One flat string (a character at a time built a chain of 32 pieces, flattened on lookup).
+  const head = c0.subarray(0, 32) as unknown as number[];
+  return String.fromCharCode.apply(null, head) + String(c0.length);
 }
 
 export class ReplayCache {
@@ -27,15 +27,25 @@ export class ReplayCache {
   ) {}
 
   has(c0: Uint8Array, now: number): boolean {
+    return this.hasKey(replayKey(c0), now);
+  }
+
+  /** has() for a c0 whose replayKey() the caller already made. */
+  hasKey(key: string, now: number): boolean {
     this.prune(now);
-    return this.seen.has(replayKey(c0));
+    return this.seen.has(key);
   }
 
   /** Remembers c0; false (and nothing remembered) when the cache is full. */
   add(c0: Uint8Array, now: number): boolean {
+    return this.addKey(replayKey(c0), now);
+  }
+
+  /** add() for a c0 whose replayKey() the caller already made. */
+  addKey(key: string, now: number): boolean {
     this.prune(now);
     if (this.seen.size >= this.maxEntries) return false;
-    this.seen.set(replayKey(c0), now + this.lifetime);
+    this.seen.set(key, now + this.lifetime);
     return true;
   }
 

@@ -444,6 +444,13 @@ export class TunnelLoop implements TunnelIo {
     };
     const vnet = tun.vnetHeader;
     const coalescer = this.#coalescer;
+    // One callback for every batch (no closure per batch): each datagram, and a look at the
+    // urgent sources every 16 of them.
+    let received = 0;
+    const onEachDatagram = (data: Uint8Array, addr: number, port: number) => {
+      onDatagram(data, addr, port);
+      if ((++received & 15) === 0) this.#checkUrgent(name);
+    };
     const sources = new SourceList([
       {
         fd: tun.fd,
@@ -469,16 +476,12 @@ export class TunnelLoop implements TunnelIo {
       {
         fd: sock.fd,
         drain: batch(() => {
-          const got = sock.recvBatch();
-          for (let i = 0; i < got.length; i++) {
-            const d = got[i];
-            onDatagram(d.data, d.addr, d.port);
-            if ((i & 15) === 15) this.#checkUrgent(name);
-          }
+          received = 0;
+          const got = sock.recvEach(onEachDatagram);
           // The packets written meanwhile are views into the receive slots: out before the
           // next receive.
           coalescer?.flush();
-          return got.length;
+          return got;
         }),
       },
       ...(opts.sources ?? []),

@@ -251,8 +251,8 @@ export class ServerDevice {
     if (!parsed) return this.drops.count("handshake-malformed");
     const now = this.clock.mono();
     // Replays first: refusing one costs a lookup, and it should not spend the sender's tokens.
-    if (this.replay.has(parsed.c0, now)) return this.drops.count("handshake-replay");
     const c0Key = replayKey(parsed.c0);
+    if (this.replay.hasKey(c0Key, now)) return this.drops.count("handshake-replay");
     if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
     if (!this.limiter.allow(host, now) && !this.overdraw(now)) {
       return this.drops.count("handshake-rate-limited");
@@ -356,10 +356,10 @@ export class ServerDevice {
 
   /** The decapsulations are done: replay check, the new tunnel, its held packets. */
   private finishHandshake(job: HandshakeJob, result: HandshakeResult): void {
-    const { msg: copy, host, port } = job;
+    const { host, port, c0Key } = job;
     const now = this.clock.mono();
-    if (this.replay.has(copy.c0, now)) return this.drops.count("handshake-replay");
-    if (!this.replay.add(copy.c0, now)) return this.drops.count("handshake-replay-full");
+    if (this.replay.hasKey(c0Key, now)) return this.drops.count("handshake-replay");
+    if (!this.replay.addKey(c0Key, now)) return this.drops.count("handshake-replay-full");
     // The responder sends with the responder-to-initiator root (the session erases both).
     const session = TunnelSession.create(result.tid, result.r2i, result.i2r, now);
     const tidKey = tidKeyAt(result.tid, 0);
