@@ -13,7 +13,7 @@
 // (the genuine sender uses them next), so repeating a forgery costs no new derivation.
 
 import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
-import { kdf, kdfInto } from "./kdf.ts";
+import { kdfInto } from "./kdf.ts";
 import { aeadOpen, aeadOpenPacket, aeadSeal } from "./aead.ts";
 import {
   EPOCH_LIFETIME_SECONDS,
@@ -80,9 +80,8 @@ function keyOf(block: Uint8Array, i: number): Uint8Array {
 
 /** The keys of one epoch in one direction. */
 class EpochChain {
-  readonly nextEpochRoot: Uint8Array;
-  /** Updated in place by each chain step. */
-  private readonly chainKey: Uint8Array;
+  /** kdf(2, root): the next epoch's root, then the chain key (updated by each chain step). */
+  private readonly roots = new Uint8Array(64);
   /**
    * Unused packet keys (receiving side), by chain step (counter / 18), steps in counter order;
    * a step is gone once it holds none. Made on the first step.
@@ -105,10 +104,13 @@ class EpochChain {
     readonly start: number,
     public created: number,
   ) {
-    const [next, chain] = kdf(2, root);
+    kdfInto(root, this.roots);
     wipe(root);
-    this.nextEpochRoot = next;
-    this.chainKey = chain;
+  }
+
+  /** The next epoch's root, as a view (made when asked: a tunnel keeps no view per chain). */
+  get nextEpochRoot(): Uint8Array {
+    return this.roots.subarray(0, 32);
   }
 
   /** Time after which a sender moves on to the next epoch. */
@@ -136,8 +138,9 @@ class EpochChain {
 
   private derive(): Uint8Array {
     const block = new Uint8Array(BLOCK_BYTES);
-    kdfInto(this.chainKey, block);
-    this.chainKey.set(block.subarray(0, 32));
+    const chainKey = this.roots.subarray(32);
+    kdfInto(chainKey, block);
+    chainKey.set(block.subarray(0, 32));
     block.fill(0, 0, 32);
     return block;
   }
@@ -201,7 +204,7 @@ class EpochChain {
   }
 
   clear(): void {
-    wipe(this.nextEpochRoot, this.chainKey);
+    wipe(this.roots);
     if (this.blocks === null) return;
     for (const b of this.blocks.values()) b.keys.fill(0);
     this.blocks.clear();
