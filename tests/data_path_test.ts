@@ -60,3 +60,37 @@ Deno.test("datagrams reach the peer of their tunnel id, also after the peer is r
   assert.equal(path.fromNetwork(datagram(a2.theirs, 2), HOST, 1, 2).kind, "unknown-tid");
   assert.equal(delivered.length, 6);
 });
+
+Deno.test("tunnel ids that share their number in the peer table's index are each found, until removed", () => {
+  const path = new DataPath(
+    { sendUdp: () => true, writeTun: () => true },
+    new DropCounters(),
+    { deliverTo: 0x0a000001, roaming: false },
+  );
+  // The index takes 30 bits of the first 4 bytes: these three ids differ only in the last 2
+  // bits of byte 3, or after it, so all share one number.
+  const tid = crypto.getRandomValues(new Uint8Array(32));
+  tid[3] &= 0xfc;
+  const tids = [tid, tid.slice(), tid.slice()];
+  tids[1][3] |= 1;
+  tids[2][7] ^= 0x80;
+  const pairs = tids.map(pair);
+  const peers = pairs.map((p, i) => newPeer(p.mine, 0x0a000002 + i, HOST, 1 + i, 0));
+  for (const peer of peers) path.peers.add(peer);
+  const lookup = (i: number) => {
+    const r = path.fromNetwork(datagram(pairs[i].theirs, 1), HOST, 1 + i, 1);
+    return r.kind === "delivered" ? r.peer : r.kind;
+  };
+  for (const i of [0, 1, 2, 1, 0]) assert.equal(lookup(i), peers[i]);
+  // The one indexed by the number goes first: a clash takes its place, the other stays found.
+  path.peers.remove(peers[0]);
+  assert.equal(lookup(0), "unknown-tid");
+  assert.equal(lookup(1), peers[1]);
+  assert.equal(lookup(2), peers[2]);
+  path.peers.remove(peers[2]);
+  assert.equal(lookup(2), "unknown-tid");
+  assert.equal(lookup(1), peers[1]);
+  path.peers.remove(peers[1]);
+  assert.equal(lookup(1), "unknown-tid");
+  assert.equal(path.peers.size, 0);
+});

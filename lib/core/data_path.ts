@@ -95,10 +95,25 @@ function tidPrefixIs(data: Uint8Array, peer: Peer): boolean {
   return true;
 }
 
+/**
+ * 30 bits of the tunnel id at `offset` as a number: a small-integer map key, so finding a
+ * datagram's tunnel builds no string (under a flood most datagrams name no live tunnel).
+ */
+function tidNumberAt(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset] << 22) | (bytes[offset + 1] << 14) | (bytes[offset + 2] << 6) |
+    (bytes[offset + 3] >> 2);
+}
+
 /** The live tunnels by tunnel id and by internal address. */
 export class PeerTable {
   private readonly byTid = new Map<string, Peer>();
   private readonly byInternal = new Map<number, Peer>();
+  /**
+   * The datagram path's index: by tidNumberAt, one peer per number; a peer whose number is
+   * taken by another (~1 in 20 000 at 65 536 peers) is found in `clashes` by its tidKey.
+   */
+  private readonly byNumber = new Map<number, Peer>();
+  private readonly clashes = new Map<string, Peer>();
   /** Moves on with every add and remove: tells a cached lookup it may be stale. */
   generation = 0;
 
@@ -108,12 +123,24 @@ export class PeerTable {
 
   add(peer: Peer): void {
     this.generation++;
+    const old = this.byTid.get(peer.tidKey);
+    if (old !== undefined) this.unindex(old);
     this.byTid.set(peer.tidKey, peer);
     this.byInternal.set(peer.internal, peer);
+    const n = tidNumberAt(peer.session.tid, 0);
+    if (this.byNumber.has(n)) this.clashes.set(peer.tidKey, peer);
+    else this.byNumber.set(n, peer);
   }
 
   byTunnelId(key: string): Peer | undefined {
     return this.byTid.get(key);
+  }
+
+  /** The peer whose tunnel id starts as the one in the tunnel packet `data` (at 2). */
+  byTunnelIdIn(data: Uint8Array): Peer | undefined {
+    const peer = this.byNumber.get(tidNumberAt(data, 2));
+    if (peer !== undefined && tidPrefixIs(data, peer)) return peer;
+    return this.clashes.size === 0 ? undefined : this.clashes.get(tidKeyAt(data, 2));
   }
 
   byAddress(internal: number): Peer | undefined {
@@ -122,8 +149,28 @@ export class PeerTable {
 
   remove(peer: Peer): void {
     this.generation++;
-    if (this.byTid.get(peer.tidKey) === peer) this.byTid.delete(peer.tidKey);
+    if (this.byTid.get(peer.tidKey) === peer) {
+      this.byTid.delete(peer.tidKey);
+      this.unindex(peer);
+    }
     if (this.byInternal.get(peer.internal) === peer) this.byInternal.delete(peer.internal);
+  }
+
+  /** Takes `peer` out of the number index; a clash with its number takes its place. */
+  private unindex(peer: Peer): void {
+    if (this.clashes.get(peer.tidKey) === peer) {
+      this.clashes.delete(peer.tidKey);
+      return;
+    }
+    const n = tidNumberAt(peer.session.tid, 0);
+    if (this.byNumber.get(n) !== peer) return;
+    this.byNumber.delete(n);
+    for (const [key, other] of this.clashes) {
+      if (tidNumberAt(other.session.tid, 0) !== n) continue;
+      this.clashes.delete(key);
+      this.byNumber.set(n, other);
+      return;
+    }
   }
 
   /** The peer idle the longest (a linear scan: only needed when the table is full). */
@@ -153,10 +200,15 @@ export type FromNetwork =
   | { kind: "delivered"; peer: Peer }
   /** An authenticated cookie inside the tunnel (a view of the receive buffer). */
   | { kind: "cookie"; peer: Peer; cookie: Uint8Array }
-  /** No live tunnel has this id (not counted: the device may hold the datagram). */
-  | { kind: "unknown-tid"; tidKey: string }
+  /**
+   * No live tunnel has this id (not counted: the device may hold the datagram; its tidKey is
+   * tidKeyAt(data, 2), made only if wanted).
+   */
+  | { kind: "unknown-tid" }
   /** Refused (counted); `peer` when it was the peer's session that refused it. */
   | { kind: "dropped"; reason: string; peer?: Peer };
+
+const UNKNOWN_TID: FromNetwork = { kind: "unknown-tid" };
 
 export interface DataPathConfig {
   /** Where decrypted packets are addressed: the host (server) or the TUN address (client). */
@@ -221,9 +273,8 @@ export class DataPath {
     if (data.length < TUNNEL_OVERHEAD) return this.dropped("tunnel-short");
     let peer = this.lastPeer;
     if (this.lastGeneration !== this.peers.generation || !peer || !tidPrefixIs(data, peer)) {
-      const tidKey = tidKeyAt(data, 2);
-      peer = this.peers.byTunnelId(tidKey);
-      if (!peer) return { kind: "unknown-tid", tidKey };
+      peer = this.peers.byTunnelIdIn(data);
+      if (!peer) return UNKNOWN_TID;
       this.lastPeer = peer;
       this.lastGeneration = this.peers.generation;
     }

@@ -181,9 +181,9 @@ export class ServerDevice {
   private onTunnelPacket(data: Uint8Array, host: number, port: number): void {
     const r = this.path.fromNetwork(data, host, port, this.clock.mono());
     if (r.kind === "unknown-tid") {
-      const l = this.lingering.get(r.tidKey);
+      const l = this.lingering.size === 0 ? undefined : this.lingering.get(tidKeyAt(data, 2));
       if (l) return this.onLingeringPacket(l, data, host, port);
-      return this.hold(r.tidKey, data, host, port);
+      return this.hold(data, host, port);
     }
     if (r.kind === "cookie") return this.drops.count("cookie-from-client");
     if (r.kind === "dropped" && r.reason === "tunnel-expired" && r.peer) {
@@ -232,14 +232,15 @@ export class ServerDevice {
    * under overload) would otherwise keep its first 8 packets, long stale, and refuse the one
    * that came right behind the handshake now being answered.
    */
-  private hold(key: string, data: Uint8Array, host: number, port: number): void {
+  private hold(data: Uint8Array, host: number, port: number): void {
     const client = this.clients.get(host * 65536 + port);
     if (!client) return this.drops.count("tunnel-unknown-tid");
     if (client.held.length >= HELD_PER_CLIENT) {
       client.held.shift();
       this.drops.count("tunnel-held-overflow");
     }
-    client.held.push({ tidKey: key, data: data.slice(), until: this.clock.mono() + HELD_SECONDS });
+    const tidKey = tidKeyAt(data, 2);
+    client.held.push({ tidKey, data: data.slice(), until: this.clock.mono() + HELD_SECONDS });
   }
 
   /** Admission: parse, replay check, rate limit, queue. No decapsulation happens here. */
