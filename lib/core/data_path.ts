@@ -110,7 +110,7 @@ export class PeerTable {
   private readonly byInternal = new Map<number, Peer>();
   /**
    * The datagram path's index: by tidNumberAt, one peer per number; a peer whose number is
-   * taken by another (~1 in 20 000 at 65 536 peers) is found in `clashes` by its tidKey.
+   * taken by another (~1 in 16 000 at 65 536 peers) is found in `clashes` by its tidKey.
    */
   private readonly byNumber = new Map<number, Peer>();
   private readonly clashes = new Map<string, Peer>();
