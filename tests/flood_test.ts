@@ -254,13 +254,15 @@ Deno.test({
       assert.ok(warm.rate >= 0.95 * FLOOD_RATE, `the warm-up flood reached only ${warm.rate}/s`);
       assert.equal(newcomerStep.answered, newcomerStep.offered, "the newcomer's tunnels failed");
       assert.ok(newcomerStep.p99 !== null && newcomerStep.p99 <= 2000, "newcomer waited > 2 s");
-      // Flat for a garbage-collected server: what the measured flood adds is small, and less
-      // than half of what the same load added before (converging on its working size, as a
-      // 40 s flood outside the lab shows: ~180 MiB and no further), not growing with the load.
+      // Flat for a garbage-collected server: what the measured flood adds is small, and
+      // clearly less than what the same load added before (converging on its working size, as
+      // a 40 s flood outside the lab shows), not growing with the load. Growth that did not
+      // converge would add as much the second time. Not half: with 3.8 kB per tunnel the
+      // warm-up itself grows less, and V8 still takes a 10-16 MiB step late in either flood.
       const grewWarm = Math.max(...warm.rss) - warm.rss[0];
       const grew = Math.max(...rss) - rss[0];
       assert.ok(
-        grew <= 32 * 1024 && grew <= Math.max(8 * 1024, grewWarm / 2),
+        grew <= 32 * 1024 && grew <= Math.max(8 * 1024, 0.75 * grewWarm),
         `server memory grew during the flood: ${warm.rss.map(mib).join(" → ")}, then ` +
           `${rss.map(mib).join(" → ")} MiB`,
       );
