@@ -18,6 +18,7 @@ import { installAeadBackend } from "../runtime/aead_backend.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
 import { installHashBackend } from "../runtime/hash_backend.ts";
 import { warmUp } from "../runtime/warmup.ts";
+import { DataPathWarmer } from "../runtime/path_warmer.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
 import { TunDevice } from "../../ffi/tun.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
@@ -86,6 +87,8 @@ async function serve(
   const keyChannels = new Set<KeyChannel>();
   cleanup.add(() => keyChannels.forEach((c) => c.close()));
   const loop = new TunnelLoop({ tun, sock });
+  const warmer = new DataPathWarmer(loop.finishesChecksums); // see PacketLoopOptions.warm
+  cleanup.add(() => warmer.close());
   log.info(`data path offloads: ${loop.offloads}`);
   let seconds = 0;
   const ticks = new TickLoop("pqconnect-client", now, () => {
@@ -191,7 +194,7 @@ async function serve(
       (d, host, port) => device.onDatagram(d, host, port),
       // A reply from the crypto worker (a key registered, an encapsulation for the handshake)
       // is taken as it comes, not at the next turn that happens to dispatch it.
-      { drops, awaitingWorker: () => pool.awaitingReplies },
+      { drops, awaitingWorker: () => pool.awaitingReplies, warm: warmer.warm },
     ),
     ticks.run(running),
   ]);

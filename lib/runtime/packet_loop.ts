@@ -87,6 +87,12 @@ export interface PacketLoopOptions {
    * turn that dispatched it (bench/README.md, issue 11, fourth pass).
    */
   awaitingWorker?: () => boolean;
+  /**
+   * Called while hot after a timed wait that found nothing (at most once per `maxBlockMs`): a
+   * few µs of the data path's own work on dummy data, so the next real packet finds its code and
+   * data in cache (lib/runtime/path_warmer.ts). Never while parked: an idle loop costs nothing.
+   */
+  warm?: () => void;
 }
 
 /** How long an idle loop parks in one wait on the blocking pool (ms). */
@@ -194,6 +200,7 @@ export async function packetLoop(
   const flush = opts.flush ?? (() => {});
   const work = opts.work;
   const awaitingWorker = opts.awaitingWorker;
+  const warm = opts.warm;
   const set = sourcesIn instanceof SourceList ? sourcesIn : null;
   let sources: readonly PacketSource[] = [];
   let count = 0;
@@ -239,6 +246,13 @@ export async function packetLoop(
     } else {
       // Sleep on this thread, but not past the event loop's next turn.
       n = poll(pfds, nfds, Math.max(1, Math.ceil(turnDue - now)));
+      if (n === 0 && warm !== undefined) {
+        try {
+          warm();
+        } catch (e) {
+          reportError(name, e);
+        }
+      }
     }
     if (work !== undefined) {
       try {

@@ -16,6 +16,7 @@ import { StderrLogger } from "../runtime/log.ts";
 import { installAeadBackend } from "../runtime/aead_backend.ts";
 import { installHashBackend } from "../runtime/hash_backend.ts";
 import { warmUp } from "../runtime/warmup.ts";
+import { DataPathWarmer } from "../runtime/path_warmer.ts";
 import { ServerDevice } from "./device.ts";
 import { openInterface } from "../runtime/interface.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
@@ -111,6 +112,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     );
 
     const loop = new TunnelLoop({ tun, sock: cryptoSock });
+    const warmer = new DataPathWarmer(loop.finishesChecksums); // see PacketLoopOptions.warm
+    cleanup.add(() => warmer.close());
     // A wall clock that never steps (lib/runtime/clock.ts), on the packet loop's clock: one
     // reading per batch of packets.
     const clock = steadyClocks(() => loop.now());
@@ -176,6 +179,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         (d, host, port) => device.onDatagram(d, host, port),
         {
           drops: device.drops,
+          warm: warmer.warm,
           // Awake while handshakes are out: their replies arrive in the loop's turns.
           work: (busy) =>
             pool.finishDeferred(busy ? REPLIES_PER_ROUND : Infinity) > 0 || pool.outstanding > 0,
