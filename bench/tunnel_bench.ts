@@ -255,7 +255,7 @@ async function ping(lab: Lab, target: string, count: number, interval: string) {
 
 /**
  * Query times of a plain name, one lookup every 50 ms for `seconds`, in the client namespace,
- * in ms to the microsecond: a small python3 resolver stub (one UDP query, its answer; dig only
+ * in ms to the microsecond: a small python3 resolver of our own (one UDP query, its answer; dig only
  * reports 4 ms steps here, and starting dig each time costs more than the lookup).
  */
 async function dnsWhile(lab: Lab, seconds: number): Promise<number[]> {
