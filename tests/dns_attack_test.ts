@@ -31,11 +31,11 @@ import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
-  copyFixtureKeys,
   curl,
   denoEnv,
   describeCurl,
   ensurePrivsepUser,
+  fixtureKeyDir,
   labPermissionProblem,
   logs,
   type OurClient,
@@ -236,9 +236,7 @@ Deno.test({
       await Deno.remove(runtimeDir, { recursive: true }).catch(() => {});
       await removeStaleTempDirs([`${PREFIX}-`]);
       work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = `${work}/keys`;
-      await Deno.mkdir(keyDir, { mode: 0o700 });
-      await copyFixtureKeys(keyDir);
+      const keyDir = await fixtureKeyDir(work);
       const ports = { crypto: 42424, key: 42425 };
       const announced = await announceZone(keyDir, "www.lab.test", serverAddr, ports);
       const pq1 = announced.pq1Name;

@@ -21,9 +21,9 @@ import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
-  copyFixtureKeys,
   dropTotals,
   ensurePrivsepUser,
+  fixtureKeyDir,
   logs,
   type OurClient,
   startOurClient,
@@ -148,9 +148,7 @@ Deno.test({
       lab = await createLab({ prefix: PREFIX });
       await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
       work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = `${work}/keys`;
-      await Deno.mkdir(keyDir, { mode: 0o700 });
-      await copyFixtureKeys(keyDir);
+      const keyDir = await fixtureKeyDir(work);
       const ports = { crypto: 42424, key: 42425 };
       const announced = await announceZone(keyDir, "www.lab.test", lab.serverAddr, ports);
       dns = await startDnsmasq({

@@ -29,10 +29,10 @@ import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
-  copyFixtureKeys,
   denoEnv,
   dropTotals,
   ensurePrivsepUser,
+  fixtureKeyDir,
   logs,
   type OurClient,
   PROJECT_DIR,
@@ -252,10 +252,8 @@ Deno.test({
       await interpose(lab);
       await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
       work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = `${work}/keys`;
+      const keyDir = await fixtureKeyDir(work);
       const control = `${work}/attack`;
-      await Deno.mkdir(keyDir, { mode: 0o700 });
-      await copyFixtureKeys(keyDir);
       const announced = await announceZone(keyDir, "www.lab.test", lab.serverAddr, {
         crypto: PORT,
         key: 42425,

@@ -17,9 +17,9 @@ import {
 } from "./lab/netns.ts";
 import {
   cacheDependencies,
-  copyFixtureKeys,
   dropTotals,
   ensurePrivsepUser,
+  fixtureKeyDir,
   logs,
   startOurServer,
   Teardown,
@@ -49,9 +49,7 @@ Deno.test({
       await ensurePrivsepUser();
       lab = await createLab({ prefix: PREFIX });
       work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = `${work}/keys`;
-      await Deno.mkdir(keyDir, { mode: 0o700 });
-      await copyFixtureKeys(keyDir);
+      const keyDir = await fixtureKeyDir(work);
       server = await startOurServer(lab.serverNs, {
         keyDir,
         port: 42424,

@@ -1009,6 +1009,15 @@ if (import.meta.main) {
   }
 }
 
+/** `${work}/keys`, made 0700 and holding the reference's fixture key set: a lab server's key
+ * directory. */
+export async function fixtureKeyDir(work: string): Promise<string> {
+  const keyDir = `${work}/keys`;
+  await Deno.mkdir(keyDir, { mode: 0o700 });
+  await copyFixtureKeys(keyDir);
+  return keyDir;
+}
+
 /** The reference's fixture key set, copied into `keyDir` with the modes a server expects. */
 export async function copyFixtureKeys(keyDir: string): Promise<void> {
   const files: [string, number][] = [
