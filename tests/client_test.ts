@@ -209,7 +209,7 @@ async function clientScenario(o: ScenarioOptions): Promise<void> {
       await syns.stop("SIGINT", 3000, true);
       const synCount = syns.output().split("\n").filter((l) => /Flags \[S\]/.test(l)).length;
       syns = null;
-      assert.equal(first.http, "200", `first curl failed: ${describeCurl(first)}\n${allLogs()}`);
+      assert.equal(first.http, "200", `${allLogs()}\nfirst curl failed: ${describeCurl(first)}`);
       assert.match(first.remoteIp, /^10\.43\./, `not a tunnel address\n${allLogs()}`);
       assert.equal(first.body, HELLO);
       const delta = (a: Record<string, number>, b: Record<string, number>) =>

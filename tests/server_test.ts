@@ -157,13 +157,13 @@ Deno.test({
       // First request: DNS rewrite, key download (937 packets from our key server), handshake.
       const url = `http://www.lab.test:${HTTP_PORT}/`;
       const first = await curl(clientNs, url, { maxSec: 30 });
-      assert.equal(first.http, "200", `first curl failed: ${describeCurl(first)}\n${allLogs()}`);
+      assert.equal(first.http, "200", `${allLogs()}\nfirst curl failed: ${describeCurl(first)}`);
       assert.match(first.remoteIp, /^10\.43\./, `curl did not use a tunnel address\n${allLogs()}`);
       assert.equal(first.body, HELLO);
       const later: number[] = [];
       for (let i = 0; i < 5; i++) {
         const r = await curl(clientNs, `${url}again`);
-        assert.equal(r.http, "200", `later curl failed: ${describeCurl(r)}\n${allLogs()}`);
+        assert.equal(r.http, "200", `${allLogs()}\nlater curl failed: ${describeCurl(r)}`);
         later.push(r.seconds);
       }
       const reqs = http.output().split("\n").filter((l) => l.startsWith("REQ "));
