@@ -28,7 +28,6 @@ const SOCK_DGRAM = 2;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
 const SO_SNDBUFFORCE = 32;
@@ -280,8 +279,8 @@ export class UdpSocket {
       libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
     );
     try {
-      const one = new Uint8Array(new Uint32Array([1]).buffer);
-      check("setsockopt(SO_REUSEADDR)", libc().setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4));
+      // No SO_REUSEADDR: on a UDP socket it lets any local user's socket that sets it too bind
+      // the same port and take its datagrams.
       const sock = new UdpSocket(fd, opts);
       if (libc().bind(fd, sa, SOCKADDR_IN) < 0) {
         throw new SysError(
