@@ -32,6 +32,8 @@ const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
 const SO_SNDBUFFORCE = 32;
 const SO_RCVBUFFORCE = 33;
+const SO_REUSEPORT = 15;
+const SO_ATTACH_REUSEPORT_CBPF = 51;
 const MSG_TRUNC = 0x20;
 const MSG_DONTWAIT = 0x40;
 
@@ -69,6 +71,22 @@ export interface UdpOptions {
   bufferBytes?: number;
   /** "mmsg" (default) or "plain" recvfrom/sendto, one call per datagram. */
   mode?: "mmsg" | "plain";
+  /**
+   * SO_REUSEPORT: the socket joins a group of sockets on the same address and port, among which
+   * the kernel spreads (or, with steerReusePort, sorts) arriving datagrams. Only sockets created
+   * by the same user can join, so a group of root's sockets stays closed to the dropped user.
+   */
+  reusePort?: boolean;
+  /** Requested SO_SNDBUF when it should differ from bufferBytes. */
+  sendBufferBytes?: number;
+}
+
+/** One classic BPF instruction (struct sock_filter). */
+export interface BpfInstruction {
+  code: number;
+  jt: number;
+  jf: number;
+  k: number;
 }
 
 export interface Datagram {
@@ -263,7 +281,7 @@ export class UdpSocket {
     const want = opts.bufferBytes ?? 4 << 20;
     this.bufferSizes = {
       receive: this.#setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, want),
-      send: this.#setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, want),
+      send: this.#setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, opts.sendBufferBytes ?? want),
     };
   }
 
@@ -280,7 +298,11 @@ export class UdpSocket {
     );
     try {
       // No SO_REUSEADDR: on a UDP socket it lets any local user's socket that sets it too bind
-      // the same port and take its datagrams.
+      // the same port and take its datagrams. SO_REUSEPORT checks that the user is the same.
+      const one = new Uint8Array(new Uint32Array([1]).buffer);
+      if (opts.reusePort) {
+        check("setsockopt(SO_REUSEPORT)", libc().setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, one, 4));
+      }
       const sock = new UdpSocket(fd, opts);
       if (libc().bind(fd, sa, SOCKADDR_IN) < 0) {
         throw new SysError(
@@ -729,6 +751,32 @@ export class UdpSocket {
   waitWritable(timeoutMs: number): Promise<boolean> {
     if (this.#fd < 0) return Promise.resolve(false);
     return waitWritable(this.#fd, timeoutMs);
+  }
+
+  /**
+   * Gives this socket's SO_REUSEPORT group a classic BPF program that picks, per datagram, the
+   * group member that receives it: the program sees the UDP payload from its first byte and
+   * returns a member's index (the order the members were bound in); any other value leaves the
+   * choice to the kernel's hash. False when the kernel refuses (then nothing changed).
+   */
+  steerReusePort(program: readonly BpfInstruction[]): boolean {
+    if (this.#fd < 0 || program.length === 0 || program.length > 4096) return false;
+    const filter = new Uint8Array(8 * program.length);
+    const fv = new DataView(filter.buffer);
+    program.forEach((ins, i) => {
+      fv.setUint16(8 * i, ins.code, true);
+      fv.setUint8(8 * i + 2, ins.jt);
+      fv.setUint8(8 * i + 3, ins.jf);
+      fv.setUint32(8 * i + 4, ins.k, true);
+    });
+    // struct sock_fprog: u16 len, 6 bytes of padding, the filter's address
+    const fprog = new Uint8Array(16);
+    const pv = new DataView(fprog.buffer);
+    pv.setUint16(0, program.length, true);
+    pv.setBigUint64(8, addressOf(filter), true);
+    const ok = libc().setsockopt(this.#fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog, 16) === 0;
+    filter.fill(0); // kept alive (and reachable) until here: the kernel copied it
+    return ok;
   }
 
   close(): void {

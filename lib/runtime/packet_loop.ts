@@ -288,6 +288,12 @@ export async function packetLoop(
 export interface TunnelSockets {
   tun: TunDevice;
   sock: UdpSocket;
+  /**
+   * The server's handshake initiations, sorted out of `sock`'s traffic by the kernel
+   * (lib/server/crypto_port.ts). Handled by the same onDatagram, and read before `sock` in a
+   * round, so an initiation is seen before the 0-RTT packets that came right behind it.
+   */
+  initiations?: UdpSocket | null;
 }
 
 /** Room for one TUN read: a 64 kB segment behind its virtio_net_hdr. */
@@ -351,8 +357,9 @@ export class TunnelLoop implements TunnelIo {
     return `TUN: ${this.stats.framesRead} frames read (${this.stats.segmentsSplit} packets cut ` +
       `from segments), ${tun.stats.packetsWritten} writes` +
       (c ? ` (${c.coalescedSegments} packets joined into segments)` : "") +
-      `; UDP: ${sock.stats.received} datagrams in, ${sock.stats.sent} out, ` +
-      `${sock.stats.sendFailures} not sent`;
+      `; UDP: ${sock.stats.received} datagrams in` +
+      (this.io.initiations ? ` (and ${this.io.initiations.stats.received} initiations)` : "") +
+      `, ${sock.stats.sent} out, ${sock.stats.sendFailures} not sent`;
   }
 
   /**
@@ -434,7 +441,7 @@ export class TunnelLoop implements TunnelIo {
       sources?: PacketSource[];
     } = {},
   ): Promise<void> {
-    const { tun, sock } = this.io;
+    const { tun, sock, initiations } = this.io;
     const bufs = this.#bufs;
     const lens = this.#lens;
     this.#drops = opts.drops ?? null;
@@ -487,6 +494,9 @@ export class TunnelLoop implements TunnelIo {
           return ipv4;
         }),
       },
+      ...(initiations
+        ? [{ fd: initiations.fd, drain: batch(() => initiations.recvEach(onDatagram)) }]
+        : []),
       {
         fd: sock.fd,
         drain: batch(() => {

@@ -20,6 +20,7 @@ import { DataPathWarmer } from "../runtime/path_warmer.ts";
 import { ServerDevice } from "./device.ts";
 import { openInterface } from "../runtime/interface.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
+import { bindCryptoPort } from "./crypto_port.ts";
 import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
@@ -79,8 +80,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       MAX_UDP_PAYLOAD,
       Math.max(4096, opts.mtu + TUNNEL_OVERHEAD + COOKIE_BYTES),
     );
-    const cryptoSock = UdpSocket.bind(0, opts.port, { maxDatagram });
-    cleanup.add(() => cryptoSock.close());
+    const cryptoPort = bindCryptoPort(0, opts.port, maxDatagram);
+    cleanup.add(() => cryptoPort.tunnel.close());
+    cleanup.add(() => cryptoPort.initiations?.close());
     const keySock = UdpSocket.bind(0, opts.keyPort, { maxDatagram: 2048, batch: 64 });
     cleanup.add(() => keySock.close());
     // A download's answers are one size to one client: one GSO send per batch (issue 11).
@@ -111,7 +113,11 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         `(uid ${user.uid})`,
     );
 
-    const loop = new TunnelLoop({ tun, sock: cryptoSock });
+    const loop = new TunnelLoop({
+      tun,
+      sock: cryptoPort.tunnel,
+      initiations: cryptoPort.initiations,
+    });
     const warmer = new DataPathWarmer(loop.finishesChecksums); // see PacketLoopOptions.warm
     cleanup.add(() => warmer.close());
     // A wall clock that never steps (lib/runtime/clock.ts), on the packet loop's clock: one
@@ -119,6 +125,11 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     const clock = steadyClocks(() => loop.now());
     const ephemeral = new EphemeralKeyStore();
     log.info(`data path offloads: ${loop.offloads}`);
+    log.info(
+      cryptoPort.initiations
+        ? "initiations have a socket of their own (SO_REUSEPORT steering)"
+        : "initiations share the tunnel socket: the kernel refused the steering program",
+    );
     const device = new ServerDevice(
       {
         tunAddress,
