@@ -41,6 +41,8 @@ export interface Peer {
   created: number;
   /** When an authenticated datagram last arrived. */
   lastSeen: number;
+  /** When the peer table last moved it to the recent end (PeerTable.touch). */
+  listedAt: number;
   lastSent: number;
   /** Datagrams sent since the last authenticated one arrived: a silent peer shows here. */
   unanswered: number;
@@ -79,6 +81,7 @@ export function newPeer(
     port,
     created: now,
     lastSeen: now,
+    listedAt: now,
     lastSent: 0,
     unanswered: 0,
     rxPackets: 0,
@@ -104,8 +107,15 @@ function tidNumberAt(bytes: Uint8Array, offset: number): number {
     (bytes[offset + 3] >> 2);
 }
 
+/**
+ * How stale the table's recency order may get: a peer is moved to the recent end at most once
+ * per this many seconds, so a packet costs one comparison, not a map update.
+ */
+const RELIST_SECONDS = 1;
+
 /** The live tunnels by tunnel id and by internal address. */
 export class PeerTable {
+  /** Also the recency order: least recently seen first (to within RELIST_SECONDS). */
   private readonly byTid = new Map<string, Peer>();
   private readonly byInternal = new Map<number, Peer>();
   /**
@@ -125,6 +135,7 @@ export class PeerTable {
     this.generation++;
     const old = this.byTid.get(peer.tidKey);
     if (old !== undefined) this.unindex(old);
+    this.byTid.delete(peer.tidKey); // a replaced peer's place is not the new one's
     this.byTid.set(peer.tidKey, peer);
     this.byInternal.set(peer.internal, peer);
     const n = tidNumberAt(peer.session.tid, 0);
@@ -173,11 +184,21 @@ export class PeerTable {
     }
   }
 
-  /** The peer idle the longest (a linear scan: only needed when the table is full). */
+  /** `peer` was seen at `now`: it moves to the recent end of the order. */
+  touch(peer: Peer, now: number): void {
+    peer.listedAt = now;
+    if (this.byTid.get(peer.tidKey) !== peer) return;
+    this.byTid.delete(peer.tidKey);
+    this.byTid.set(peer.tidKey, peer);
+  }
+
+  /**
+   * The peer idle the longest, to within RELIST_SECONDS, in constant time. It was a scan of the
+   * whole table: with the table full, every new handshake then cost ~65 000 visits, and a flood
+   * of valid handshakes held the packet thread at 100 % (issue 8).
+   */
   leastRecentlyUsed(): Peer | undefined {
-    let lru: Peer | undefined;
-    for (const p of this.byTid.values()) if (!lru || p.lastSeen < lru.lastSeen) lru = p;
-    return lru;
+    return this.byTid.values().next().value;
   }
 
   all(): IterableIterator<Peer> {
@@ -281,6 +302,7 @@ export class DataPath {
     const r = peer.session.openPacketInPlace(data, now);
     if (!r.ok) return this.dropped(`tunnel-${r.reason}`, peer);
     peer.lastSeen = now;
+    if (now - peer.listedAt >= RELIST_SECONDS) this.peers.touch(peer, now);
     peer.unanswered = 0;
     if (peer.cookie !== undefined && r.epoch >= peer.cookieEpoch!) peer.cookie = undefined;
     if (this.config.roaming) {
