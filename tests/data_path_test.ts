@@ -108,20 +108,52 @@ Deno.test("the least recently seen peer is found in constant time, in the order 
   const peers = sessions.map((s, i) => newPeer(s.mine, 0x0a000002 + i, HOST, 1 + i, 0));
   for (const p of peers) path.peers.add(p);
   assert.equal(path.peers.leastRecentlyUsed(), peers[0]);
-  // A packet from the first peer puts it at the recent end.
-  const r = path.fromNetwork(datagram(sessions[0].theirs, 2), HOST, 1, 2);
-  assert.equal(r.kind, "delivered");
+  // A packet from the first peer puts it at the recent end, then one from the second.
+  assert.equal(path.fromNetwork(datagram(sessions[0].theirs, 2), HOST, 1, 2).kind, "delivered");
   assert.equal(path.peers.leastRecentlyUsed(), peers[1]);
-  // Within RELIST_SECONDS of its last move a packet does not reorder (one comparison per packet).
   path.fromNetwork(datagram(sessions[1].theirs, 2.5), HOST, 2, 2.5);
-  path.fromNetwork(datagram(sessions[0].theirs, 2.6), HOST, 1, 2.6);
   assert.equal(path.peers.leastRecentlyUsed(), peers[2]);
+  // The newest peer's packets move nothing: a packet costs a comparison, not a map update.
+  const listed = peers[1].listedSeq;
+  path.fromNetwork(datagram(sessions[1].theirs, 2.6), HOST, 2, 2.6);
+  assert.equal(peers[1].listedSeq, listed);
   path.peers.remove(peers[2]);
   assert.equal(path.peers.leastRecentlyUsed(), peers[0]);
   // A peer replaced under the same tunnel id takes the recent end, not its predecessor's place.
   const again = newPeer(sessions[0].mine, 0x0a000009, HOST, 1, 3);
   path.peers.add(again);
   assert.equal(path.peers.leastRecentlyUsed(), peers[1]);
+});
+
+Deno.test("a busy peer is never evicted from a full table, however fast new peers come in", () => {
+  // The server's path under a flood of valid handshakes: a 256-peer table, each new peer
+  // evicting the least recently seen; the busy peer sends one packet per 10 new peers.
+  const io = { sendUdp: () => true, writeTun: () => true };
+  const path = new DataPath(io, new DropCounters(), { deliverTo: 0x0a000001, roaming: true });
+  const busy = pair(new Uint8Array(32).fill(7));
+  const busyPeer = newPeer(busy.mine, 0x0a000002, HOST, 1, 0);
+  path.peers.add(busyPeer);
+  const a = new Uint8Array(32).fill(1);
+  const shared = TunnelSession.create(new Uint8Array(32), a.slice(), a.slice(), 0);
+  let evictedBusy = 0;
+  for (let i = 0; i < 3000; i++) {
+    if (path.peers.size >= 256) {
+      const lru = path.peers.leastRecentlyUsed()!;
+      if (lru === busyPeer) evictedBusy++;
+      path.peers.remove(lru);
+      if (lru === busyPeer) path.peers.add(busyPeer);
+    }
+    const p = newPeer(shared, 0x0b000000 + i, HOST, 2, 0);
+    const key = new Uint8Array(32);
+    new DataView(key.buffer).setUint32(0, i + 1);
+    p.tidKey = String.fromCharCode(...key);
+    path.peers.add(p);
+    if (i % 10 === 0) {
+      const r = path.fromNetwork(datagram(busy.theirs, 1), HOST, 1, 1);
+      assert.equal(r.kind, "delivered");
+    }
+  }
+  assert.equal(evictedBusy, 0);
 });
 
 Deno.test("a full peer table evicts at the rate handshakes come in, however large it is", () => {
