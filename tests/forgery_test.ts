@@ -1,7 +1,9 @@
-// Issue 10, point 3: what a forged tunnel packet may cost. A header outside the receive window
-// is refused before any key is derived; inside it one packet causes at most
-// MAX_DERIVATIONS_PER_PACKET derivations, and repeating it none; no forgery moves an epoch or
-// harms the genuine packets that follow.
+// Issue 10, point 3: what a forged tunnel packet may cost. A header no genuine packet can have
+// (an epoch out of reach, a counter used already) is refused before any key is derived; inside
+// the receive window one packet causes at most MAX_DERIVATIONS_PER_PACKET derivations, and
+// repeating it none; no forgery moves an epoch or harms the genuine packets that follow. Beyond
+// the window (what a burst of losses leaves) the cost is the session's catch-up budget:
+// tests/catch_up_test.ts.
 
 import assert from "node:assert/strict";
 import { MAX_DERIVATIONS_PER_PACKET, RECEIVE_WINDOW, TunnelSession } from "../lib/core/session.ts";
@@ -29,7 +31,7 @@ function forge(template: Uint8Array, epoch: number, ctr: number): Uint8Array {
   return p;
 }
 
-Deno.test("forgery: out-of-window epochs and counters cost no derivation", () => {
+Deno.test("forgery: epochs out of reach and used counters cost no derivation", () => {
   const { sender, receiver } = pair();
   const t = sender.sealPacket(payload, 1);
   assert.ok(receiver.openPacket(t, 1).ok);
@@ -37,10 +39,8 @@ Deno.test("forgery: out-of-window epochs and counters cost no derivation", () =>
     [MAX_EPOCHS, 0], // would make a sixth live epoch
     [40_000, 0],
     [0xffff, 0xffffffff],
-    [0, 1_000_000],
-    [0, RECEIVE_WINDOW + 1], // beyond the latest epoch's window (newest verified: 0)
-    [1, MAX_CHAIN_KEYS], // a newer epoch's window ends at MAX_CHAIN_KEYS
     [0, 0], // used already
+    [0, 17], // the keys of counter 0's step are held: opening it costs none
   ];
   for (const [epoch, ctr] of cases) {
     const before = receiver.derivations;
@@ -55,8 +55,9 @@ Deno.test("forgery: in the window, at most MAX_DERIVATIONS_PER_PACKET once, then
   for (let round = 0; round < 200; round++) {
     const { sender, receiver } = pair();
     const t = sender.sealPacket(payload, 1);
+    // inside the window (beyond it is tests/catch_up_test.ts): epoch 0's, or a newer epoch's
     const epoch = rng.int(MAX_EPOCHS + 1);
-    const ctr = rng.int(rng.chance(0.5) ? MAX_CHAIN_KEYS + 20 : RECEIVE_WINDOW + 20);
+    const ctr = rng.int(epoch === 0 ? RECEIVE_WINDOW : MAX_CHAIN_KEYS);
     const p = forge(t, epoch, ctr);
     const before = receiver.derivations;
     assert.equal(receiver.openPacket(p, 1).ok, false);

@@ -52,12 +52,25 @@ Deno.test("session: the receiver derives a bounded window ahead of the newest pa
   const { initiator, responder } = pair();
   const n = RECEIVE_WINDOW + 200;
   const packets = Array.from({ length: n }, (_, i) => initiator.sealPacket(payload(i), 1));
-  // the latest epoch's window reaches RECEIVE_WINDOW past the newest verified packet (none: -1)
-  assert.equal(responder.openPacket(packets[RECEIVE_WINDOW], 1).ok, false, "beyond: refused");
+  // the latest epoch's window reaches RECEIVE_WINDOW past the newest verified packet (none: -1):
+  // inside it the chain steps and keeps every key
   assert.ok(responder.openPacket(packets[RECEIVE_WINDOW - 1], 1).ok);
+  assert.equal(responder.derivations, Math.ceil(RECEIVE_WINDOW / 18));
+  assert.ok(responder.openPacket(packets[RECEIVE_WINDOW - 50], 1).ok, "keys inside it were kept");
   // the window moved with it
   assert.ok(responder.openPacket(packets[n - 1], 1).ok);
-  // an epoch not adopted yet keeps the reference's MAX_CHAIN_KEYS
+  // Beyond the window the chain is walked on to the packet's step alone: one kdf call per step,
+  // the keys of the steps passed are never derived.
+  const far = pair();
+  const before = far.responder.derivations;
+  assert.ok(far.responder.openPacket(far.initiator.sealPacket(payload(0), 1), 1).ok);
+  const skipped = Array.from({ length: n }, (_, i) => far.initiator.sealPacket(payload(i), 1));
+  assert.ok(far.responder.openPacket(skipped[n - 1], 1).ok, "beyond: caught up");
+  const steps = Math.floor(n / 18) - 1; // from the step after counter 0's to counter n's
+  assert.equal(far.responder.derivations - before, 1 + steps + 1);
+  assert.equal(far.responder.openPacket(skipped[n - 40], 1).ok, false, "a step passed: no key");
+  assert.ok(far.responder.openPacket(skipped[n - 2], 1).ok, "the same step: its key was kept");
+  // an epoch not adopted yet: MAX_CHAIN_KEYS as in the reference, then walked to in the same way
   const fresh = pair(0);
   fresh.initiator.sealPacket(payload(0), 1);
   const next = Array.from(
@@ -65,8 +78,17 @@ Deno.test("session: the receiver derives a bounded window ahead of the newest pa
     (_, i) => fresh.initiator.sealPacket(payload(i), 31),
   );
   assert.equal(fresh.initiator.sendEpoch, 1);
-  assert.equal(fresh.responder.openPacket(next[MAX_CHAIN_KEYS], 31).ok, false);
   assert.ok(fresh.responder.openPacket(next[MAX_CHAIN_KEYS - 1], 31).ok);
+  const steps1 = fresh.responder.derivations;
+  assert.equal(steps1, 1 + MAX_CHAIN_KEYS / 18, "epoch 1's root, then 5 chain steps");
+  const later = pair(0);
+  later.initiator.sealPacket(payload(0), 1);
+  const beyond = Array.from(
+    { length: MAX_CHAIN_KEYS + 1 },
+    (_, i) => later.initiator.sealPacket(payload(i), 31),
+  );
+  assert.ok(later.responder.openPacket(beyond[MAX_CHAIN_KEYS], 31).ok);
+  assert.equal(later.responder.receiveEpoch, 1);
 });
 
 Deno.test("session: the sender moves epoch every 30 s and the receiver follows", () => {

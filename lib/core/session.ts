@@ -8,9 +8,11 @@
 //
 // Unlike the reference, a packet that fails authentication moves no epoch: newer epochs derived
 // to try it wait aside (not live, no erasure timer started) until a packet of theirs verifies.
-// The work one packet may cause is bounded before anything is derived: an epoch or counter
-// outside the receive window is refused on its header alone, and keys derived ahead are kept
-// (the genuine sender uses them next), so repeating a forgery costs no new derivation.
+// The work one packet may cause is bounded before anything is derived: an epoch out of reach or
+// a counter used already is refused on its header alone, keys derived ahead inside the window are
+// kept (the genuine sender uses them next), so repeating a forgery costs no new derivation, and
+// beyond the window (a burst of losses) a copy of the chain is walked on within a budget of kdf
+// calls per second per session; the epoch jumps there only when a packet verifies.
 
 import { readU16be, readU32be, wipe, writeU16be, writeU32be } from "./bytes.ts";
 import { kdfInto } from "./kdf.ts";
@@ -31,27 +33,40 @@ import {
 
 const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
 
+/** The largest counter a packet can carry (u32). */
+const MAX_COUNTER = 0xffffffff;
+
 /**
  * How far past the newest packet that verified the latest epoch's window reaches (counters).
- * Older epochs and epochs not yet adopted keep the reference's MAX_CHAIN_KEYS. A burst of
- * losses longer than the window stalls the epoch until the sender's next one (up to 30 s): with
- * 90, TCP over a link with 2 % loss ran at 0.3-4 Mbit/s against 55-70 through the same relay
- * without the tunnel (tests/lab/lossy_link_test.ts). Keys derived for a forgery are kept for the
- * genuine packets that follow, so a forgery costs at most RECEIVE_WINDOW / 18 chain steps once
- * per epoch beyond what genuine traffic causes.
+ * Older epochs and epochs not yet adopted keep the reference's MAX_CHAIN_KEYS. With 90, TCP over
+ * a link with 2 % loss ran at 0.3-4 Mbit/s against 55-70 through the same relay without the
+ * tunnel (tests/lab/lossy_link_test.ts). Keys derived for a forgery are kept for the genuine
+ * packets that follow, so a forgery costs at most RECEIVE_WINDOW / 18 chain steps once per epoch
+ * beyond what genuine traffic causes. A burst of losses longer than the window is crossed by a
+ * walk (CATCH_UP_STEPS), not by deriving and keeping every key on the way.
  */
 export const RECEIVE_WINDOW = 2048;
 
 /**
- * Most key derivations (kdf calls) one received packet can cause: the chain steps to the far
- * end of the latest epoch's window, or the roots of the epochs up to the newest the window
- * allows (one kdf(2) each) and the chain steps to the farthest counter of that epoch's window.
- * An epoch's chain steps only when one of its keys is wanted.
+ * Most key derivations (kdf calls) one received packet inside the window can cause: the chain
+ * steps to the far end of the latest epoch's window, or the roots of the epochs up to the newest
+ * the window allows (one kdf(2) each) and the chain steps to the farthest counter of that
+ * epoch's window. An epoch's chain steps only when one of its keys is wanted.
  */
 export const MAX_DERIVATIONS_PER_PACKET = Math.max(
   Math.ceil(RECEIVE_WINDOW / KEYS_PER_CHAIN_STEP),
   (MAX_EPOCHS - 1) + Math.ceil(MAX_CHAIN_KEYS / KEYS_PER_CHAIN_STEP),
 );
+
+/**
+ * Catching up beyond the window: a packet past it may walk the chain on towards its counter, at
+ * most this many kdf calls per second per session (a token bucket that holds as many, so one
+ * packet can cause at most this many too). A genuine sender that lost a burst of up to
+ * 18 * 4096 = 73,728 packets is caught up by its first packet that arrives; a forger with any
+ * counter gets no more than this, whatever it sends. One walking kdf call makes only the next
+ * chain key (one ChaCha20 block), a tenth of a chain step's work.
+ */
+export const CATCH_UP_STEPS = 4096;
 
 /** Receive keys one epoch keeps for packets older than its newest (lost, or late): at most. */
 const MAX_HELD_KEYS = MAX_CHAIN_KEYS + KEYS_PER_CHAIN_STEP;
@@ -73,6 +88,21 @@ interface KeyBlock {
 const BLOCK_BYTES = (KEYS_PER_CHAIN_STEP + 1) * 32;
 const ALL_KEYS_LIVE = (1 << KEYS_PER_CHAIN_STEP) - 1;
 
+/**
+ * Where a catch-up walk stands in an epoch (see CATCH_UP_STEPS): `chain` is the chain key that
+ * makes step `step`'s block, further along than the epoch's own; `block` that step's output once
+ * derived (the next chain key, then 18 packet keys none of which verified yet). Nothing here
+ * counts until a packet of `step` verifies; then the epoch jumps to it.
+ */
+interface Walk {
+  chain: Uint8Array;
+  step: number;
+  block: Uint8Array | null;
+}
+
+/** The walk's next chain key goes here first (one buffer for every session: the core is sync). */
+const WALK_SCRATCH = new Uint8Array(32);
+
 /** Packet key `i` of a chain step's block, as a view. */
 function keyOf(block: Uint8Array, i: number): Uint8Array {
   return block.subarray(32 * (i + 1), 32 * (i + 2));
@@ -93,6 +123,8 @@ class EpochChain {
   private nextCtr = 0;
   /** Counter of the newest packet that verified in this epoch (receiving side). */
   private newest = -1;
+  /** A catch-up walk beyond the window, while one is under way (receiving side). */
+  private walk: Walk | null = null;
 
   /**
    * Takes ownership of `root` and erases it. `start` drives the sender's 30 s epoch clock;
@@ -124,6 +156,8 @@ class EpochChain {
     blocks.set(this.nextCtr / KEYS_PER_CHAIN_STEP, { keys: this.derive(), live: ALL_KEYS_LIVE });
     this.nextCtr += KEYS_PER_CHAIN_STEP;
     this.held += KEYS_PER_CHAIN_STEP;
+    // A walk the epoch's own chain has passed could derive keys used already: it goes.
+    if (this.walk !== null && this.walk.step * KEYS_PER_CHAIN_STEP < this.nextCtr) this.dropWalk();
   }
 
   /**
@@ -174,6 +208,88 @@ class EpochChain {
     return Math.ceil((ctr - this.highestCtr) / KEYS_PER_CHAIN_STEP);
   }
 
+  /** True when `ctr` lies beyond the window: never derived, and more than `window` ahead. */
+  beyond(ctr: number, window: number): boolean {
+    return ctr > this.highestCtr && ctr - this.newest > window;
+  }
+
+  /**
+   * `ctr`'s key (a counter beyond the window) by walking a copy of the chain on, one kdf call per
+   * token `spend` grants; undefined while the tokens do not reach it (the walk keeps its place
+   * for the next packet). The epoch's own chain and keys are left as they are: a forgery moves
+   * nothing but the walk, and genuine packets inside the window still find their keys.
+   */
+  walkTo(ctr: number, spend: () => boolean): Uint8Array | undefined {
+    const i = ctr % KEYS_PER_CHAIN_STEP;
+    const target = (ctr - i) / KEYS_PER_CHAIN_STEP;
+    let w = this.walk;
+    if (w !== null && w.step === target && w.block !== null) return keyOf(w.block, i);
+    const base = this.nextCtr / KEYS_PER_CHAIN_STEP;
+    if (w === null || w.step > target) {
+      // No walk yet, or one gone past `ctr` (a chain only runs forward): from the epoch's own.
+      this.dropWalk();
+      w = this.walk = { chain: this.roots.slice(32), step: base, block: null };
+    } else if (w.block !== null) {
+      // moving on from a step whose block was derived: it holds the next chain key
+      w.chain.set(w.block.subarray(0, 32));
+      w.block.fill(0);
+      w.block = null;
+      w.step++;
+    }
+    let reached = true;
+    while (w.step < target) {
+      if (!spend()) {
+        reached = false;
+        break;
+      }
+      kdfInto(w.chain, WALK_SCRATCH);
+      w.chain.set(WALK_SCRATCH);
+      w.step++;
+    }
+    WALK_SCRATCH.fill(0);
+    if (!reached || !spend()) return undefined;
+    w.block = new Uint8Array(BLOCK_BYTES);
+    kdfInto(w.chain, w.block);
+    return keyOf(w.block, i);
+  }
+
+  /**
+   * A packet the walk found the key of verified: the epoch jumps to its chain step. The keys
+   * between the old end and that step are never derived (their packets were lost, or are too
+   * late); keys held behind are forgotten down to MAX_HELD_KEYS as in used().
+   */
+  jumpTo(ctr: number): void {
+    const w = this.walk!;
+    const block = w.block!;
+    const i = ctr % KEYS_PER_CHAIN_STEP;
+    this.roots.set(block.subarray(0, 32), 32);
+    block.fill(0, 0, 32);
+    wipe(w.chain);
+    this.walk = null;
+    keyOf(block, i).fill(0);
+    (this.blocks ??= new Map()).set(w.step, { keys: block, live: ALL_KEYS_LIVE & ~(1 << i) });
+    this.held += KEYS_PER_CHAIN_STEP - 1;
+    this.nextCtr = (w.step + 1) * KEYS_PER_CHAIN_STEP;
+    this.newest = ctr;
+    this.trim();
+  }
+
+  /** Bytes of key material held: packet keys' blocks and a walk's. */
+  get keyBytes(): number {
+    const w = this.walk;
+    const walk = w === null ? 0 : w.chain.length + (w.block?.length ?? 0);
+    return this.roots.length + (this.blocks?.size ?? 0) * BLOCK_BYTES + walk;
+  }
+
+  /** Erases the walk's chain key and block (an epoch no longer the latest needs none). */
+  dropWalk(): void {
+    const w = this.walk;
+    if (w === null) return;
+    wipe(w.chain);
+    w.block?.fill(0);
+    this.walk = null;
+  }
+
   /**
    * Erases the key of a packet that verified and moves the window. Keys left behind belong to
    * lost packets (or very late ones): beyond MAX_HELD_KEYS the oldest are forgotten.
@@ -184,6 +300,12 @@ class EpochChain {
     const step = (ctr - i) / KEYS_PER_CHAIN_STEP;
     this.forget(blocks, step, blocks.get(step)!, i);
     if (ctr > this.newest) this.newest = ctr;
+    this.trim();
+  }
+
+  /** Forgets the oldest keys left behind the newest verified packet beyond MAX_HELD_KEYS. */
+  private trim(): void {
+    const blocks = this.blocks!;
     while (this.held > MAX_HELD_KEYS) {
       // Chain steps come in counter order: the first block's lowest key is the oldest held. Keys
       // ahead of the newest verified packet stay (the sender uses them next; a forgery may
@@ -205,6 +327,7 @@ class EpochChain {
 
   clear(): void {
     wipe(this.roots);
+    this.dropWalk();
     if (this.blocks === null) return;
     for (const b of this.blocks.values()) b.keys.fill(0);
     this.blocks.clear();
@@ -276,6 +399,8 @@ export class SendChain {
   take(now: number): Uint8Array {
     this.settle(now);
     if (this.taken === KEYS_PER_CHAIN_STEP) {
+      // A counter travels as u32: a chain step that would pass it starts the next epoch.
+      if (this.ctr + KEYS_PER_CHAIN_STEP - 1 > MAX_COUNTER) this.advance(now);
       this.pending = this.chain.stepInOrder();
       this.taken = 0;
     }
@@ -302,6 +427,34 @@ interface Candidate {
   commit: () => void;
 }
 
+/**
+ * The kdf calls a session's catch-up walks may still make: a token bucket of CATCH_UP_STEPS,
+ * refilled at CATCH_UP_STEPS a second by the time the packets arrive at (a clock that goes back
+ * refills nothing). Made on the first packet beyond the window, full, and kept: a session that
+ * never lost a burst carries none.
+ */
+class StepBudget {
+  private tokens = CATCH_UP_STEPS;
+  constructor(private at: number) {}
+
+  refill(now: number): void {
+    if (!(now > this.at)) return;
+    this.tokens = Math.min(CATCH_UP_STEPS, this.tokens + (now - this.at) * CATCH_UP_STEPS);
+    this.at = now;
+  }
+
+  get empty(): boolean {
+    return this.tokens < 1;
+  }
+
+  /** Takes one kdf call's token; false when none is left. */
+  readonly spend = (): boolean => {
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  };
+}
+
 /** Receiving side: several live epochs, keys derived on demand within bounds. */
 export class ReceiveChain {
   private readonly chains = new Map<number, EpochChain>();
@@ -312,6 +465,8 @@ export class ReceiveChain {
   derivations = 0;
   /** No epoch after the latest (see SendChain.cap). */
   private capped = false;
+  /** What catch-up walks beyond the window may still derive (made when first needed). */
+  private budget: StepBudget | null = null;
 
   constructor(root: Uint8Array, epoch: number, now: number) {
     this.chains.set(epoch, new EpochChain(root, epoch, now, now));
@@ -328,6 +483,14 @@ export class ReceiveChain {
 
   nextEpochRoot(epoch: number): Uint8Array | null {
     return this.chains.get(epoch)?.nextEpochRoot ?? null;
+  }
+
+  /** Bytes of key material held by every epoch, live or aside (bounded whatever arrives). */
+  get keyBytes(): number {
+    let n = 0;
+    for (const c of this.chains.values()) n += c.keyBytes;
+    for (const c of this.future) n += c.keyBytes;
+    return n;
   }
 
   /** Erases every epoch created more than 120 s ago, and epochs kept aside too long. */
@@ -382,19 +545,18 @@ export class ReceiveChain {
   }
 
   /**
-   * Finds the key for (epoch, ctr); no epoch moves until commit(). Anything outside the window
-   * is refused before a single derivation, so a packet costs at most
-   * MAX_DERIVATIONS_PER_PACKET, and only the first time: derived keys are kept.
+   * Finds the key for (epoch, ctr); no epoch moves until commit(). Inside the window a packet
+   * costs at most MAX_DERIVATIONS_PER_PACKET, and only the first time: derived keys are kept.
+   * Beyond it (the latest epoch's, or a newer epoch's past MAX_CHAIN_KEYS: a burst of losses
+   * longer than the window) the chain is walked on within the session's CATCH_UP_STEPS budget.
    */
   find(epoch: number, ctr: number, now: number): Candidate | null {
     const existing = this.chains.get(epoch);
     if (existing) {
-      return this.keyIn(
-        existing,
-        ctr,
-        epoch === this.latest ? RECEIVE_WINDOW : MAX_CHAIN_KEYS,
-        null,
-      );
+      const window = epoch === this.latest ? RECEIVE_WINDOW : MAX_CHAIN_KEYS;
+      const found = this.keyIn(existing, ctr, window, null);
+      if (found || epoch !== this.latest || !existing.beyond(ctr, window)) return found;
+      return this.walkIn(existing, ctr, now, null);
     }
     // A newer epoch: at most MAX_EPOCHS live once it is adopted.
     const ahead = epoch - this.latest;
@@ -403,20 +565,30 @@ export class ReceiveChain {
     if (!last) return null;
     const known = this.future[ahead - 1];
     // an epoch not derived yet holds no keys: its window ends at MAX_CHAIN_KEYS
-    if (known ? known.stepsTo(ctr) < 0 : ctr >= MAX_CHAIN_KEYS) return null;
+    const inWindow = known ? known.stepsTo(ctr) >= 0 : ctr < MAX_CHAIN_KEYS;
+    if (!inWindow) {
+      if (known ? !known.beyond(ctr, MAX_CHAIN_KEYS) : false) return null;
+      if (this.budgetAt(now).empty) return null; // before any epoch's root is derived
+    }
     while (this.future.length < ahead) {
       this.future.push(makeChain(this.future.at(-1) ?? last, now));
       this.derivations++;
     }
     this.nextExpiry = -Infinity;
-    return this.keyIn(this.future[ahead - 1], ctr, MAX_CHAIN_KEYS, () => {
+    const adopt = () => {
       for (const c of this.future.splice(0, ahead)) {
         c.created = now; // its 120 s start when it becomes live
         this.chains.set(c.epoch, c);
       }
       this.latest = epoch;
       this.nextExpiry = -Infinity;
-    });
+      // only the latest epoch walks beyond its window: walks in the others are erased
+      for (const c of this.chains.values()) if (c.epoch !== epoch) c.dropWalk();
+    };
+    const chain = this.future[ahead - 1];
+    return inWindow
+      ? this.keyIn(chain, ctr, MAX_CHAIN_KEYS, adopt)
+      : this.walkIn(chain, ctr, now, adopt);
   }
 
   /** `ctr`'s key in `chain`, stepping the chain within the window (those keys are kept). */
@@ -435,6 +607,32 @@ export class ReceiveChain {
       key,
       commit: () => {
         chain.used(ctr);
+        onCommit?.();
+      },
+    };
+  }
+
+  /** The session's catch-up budget, refilled to `now`. */
+  private budgetAt(now: number): StepBudget {
+    const b = this.budget ??= new StepBudget(now);
+    b.refill(now);
+    return b;
+  }
+
+  /** `ctr`'s key beyond `chain`'s window, walking within the budget; a jump once it verifies. */
+  private walkIn(
+    chain: EpochChain,
+    ctr: number,
+    now: number,
+    onCommit: (() => void) | null,
+  ): Candidate | null {
+    const budget = this.budgetAt(now);
+    const key = chain.walkTo(ctr, () => budget.spend() && ++this.derivations > 0);
+    if (key === undefined) return null;
+    return {
+      key,
+      commit: () => {
+        chain.jumpTo(ctr);
         onCommit?.();
       },
     };
@@ -521,6 +719,11 @@ export class TunnelSession {
 
   get receiveEpoch(): number {
     return this.recv.latestEpoch;
+  }
+
+  /** Bytes of receive-side key material held (roots, chain and packet keys). */
+  get receiveKeyBytes(): number {
+    return this.recv.keyBytes;
   }
 
   /** Receive-side key derivations so far (kdf calls): what packets cost beyond the AEAD. */
