@@ -8,7 +8,12 @@
 // session refuses; Deno's summary gives each as a multiple of the baseline.
 
 import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
-import { MAX_DERIVATIONS_PER_PACKET, RECEIVE_WINDOW, TunnelSession } from "../lib/core/session.ts";
+import {
+  CATCH_UP_STEPS,
+  MAX_DERIVATIONS_PER_PACKET,
+  RECEIVE_WINDOW,
+  TunnelSession,
+} from "../lib/core/session.ts";
 import { MAX_CHAIN_KEYS } from "../lib/core/constants.ts";
 
 installAeadBackend(); // the backend a daemon would choose
@@ -83,6 +88,28 @@ Deno.bench({
     b.end();
     if (r.ok || fresh.b.derivations !== MAX_DERIVATIONS_PER_PACKET) {
       throw new Error(`worst case is not the bound: ${fresh.b.derivations}`);
+    }
+  },
+});
+
+// Beyond the window (what a burst of losses leaves, or a forger's huge counter): a walk of the
+// chain within the session's budget. The first such forgery on a fresh session spends the whole
+// bucket (CATCH_UP_STEPS kdf calls, checked by the row); after it the bucket refills at
+// CATCH_UP_STEPS a second, so this is the most one session costs per second beyond the window.
+Deno.bench({
+  name: "first forgery on a session beyond the window: a full catch-up budget",
+  group: "forgery",
+  fn: (b) => {
+    const fresh = pair();
+    const p = fresh.a.sealPacket(payload, 1);
+    const v = new DataView(p.buffer);
+    v.setUint32(36, 0xffffffff);
+    p[p.length - 1] ^= 0x55;
+    b.start();
+    const r = fresh.b.openPacket(p, 1);
+    b.end();
+    if (r.ok || fresh.b.derivations !== CATCH_UP_STEPS) {
+      throw new Error(`not the budget: ${fresh.b.derivations}`);
     }
   },
 });

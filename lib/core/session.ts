@@ -62,11 +62,14 @@ export const MAX_DERIVATIONS_PER_PACKET = Math.max(
  * Catching up beyond the window: a packet past it may walk the chain on towards its counter, at
  * most this many kdf calls per second per session (a token bucket that holds as many, so one
  * packet can cause at most this many too). A genuine sender that lost a burst of up to
- * 18 * 4096 = 73,728 packets is caught up by its first packet that arrives; a forger with any
+ * 18 * 2048 = 36,864 packets is caught up by its first packet that arrives; a forger with any
  * counter gets no more than this, whatever it sends. One walking kdf call makes only the next
- * chain key (one ChaCha20 block), a tenth of a chain step's work.
+ * chain key (one ChaCha20 block); a full bucket is about 0.4 ms of one core
+ * (bench/forgery_bench.ts), the most a forger makes one session spend per second beyond the
+ * window. A sender losing more than that a second (a blackout of a fast flow) catches up when
+ * its next epoch starts, as before.
  */
-export const CATCH_UP_STEPS = 4096;
+export const CATCH_UP_STEPS = 2048;
 
 /** Receive keys one epoch keeps for packets older than its newest (lost, or late): at most. */
 const MAX_HELD_KEYS = MAX_CHAIN_KEYS + KEYS_PER_CHAIN_STEP;
