@@ -186,6 +186,90 @@ netTest(
 );
 
 netTest(
+  "cookie race: old-epoch packets reordered behind the resume are delivered, once each",
+  async (pool) => {
+    const net = await DeviceNet.start(pool, new Prng(8), quiet, { maxPeers: 1, clients: 2 });
+    try {
+      net.pausedToClients = []; // the cookie waits on its way
+      const internal = await evictClient0(net);
+      // Two packets the client sends before it sees the cookie (the old epoch) stay on the wire.
+      const from = net.captured.length;
+      net.loseFromClients = 2;
+      net.clientSend(0, "late 1");
+      net.clientSend(0, "late 2");
+      const [late1, late2] = net.captured.slice(from);
+      net.flushToClients();
+      assert.ok(await until(hasCookie(net, 0)));
+      assert.ok(await through(net, 0, "a3"), "the cookie and a packet of the next epoch");
+      assert.equal(net.server.resumes, 1);
+      // now the old epoch's packet arrives: the session that lingered opens it
+      const noKey = net.server.drops.get("tunnel-no-key");
+      net.fromClient(0, late1);
+      assert.deepEqual(texts(net.serverTun).filter((t) => t === "late 1"), ["late 1"]);
+      assert.equal(net.server.lateAfterResume, 1);
+      const delivered = net.serverTun.at(-1)!;
+      assert.equal(
+        new DataView(delivered.buffer, delivered.byteOffset).getUint32(12),
+        internal,
+        "from the client's own address",
+      );
+      // a replay of it, and a forgery of its header, are refused and counted
+      net.fromClient(0, late1);
+      const forged = late2.slice();
+      forged[forged.length - 1] ^= 1;
+      net.fromClient(0, forged);
+      assert.deepEqual(texts(net.serverTun).filter((t) => t.startsWith("late")), ["late 1"]);
+      assert.equal(net.server.drops.get("tunnel-no-key"), noKey + 1);
+      assert.equal(net.server.drops.get("tunnel-auth"), 1);
+      // the resumed tunnel goes on both ways; nothing was sealed with a key used before
+      assert.ok(await through(net, 0, "a4"));
+      assert.ok(net.serverSend(0, "reply a4"));
+      assert.ok(await until(() => texts(net.clients[0].tun).includes("reply a4")));
+      // RESUMED_SECONDS later the old session is gone: the other late packet is refused
+      net.clock.advance(3);
+      await net.serverTick();
+      net.fromClient(0, late2);
+      assert.ok(!texts(net.serverTun).includes("late 2"));
+      assert.equal(net.server.drops.get("tunnel-no-key"), noKey + 2);
+      assert.equal(net.server.lateAfterResume, 1);
+      assert.deepEqual(net.ledger.reuses, []);
+    } finally {
+      net.close();
+    }
+  },
+);
+
+netTest(
+  "cookie race: the session kept after a resume ends with the resumed tunnel",
+  async (pool) => {
+    const net = await DeviceNet.start(pool, new Prng(9), quiet, { maxPeers: 1, clients: 2 });
+    try {
+      net.pausedToClients = [];
+      await evictClient0(net);
+      const from = net.captured.length;
+      net.loseFromClients = 1;
+      net.clientSend(0, "late");
+      const late = net.captured[from];
+      net.flushToClients();
+      assert.ok(await until(hasCookie(net, 0)));
+      assert.ok(await through(net, 0, "a3"));
+      // client 1 comes back and evicts client 0's resumed tunnel within RESUMED_SECONDS: its
+      // address may go to another client, so the old session must not deliver from it
+      assert.ok(await until(hasCookie(net, 1)), "client 1 got its cookie");
+      assert.ok(await through(net, 1, "b2"));
+      assert.equal(net.server.resumes, 2);
+      assert.equal(serverPeer(net, 0), undefined);
+      net.fromClient(0, late);
+      assert.ok(!texts(net.serverTun).includes("late"));
+      assert.equal(net.server.lateAfterResume, 0);
+      assert.deepEqual(net.ledger.reuses, []);
+    } finally {
+      net.close();
+    }
+  },
+);
+
+netTest(
   "cookie race: a lingering tunnel ends after its time; its address is free again",
   async (pool) => {
     const net = await DeviceNet.start(pool, new Prng(7), quiet, { maxPeers: 1, clients: 2 });

@@ -3,7 +3,7 @@
 // the same code runs in the daemon and in tests. Nothing here throws on bad input: every drop
 // is counted under a reason.
 
-import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL } from "../core/constants.ts";
+import { COOKIE_BYTES, MSG_INITIATION, MSG_TUNNEL, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { parseInitiation } from "../core/handshake.ts";
 import { tidKeyAt, TunnelSession } from "../core/session.ts";
 import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../core/data_path.ts";
@@ -16,7 +16,7 @@ import type { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { AddressPool } from "../core/addresses.ts";
 import { numberToIpv4 } from "../core/ip.ts";
 import { DropCounters, type Logger } from "../core/log.ts";
-import { hex, wipe } from "../core/bytes.ts";
+import { hex, readU16be, wipe } from "../core/bytes.ts";
 
 /** The server's wires are the tunnel's: the packet loop implements them. */
 export type ServerIo = TunnelIo;
@@ -72,6 +72,14 @@ const QUEUE_MAX_AGE = HELD_SECONDS / 2;
  */
 const LINGER_SECONDS = 10;
 const MAX_LINGERING = 256;
+/**
+ * After a resume the lingering session stays this long, receive-only, for packets of its epochs
+ * the client sent before it saw the cookie and the network put behind the resume. It is capped
+ * at the cookie's epoch and the resumed session starts at the next, so no key is in both, and
+ * each of its keys still opens one packet. It ends with the resumed tunnel's peer, so it never
+ * delivers from an address another client got since.
+ */
+const RESUMED_SECONDS = 2;
 /** A lingering client still sending in the old epoch has not got its cookie: send it again. */
 const COOKIE_RESEND_SECONDS = 0.25;
 const MAX_COOKIE_RESENDS = 8;
@@ -95,6 +103,14 @@ interface HeldPacket {
 }
 
 /** An evicted tunnel whose cookie is on its way (see LINGER_SECONDS). */
+/** A lingering tunnel after its resume (see RESUMED_SECONDS). */
+interface Resumed {
+  peer: Peer;
+  /** The cookie's epoch: packets of it and older ones are this session's. */
+  epoch: number;
+  until: number;
+}
+
 interface Lingering {
   peer: Peer;
   /** The cookie it was handed (sealed again for a resend; no secret in the clear). */
@@ -111,6 +127,11 @@ export class ServerDevice {
   private readonly lingerPath: DataPath;
   /** By tid key, oldest first. */
   private readonly lingering = new Map<string, Lingering>();
+  /** Lingering tunnels resumed from their cookie, by tid key, oldest first; their data path. */
+  private readonly resumed = new Map<string, Resumed>();
+  private readonly resumedPath: DataPath;
+  /** Packets of an epoch before a resume that arrived after it and were delivered. */
+  lateAfterResume = 0;
   readonly replay = new ReplayCache();
   private readonly pool: AddressPool;
   private readonly limiter: InitiationLimiter;
@@ -148,6 +169,11 @@ export class ServerDevice {
       deliverTo: config.hostAddress,
       roaming: true,
     });
+    // it never sends: where the client is now is the resumed peer's business
+    this.resumedPath = new DataPath(io, this.drops, {
+      deliverTo: config.hostAddress,
+      roaming: false,
+    });
     this.limiter = new InitiationLimiter(config.initiationRate, config.initiationBurst);
     const overdraft = OVERDRAFT_PER_SLOT * config.maxPendingHandshakes;
     this.overdraft = new InitiationLimiter(overdraft, Math.max(1, overdraft), 1);
@@ -179,6 +205,7 @@ export class ServerDevice {
   }
 
   private onTunnelPacket(data: Uint8Array, host: number, port: number): void {
+    if (this.resumed.size !== 0 && this.onResumedPacket(data, host, port)) return;
     const r = this.path.fromNetwork(data, host, port, this.clock.mono());
     if (r.kind === "unknown-tid") {
       const l = this.lingering.size === 0 ? undefined : this.lingering.get(tidKeyAt(data, 2));
@@ -206,6 +233,33 @@ export class ServerDevice {
     l.sentAt = now;
     l.resends++;
     this.sendCookie(l.peer, l.cookie, now);
+  }
+
+  /**
+   * A packet of an epoch up to a resumed cookie's goes to the session that lingered (the resumed
+   * one starts after it and could not open it); false for any other packet.
+   */
+  private onResumedPacket(data: Uint8Array, host: number, port: number): boolean {
+    if (data.length < TUNNEL_OVERHEAD) return false;
+    const o = this.resumed.get(tidKeyAt(data, 2));
+    if (o === undefined || readU16be(data, 34) > o.epoch) return false;
+    const r = this.resumedPath.fromNetwork(data, host, port, this.clock.mono());
+    if (r.kind === "cookie") this.drops.count("cookie-from-client");
+    else if (r.kind === "delivered") this.lateAfterResume++;
+    return true;
+  }
+
+  /** Ends a resumed tunnel's old session: its keys erased (its address is the resumed one's). */
+  private endResumed(o: Resumed): void {
+    this.resumed.delete(o.peer.tidKey);
+    this.resumedPath.peers.remove(o.peer);
+    o.peer.session.close();
+  }
+
+  /** The resumed tunnel with this tid goes: the old session that stayed behind goes too. */
+  private endResumedOf(tidKey: string): void {
+    const o = this.resumed.size === 0 ? undefined : this.resumed.get(tidKey);
+    if (o) this.endResumed(o);
   }
 
   private sendCookie(peer: Peer, cookie: Uint8Array, now: number): void {
@@ -427,8 +481,8 @@ export class ServerDevice {
       if (l) {
         this.lingering.delete(tidKey);
         this.lingerPath.peers.remove(l.peer);
-        l.peer.session.close();
         internal = l.peer.internal;
+        this.keepResumed(l.peer, contents.epoch, now);
       }
       const session = TunnelSession.fromCookie(
         contents.tid,
@@ -443,6 +497,14 @@ export class ServerDevice {
     }
     wipe(contents.sendRoot, contents.recvRoot);
     if (data.length > COOKIE_BYTES) this.onDatagram(data.subarray(COOKIE_BYTES), host, port);
+  }
+
+  /** Keeps a lingering tunnel's session receive-only for a while after its resume. */
+  private keepResumed(peer: Peer, epoch: number, now: number): void {
+    this.endResumedOf(peer.tidKey);
+    if (this.resumed.size >= MAX_LINGERING) this.endResumed(this.resumed.values().next().value!);
+    this.resumed.set(peer.tidKey, { peer, epoch, until: now + RESUMED_SECONDS });
+    this.resumedPath.peers.add(peer);
   }
 
   private addSession(
@@ -504,6 +566,7 @@ export class ServerDevice {
     lru.session.capAtCookieEpoch();
     this.sendCookie(lru, cookie, now);
     this.peers.remove(lru);
+    this.endResumedOf(lru.tidKey);
     this.logClosed(lru, "evicted with a cookie");
     if (this.lingering.size >= MAX_LINGERING) {
       this.drops.count("linger-overflow");
@@ -523,6 +586,7 @@ export class ServerDevice {
     this.peers.remove(peer);
     this.pool.release(peer.internal);
     peer.session.close();
+    this.endResumedOf(peer.tidKey);
     this.logClosed(peer, why);
   }
 
@@ -567,6 +631,10 @@ export class ServerDevice {
       if (l.until > now) break; // oldest first
       this.endLinger(l);
     }
+    for (const o of [...this.resumed.values()]) {
+      if (o.until > now) break;
+      this.endResumed(o);
+    }
     this.cookies.update(this.clock.wall(), randomness);
     this.replay.prune(now);
     this.ephemeral.expire(this.clock.wall());
@@ -579,6 +647,7 @@ export class ServerDevice {
       peer.session.close();
     }
     for (const l of [...this.lingering.values()]) this.endLinger(l);
+    for (const o of [...this.resumed.values()]) this.endResumed(o);
     this.cookies.clear();
     this.ephemeral.clear();
   }
