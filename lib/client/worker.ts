@@ -51,6 +51,11 @@ export async function runClientWorker(opts: WorkerOptions): Promise<number> {
   const cleanup = new Cleanup(log);
   try {
     return await serve(opts, log, user, drops, cleanup);
+  } catch (e) {
+    // Said here, before the clean-up closes the channel: the supervisor stops this process as
+    // soon as it sees the channel close, so a reason left to main.ts would often be lost.
+    log.error(`${(e as Error).message ?? e}`);
+    return 1;
   } finally {
     await cleanup.run();
     drops.report(log);

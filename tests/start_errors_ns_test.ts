@@ -1,0 +1,91 @@
+// What a user sees when a daemon cannot start because its UDP port is taken: the reason on stderr
+// (for the client it comes from the worker, which binds the port), exit status 1, and nothing
+// left behind (no TUN device, no runtime directory). In a lab namespace, with the daemons' own
+// narrow permissions; needs root.
+
+import assert from "node:assert/strict";
+import {
+  createLab,
+  destroyLab,
+  type Lab,
+  type LabProcess,
+  notRootReason,
+  run,
+  spawn,
+} from "./lab/netns.ts";
+import {
+  cacheDependencies,
+  clientPermissions,
+  denoEnv,
+  ensurePrivsepUser,
+  fixtureKeyDir,
+  pqconnectArgv,
+  serverPermissions,
+  tunDevices,
+} from "./helpers/lab_util.ts";
+
+const PREFIX = "pqts-ste";
+const skip = notRootReason();
+if (skip) console.log(`start_errors_ns_test: skipped, ${skip}`);
+
+/** Holds UDP `port` on every address in `ns` until stopped. */
+async function holdPort(ns: string, port: number): Promise<LabProcess> {
+  const holder = spawn(ns, [
+    "python3",
+    "-c",
+    `import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n` +
+    `s.bind(("0.0.0.0",${port}))\nprint("holding",flush=True)\ntime.sleep(120)`,
+  ], { name: `udp ${port} holder` });
+  await holder.waitFor("holding", 10_000);
+  return holder;
+}
+
+Deno.test({
+  name: "a daemon whose UDP port is taken says so and exits 1, leaving nothing behind",
+  ignore: skip !== null,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let lab: Lab | null = null;
+    let work: string | null = null;
+    const holders: LabProcess[] = [];
+    try {
+      await cacheDependencies();
+      await ensurePrivsepUser();
+      lab = await createLab({ prefix: PREFIX });
+      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
+
+      const keyDir = await fixtureKeyDir(work);
+      holders.push(await holdPort(lab.serverNs, 42424));
+      const server = await run(
+        lab.serverNs,
+        pqconnectArgv(serverPermissions(keyDir), ["server", "-d", keyDir]),
+        { env: denoEnv(), check: false, timeoutMs: 60_000 },
+      );
+      assert.equal(server.code, 1, server.stderr);
+      assert.match(
+        server.stderr,
+        /pqconnect server: bind\(0\.0\.0\.0:42424\): Address already in use/,
+      );
+      assert.deepEqual(await tunDevices(lab.serverNs), [], "the server's TUN device is gone");
+
+      const runtimeDir = `${work}/run`;
+      holders.push(await holdPort(lab.clientNs, 42423));
+      const client = await run(
+        lab.clientNs,
+        pqconnectArgv(clientPermissions(runtimeDir), ["client", "--runtime-dir", runtimeDir]),
+        { env: denoEnv(), check: false, timeoutMs: 60_000 },
+      );
+      assert.equal(client.code, 1, client.stderr);
+      // The worker's own reason, then the supervisor's summary.
+      assert.match(client.stderr, /error: bind\(0\.0\.0\.0:42423\): Address already in use/);
+      assert.match(client.stderr, /the client worker did not start/);
+      assert.deepEqual(await tunDevices(lab.clientNs), [], "the client's TUN device is gone");
+      await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
+    } finally {
+      for (const h of holders) await h.stop();
+      if (lab) await destroyLab(lab);
+      if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
