@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { fixtureDir } from "./fixtures.ts";
-import { readServerKeys } from "../lib/runtime/keyfiles.ts";
+import { looseSecretKeyFiles, readServerKeys } from "../lib/runtime/keyfiles.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
 import { formatPq1Label } from "../lib/core/names.ts";
 import { loadMcEliece6960119 } from "../wasm/kem.ts";
@@ -64,11 +64,12 @@ Deno.test("announce rejects bad input with a message and a non-zero exit", async
   }
 });
 
-Deno.test("every command answers --help", async () => {
-  for (const cmd of ["keygen", "announce"]) {
+Deno.test("every command answers --help, and its help lists --version", async () => {
+  for (const cmd of ["client", "server", "keygen", "announce", "status", "check"]) {
     const r = await pqconnect(cmd, "--help");
-    assert.equal(r.code, 0);
-    assert.match(r.stdout, /^Usage: pqconnect /);
+    assert.equal(r.code, 0, cmd);
+    assert.match(r.stdout, new RegExp(`^Usage: pqconnect ${cmd}`));
+    assert.match(r.stdout, /^ +--version +show the version$/m, cmd);
   }
   const r = await pqconnect("frobnicate");
   assert.equal(r.code, 2);
@@ -122,6 +123,47 @@ Deno.test({
       await Deno.remove(parent, { recursive: true });
     }
   },
+});
+
+Deno.test("keygen into a directory it cannot make fails at once, before generating keys", async () => {
+  const file = await Deno.makeTempFile();
+  try {
+    const r = await pqconnect("keygen", "--keydir", `${file}/keys`);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /pqconnect keygen: cannot create .*\/keys: Not a directory/);
+    assert.doesNotMatch(r.stderr, /generating/);
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
+Deno.test("secret key files that others may read or write are named, with the chmod", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const modes: [string, number][] = [
+      ["mceliece_pk", 0o644],
+      ["mceliece_sk", 0o644],
+      ["x25519_pk", 0o644],
+      ["x25519_sk", 0o600],
+      ["session_key", 0o620],
+    ];
+    for (const [name, mode] of modes) {
+      await Deno.writeFile(`${dir}/${name}`, new Uint8Array(1));
+      await Deno.chmod(`${dir}/${name}`, mode);
+    }
+    assert.deepEqual(looseSecretKeyFiles(dir), [
+      `${dir}/mceliece_sk is mode 0644: a secret key should be readable by its owner only ` +
+      `(chmod 600 ${dir}/mceliece_sk)`,
+      `${dir}/session_key is mode 0620: a secret key should be readable by its owner only ` +
+      `(chmod 600 ${dir}/session_key)`,
+    ]);
+    await Deno.chmod(`${dir}/mceliece_sk`, 0o400);
+    await Deno.chmod(`${dir}/session_key`, 0o600);
+    assert.deepEqual(looseSecretKeyFiles(dir), []);
+    assert.deepEqual(looseSecretKeyFiles(`${dir}/absent`), [], "missing files: readKeyFile says");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 function exists(path: string): boolean {

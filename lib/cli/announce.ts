@@ -38,7 +38,8 @@ Options:
   -d, --keydir DIR    key directory (default ${DEFAULT_KEY_DIR})
   -p, --port P        the server's crypto port (default ${CRYPTO_PORT})
   -k, --keyport K     the server's key port (default ${KEY_PORT})
-  -h, --help          show this help`,
+  -h, --help          show this help
+      --version       show the version`,
   run(args) {
     const { values } = parseOptions(args, {
       name: { type: "string", short: "n" },

@@ -165,12 +165,13 @@ export const statusCommand: Command = {
   usage: `Usage: pqconnect status [--runtime-dir DIR] [--json]
 
 Lists the servers the running client knows: name, external and internal
-address, tunnel id prefix, age, last activity and bytes each way.
+address, state, tunnel id prefix, age, idle time and bytes each way.
 
 Options:
       --runtime-dir DIR   the client's runtime directory (default ${DEFAULT_RUNTIME_DIR})
       --json              print the raw status document
-  -h, --help              show this help`,
+  -h, --help              show this help
+      --version           show the version`,
   async run(args) {
     const { values } = parseOptions(args, {
       "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },

@@ -4,7 +4,12 @@ import { type Command, parseOptions } from "./common.ts";
 import { DEFAULT_KEY_DIR } from "../core/constants.ts";
 import { KeyTree } from "../core/keytree.ts";
 import { formatPq1Label } from "../core/names.ts";
-import { refuseOverwrite, wipeServerKeys, writeServerKeys } from "../runtime/keyfiles.ts";
+import {
+  makeKeyDir,
+  refuseOverwrite,
+  wipeServerKeys,
+  writeServerKeys,
+} from "../runtime/keyfiles.ts";
 import { x25519PublicKey } from "../core/crypto.ts";
 import { loadKemBackend } from "../runtime/kem_backend.ts";
 
@@ -20,7 +25,8 @@ then prints the server's pq1 name.
 Options:
   -d, --keydir DIR  key directory (default ${DEFAULT_KEY_DIR})
       --force       replace existing keys (this changes the server's pq1 name)
-  -h, --help        show this help`,
+  -h, --help        show this help
+      --version     show the version`,
   async run(args) {
     const { values } = parseOptions(args, {
       keydir: { type: "string", short: "d", default: DEFAULT_KEY_DIR },
@@ -32,6 +38,8 @@ Options:
       return 0;
     }
     const dir = values.keydir!;
+    // A directory that cannot be made fails now, not after the key generation.
+    makeKeyDir(dir);
     if (!values.force) refuseOverwrite(dir);
     const started = performance.now();
     // Native libmceliece when it loads (~0.1 s), else liboqs WASM (tens of seconds).

@@ -23,6 +23,7 @@ import {
   TUN_PREFIX,
 } from "../core/constants.ts";
 import { runServer, type ServerOptions } from "../server/daemon.ts";
+import { looseSecretKeyFiles } from "../runtime/keyfiles.ts";
 
 /** What `pqconnect server ARGS` asks for, before anything is touched (tested alias by alias). */
 export function parseServerArgs(
@@ -99,6 +100,10 @@ Options:
     }
     if (Deno.uid() !== 0) {
       throw new Error("must be started as root (it creates a TUN device, then drops privileges)");
+    }
+    // The reference does not check either; a warning, so a server keeps starting on such keys.
+    for (const problem of looseSecretKeyFiles(request.options.keyDir)) {
+      console.error(`pqconnect server: warning: ${problem}`);
     }
     return await runServer(request.options);
   },

@@ -91,11 +91,7 @@ export function wipeServerKeys(keys: ServerKeys): void {
  * 0700. Secret files are created 0600 (and chmod-ed, in case they existed with another mode).
  */
 export function writeServerKeys(dir: string, keys: ServerKeys, force: boolean): void {
-  try {
-    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  } catch (e) {
-    throw new KeyFileError(`cannot create ${dir}: ${(e as Error).message}`);
-  }
+  makeKeyDir(dir);
   const files: Record<KeyFileName, Uint8Array> = {
     mceliece_pk: keys.mceliecePk,
     mceliece_sk: keys.mcelieceSk,
@@ -128,6 +124,42 @@ export function writeServerKeys(dir: string, keys: ServerKeys, force: boolean): 
   } catch { /* a directory we do not own: leave its mode alone */ }
 }
 
+/** Creates the key directory 0700 if it is missing (also before the slow key generation). */
+export function makeKeyDir(dir: string): void {
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new KeyFileError(`cannot create ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * What is wrong with the modes of the secret key files: each one that others than its owner may
+ * read or write (the reference and keygen write them 0600). Files that cannot be looked at are
+ * left to readKeyFile to report.
+ */
+export function looseSecretKeyFiles(dir: string): string[] {
+  const problems: string[] = [];
+  for (const [name, file] of Object.entries(KEY_FILES)) {
+    if (!file.secret) continue;
+    const path = join(dir, name);
+    let mode: number | null;
+    try {
+      mode = Deno.statSync(path).mode;
+    } catch {
+      continue;
+    }
+    if (mode !== null && (mode & 0o077) !== 0) {
+      const octal = (mode & 0o777).toString(8).padStart(4, "0");
+      problems.push(
+        `${path} is mode ${octal}: a secret key should be readable by its owner only ` +
+          `(chmod 600 ${path})`,
+      );
+    }
+  }
+  return problems;
+}
+
 /** Throws unless `dir` is free of key files (checked before the slow key generation too). */
 export function refuseOverwrite(dir: string): void {
   const existing = Object.keys(KEY_FILES).filter((name) => exists(join(dir, name)));
@@ -139,12 +171,13 @@ export function refuseOverwrite(dir: string): void {
   }
 }
 
-/** True unless the path is known not to exist: when in doubt, never overwrite a key. */
+/** Whether the path exists; when that cannot be told, an error: never overwrite a key in doubt. */
 function exists(path: string): boolean {
   try {
     Deno.lstatSync(path);
     return true;
   } catch (e) {
-    return !(e instanceof Deno.errors.NotFound);
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw new KeyFileError(`cannot tell whether ${path} exists: ${(e as Error).message}`);
   }
 }
