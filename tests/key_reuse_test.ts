@@ -10,8 +10,8 @@ import { isCookie } from "../lib/core/cookie.ts";
 import {
   DeviceNet,
   dropTotal,
+  evictionTest,
   netTest,
-  TestClock,
   texts,
   through,
   until,
@@ -38,83 +38,67 @@ async function replay(net: DeviceNet, datagram: Uint8Array): Promise<number> {
   return delivered;
 }
 
-netTest(
+evictionTest(
   "key reuse: a cookie replayed when its key is 120-150 s old rebuilds nothing",
-  async (pool) => {
-    // Start a second into a 30 s slot, so the cookie's key outlives its use by more than 120 s.
-    const clock = new TestClock();
-    clock.advance(31 - (clock.wall % 30));
-    const net = await DeviceNet.start(pool, new Prng(1), quiet, {
-      maxPeers: 1,
-      clients: 2,
-      clock,
-    });
-    try {
-      assert.ok(await through(net, 0, "a1"));
-      net.clock.advance(1);
-      assert.ok(await through(net, 1, "b1"), "client 1 in, client 0 evicted with a cookie");
-      assert.ok(await until(hasCookie(net, 0)));
-      net.clock.advance(1);
-      assert.ok(await through(net, 0, "a2"), "client 0 resumes (client 1 evicted)");
-      assert.equal(net.server.resumes, 1);
-      const resumedAt = net.clock.mono;
-      const resume = net.captured.find((d) => isCookie(d) && d.length > COOKIE_BYTES)!;
-      assert.ok(resume, "the cookie came back in front of a tunnel packet");
-      assert.ok(await until(hasCookie(net, 1)));
-      net.clock.advance(1);
-      assert.ok(await through(net, 1, "b2"), "client 1 resumes, client 0 evicted again");
-      assert.equal(net.server.resumes, 2);
-      // Past the old 120 s replay memory, while the cookie's key still lives (its slot is
-      // younger than 150 s), and every tunnel has expired: the old code rebuilt the session
-      // at the cookie's epoch and delivered "a2" again.
-      const slot = Number(new DataView(resume.buffer, 8, 8).getBigUint64(0));
-      net.clock.advance(slot + 4 * EPOCH_SECONDS + 20 - net.clock.wall);
-      assert.ok(net.clock.mono - resumedAt > 120, "past the old replay memory");
-      await net.serverTick();
-      assert.equal(net.server.peers.size, 0);
-      assert.equal(await replay(net, resume), 0, "nothing delivered twice");
-      assert.equal(net.server.drops.get("cookie-replay"), 1);
-      assert.equal(net.server.peers.size, 0, "no session rebuilt");
-      // once the key is gone the cookie is simply unreadable
-      net.clock.advance(EPOCH_SECONDS);
-      await net.serverTick();
-      assert.equal(await replay(net, resume), 0);
-      assert.equal(net.server.drops.get("cookie-invalid"), 1);
-      assert.deepEqual(net.ledger.reuses, []);
-    } finally {
-      net.close();
-    }
+  1,
+  async (net) => {
+    assert.ok(await through(net, 0, "a1"));
+    net.clock.advance(1);
+    assert.ok(await through(net, 1, "b1"), "client 1 in, client 0 evicted with a cookie");
+    assert.ok(await until(hasCookie(net, 0)));
+    net.clock.advance(1);
+    assert.ok(await through(net, 0, "a2"), "client 0 resumes (client 1 evicted)");
+    assert.equal(net.server.resumes, 1);
+    const resumedAt = net.clock.mono;
+    const resume = net.captured.find((d) => isCookie(d) && d.length > COOKIE_BYTES)!;
+    assert.ok(resume, "the cookie came back in front of a tunnel packet");
+    assert.ok(await until(hasCookie(net, 1)));
+    net.clock.advance(1);
+    assert.ok(await through(net, 1, "b2"), "client 1 resumes, client 0 evicted again");
+    assert.equal(net.server.resumes, 2);
+    // Past the old 120 s replay memory, while the cookie's key still lives (its slot is
+    // younger than 150 s), and every tunnel has expired: the old code rebuilt the session
+    // at the cookie's epoch and delivered "a2" again.
+    const slot = Number(new DataView(resume.buffer, 8, 8).getBigUint64(0));
+    net.clock.advance(slot + 4 * EPOCH_SECONDS + 20 - net.clock.wall);
+    assert.ok(net.clock.mono - resumedAt > 120, "past the old replay memory");
+    await net.serverTick();
+    assert.equal(net.server.peers.size, 0);
+    assert.equal(await replay(net, resume), 0, "nothing delivered twice");
+    assert.equal(net.server.drops.get("cookie-replay"), 1);
+    assert.equal(net.server.peers.size, 0, "no session rebuilt");
+    // once the key is gone the cookie is simply unreadable
+    net.clock.advance(EPOCH_SECONDS);
+    await net.serverTick();
+    assert.equal(await replay(net, resume), 0);
+    assert.equal(net.server.drops.get("cookie-invalid"), 1);
   },
+  31, // a second into a 30 s slot, so the cookie's key outlives its use by more than 120 s
 );
 
-netTest(
+evictionTest(
   "key reuse: the packet carrying a cookie and the rebuilt session never share a key",
-  async (pool) => {
+  2,
+  async (net) => {
     // The evicted tunnel's send epoch is due to move on when the cookie goes out: the packet
     // carrying the cookie opens the new epoch, so the cookie must name that epoch.
-    const net = await DeviceNet.start(pool, new Prng(2), quiet, { maxPeers: 1, clients: 2 });
-    try {
-      assert.ok(await through(net, 0, "a1"));
-      assert.ok(net.serverSend(0, "reply a1"));
-      net.clock.advance(EPOCH_SECONDS + 1);
-      await net.serverTick();
-      assert.ok(await through(net, 1, "b1"));
-      assert.ok(await until(hasCookie(net, 0)));
-      // A bare cookie (no packet behind it): the server's side speaks first in the rebuilt
-      // session, so it must not start in the epoch the cookie's own packet opened.
-      net.fromClient(0, [...net.clients[0].device.servers][0].peer!.cookie!);
-      assert.equal(net.server.resumes, 1);
-      assert.ok(net.serverSend(0, "reply a2"));
-      assert.ok(await until(() => texts(net.clients[0].tun).includes("reply a2")));
-      // The rebuilt session's reply proved the resume to the client: it sends the cookie no more.
-      const before = net.captured.length;
-      assert.ok(await through(net, 0, "a2"), "the client's next packet, in the rebuilt session");
-      assert.ok(net.captured.slice(before).every((d) => !isCookie(d)));
-      assert.equal(net.server.drops.get("cookie-replay"), 0);
-      assert.deepEqual(net.ledger.reuses, []);
-    } finally {
-      net.close();
-    }
+    assert.ok(await through(net, 0, "a1"));
+    assert.ok(net.serverSend(0, "reply a1"));
+    net.clock.advance(EPOCH_SECONDS + 1);
+    await net.serverTick();
+    assert.ok(await through(net, 1, "b1"));
+    assert.ok(await until(hasCookie(net, 0)));
+    // A bare cookie (no packet behind it): the server's side speaks first in the rebuilt
+    // session, so it must not start in the epoch the cookie's own packet opened.
+    net.fromClient(0, [...net.clients[0].device.servers][0].peer!.cookie!);
+    assert.equal(net.server.resumes, 1);
+    assert.ok(net.serverSend(0, "reply a2"));
+    assert.ok(await until(() => texts(net.clients[0].tun).includes("reply a2")));
+    // The rebuilt session's reply proved the resume to the client: it sends the cookie no more.
+    const before = net.captured.length;
+    assert.ok(await through(net, 0, "a2"), "the client's next packet, in the rebuilt session");
+    assert.ok(net.captured.slice(before).every((d) => !isCookie(d)));
+    assert.equal(net.server.drops.get("cookie-replay"), 0);
   },
 );
 

@@ -5,6 +5,7 @@
 // is the test's. The server can be restarted (same long-term keys, fresh everything else, as
 // a daemon restart).
 
+import assert from "node:assert/strict";
 import { fixture } from "../fixtures.ts";
 import { ClientDevice, type KeyChannel } from "../../lib/client/device.ts";
 import { ServerDevice } from "../../lib/server/device.ts";
@@ -18,7 +19,8 @@ import { DropCounters, type Logger } from "../../lib/core/log.ts";
 import { internetChecksum, ipv4ToNumber, pseudoHeaderSum } from "../../lib/core/ip.ts";
 import { KeyLedger } from "./key_ledger.ts";
 import { InThreadResponder } from "./in_thread_responder.ts";
-import type { Prng } from "./prng.ts";
+import { Prng } from "./prng.ts";
+import { StderrLogger } from "../../lib/runtime/log.ts";
 
 export const SERVER_HOST = ipv4ToNumber("198.18.0.1");
 export const ATTACKER_HOST = ipv4ToNumber("198.18.0.66");
@@ -375,4 +377,33 @@ export async function through(
 ): Promise<boolean> {
   net.clientSend(i, text);
   return await until(() => texts(net.serverTun).includes(text), ms);
+}
+
+/**
+ * A netTest on our server with room for one tunnel and two clients, so each new tunnel evicts the
+ * other with a cookie; `seed` drives the randomness. Fails if any packet key was sealed twice.
+ * `slotSecond`: start the clock that many seconds after a 30 s slot began (from 0 to 59).
+ */
+export function evictionTest(
+  name: string,
+  seed: number,
+  body: (net: DeviceNet) => Promise<void>,
+  slotSecond?: number,
+): void {
+  netTest(name, async (pool) => {
+    const log = new StderrLogger("test", "error");
+    const clock = new TestClock();
+    if (slotSecond !== undefined) clock.advance(slotSecond - (clock.wall % 30));
+    const net = await DeviceNet.start(pool, new Prng(seed), log, {
+      maxPeers: 1,
+      clients: 2,
+      clock,
+    });
+    try {
+      await body(net);
+      assert.deepEqual(net.ledger.reuses, [], "a packet key sealed twice");
+    } finally {
+      net.close();
+    }
+  });
 }
