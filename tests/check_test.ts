@@ -26,6 +26,7 @@ import {
 } from "./lab/reference.ts";
 import {
   cacheDependencies,
+  copyFixtureKeys,
   denoEnv,
   ensurePrivsepUser,
   labPermissionProblem,
@@ -44,7 +45,6 @@ import { EXIT } from "../lib/check/report.ts";
 
 const PREFIX = "pqts-chk";
 const HTTP_PORT = 8080;
-const KEY_FILES = ["mceliece_pk", "mceliece_sk", "x25519_pk", "x25519_sk", "session_key"];
 
 const skip = notRootReason();
 if (skip) console.log(`check_test: skipped, ${skip}`);
@@ -126,10 +126,7 @@ Deno.test({
       await removeStaleTempDirs(["pqts-chk-"]);
       // The reference's own key files (tests/fixtures), as a server directory (secrets 0600).
       keyDir = await Deno.makeTempDir({ prefix: "pqts-chk-keys-" });
-      for (const f of KEY_FILES) {
-        await Deno.copyFile(`${fixtureDir}/${f}`, `${keyDir}/${f}`);
-        await Deno.chmod(`${keyDir}/${f}`, f.endsWith("_pk") ? 0o644 : 0o600);
-      }
+      await copyFixtureKeys(keyDir);
       // Another key directory: same McEliece key, another X25519 key, so another hash.
       otherKeys = await Deno.makeTempDir({ prefix: "pqts-chk-other-" });
       await Deno.copyFile(`${fixtureDir}/mceliece_pk`, `${otherKeys}/mceliece_pk`);

@@ -20,6 +20,7 @@ import {
   clientPermissions,
   denoEnv,
   ensurePrivsepUser,
+  fixtureKeyDir,
   labPermissionProblem,
   logs,
   pqconnectArgv,
@@ -30,12 +31,10 @@ import {
   Teardown,
   tunDevices,
 } from "./helpers/lab_util.ts";
-import { fixtureDir } from "./fixtures.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
 import { base32Encode } from "../lib/core/base32.ts";
 
 const PREFIX = "pqts-cal";
-const KEY_FILES = ["mceliece_pk", "mceliece_sk", "x25519_pk", "x25519_sk", "session_key"];
 
 const skip = notRootReason();
 if (skip) console.log(`client_aliases_ns_test: skipped, ${skip}`);
@@ -62,12 +61,7 @@ Deno.test({
       const { serverNs, clientNs, serverAddr, clientAddr } = lab;
       await removeStaleTempDirs(["pqts-cal-"]);
       work = await Deno.makeTempDir({ prefix: "pqts-cal-" });
-      const keyDir = `${work}/keys`;
-      await Deno.mkdir(keyDir, { mode: 0o700 });
-      for (const f of KEY_FILES) {
-        await Deno.copyFile(`${fixtureDir}/${f}`, `${keyDir}/${f}`);
-        await Deno.chmod(`${keyDir}/${f}`, f.endsWith("_pk") ? 0o644 : 0o600);
-      }
+      const keyDir = await fixtureKeyDir(work);
       const root = KeyTree.build(
         await Deno.readFile(`${keyDir}/mceliece_pk`),
         await Deno.readFile(`${keyDir}/x25519_pk`),
