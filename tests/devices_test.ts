@@ -28,6 +28,7 @@ import { ipv4ToNumber, numberToIpv4 } from "../lib/core/ip.ts";
 import { internetChecksum, pseudoHeaderSum } from "../lib/core/ip.ts";
 
 const SERVER_HOST = ipv4ToNumber("198.18.0.1");
+const CLIENT_HOST = ipv4ToNumber("198.18.0.2");
 const tree = KeyTree.build(fixture("mceliece_pk"), fixture("x25519_pk"));
 const quiet = new StderrLogger("test", "error");
 
@@ -190,12 +191,7 @@ function makeClient(
 }
 
 /** One scenario: a crypto pool and a clock; what `defer` registers is closed at the end. */
-function devicesTest(
-  name: string,
-  body: (
-    env: { pool: CryptoPool; clock: Clock; defer: (close: () => void) => void },
-  ) => Promise<void>,
-): void {
+function devicesTest(name: string, body: (env: DevicesEnv) => Promise<void>): void {
   netTest(name, async (pool) => {
     const closers: (() => void)[] = [];
     try {
@@ -204,6 +200,28 @@ function devicesTest(
       for (const close of closers.reverse()) close();
     }
   });
+}
+
+type DevicesEnv = { pool: CryptoPool; clock: Clock; defer: (close: () => void) => void };
+
+/**
+ * Our server and one client (198.18.0.2) on a lossless link: each datagram the server sends
+ * reaches the client on the event loop's next turn. Both are closed at the end of the test.
+ */
+async function linkedPair(
+  { pool, clock, defer }: DevicesEnv,
+  extra?: Parameters<typeof makeClient>[6],
+) {
+  let client: ClientDevice | null = null;
+  const server = await makeServer(pool, clock, (data) => {
+    const copy = data.slice();
+    setTimeout(() => client!.onDatagram(copy, SERVER_HOST, 42424), 0);
+  });
+  defer(() => server.device.close());
+  const c = makeClient(pool, clock, CLIENT_HOST, () => server, { count: 0 }, undefined, extra);
+  client = c.client;
+  defer(() => c.client.close());
+  return { server, c };
 }
 
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
@@ -434,19 +452,13 @@ devicesTest(
 
 devicesTest(
   "devices: a lost handshake message goes again with the first packets' resends",
-  async ({ pool, clock, defer }) => {
-    const clientHost = ipv4ToNumber("198.18.0.2");
-    const server = await makeServer(pool, clock, (data) => {
-      const copy = data.slice();
-      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
-    });
-    defer(() => server.device.close());
+  async (env) => {
+    const { clock } = env;
     // The link loses the client's first datagram to the tunnel port: the handshake message.
     let datagrams = 0;
-    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, undefined, {
+    const { server, c } = await linkedPair(env, {
       lose: () => datagrams++ === 0,
     });
-    defer(() => c.client.close());
     const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     const me = ipv4ToNumber("10.43.0.1");
     c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("syn")));
@@ -524,15 +536,9 @@ function otherKey(i: number): Uint8Array {
 
 devicesTest(
   "devices (issue 9): a record that answers no question sends nothing; the application does",
-  async ({ pool, clock, defer }) => {
-    const clientHost = ipv4ToNumber("198.18.0.2");
-    const server = await makeServer(pool, clock, (data) => {
-      const copy = data.slice();
-      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
-    });
-    defer(() => server.device.close());
-    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
-    defer(() => c.client.close());
+  async (env) => {
+    const { clock } = env;
+    const { server, c } = await linkedPair(env);
     // Extra records (not reached from the question) for many servers: addresses, no traffic.
     const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test")!;
     for (let i = 0; i < 50; i++) c.client.announce({ keyHash: otherKey(i) }, SERVER_HOST, `x${i}`);
@@ -552,15 +558,8 @@ devicesTest(
 
 devicesTest(
   "devices (issue 9): an answer naming another address leaves the live tunnel where it is",
-  async ({ pool, clock, defer }) => {
-    const clientHost = ipv4ToNumber("198.18.0.2");
-    const server = await makeServer(pool, clock, (data) => {
-      const copy = data.slice();
-      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
-    });
-    defer(() => server.device.close());
-    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 });
-    defer(() => c.client.close());
+  async (env) => {
+    const { server, c } = await linkedPair(env);
     const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     const me = ipv4ToNumber("10.43.0.1");
     const send = (t: string) =>
@@ -586,17 +585,11 @@ devicesTest(
 
 devicesTest(
   "devices (issue 9): bounded table, capped connections, keys released on eviction",
-  async ({ pool, clock, defer }) => {
-    const clientHost = ipv4ToNumber("198.18.0.2");
-    const server = await makeServer(pool, clock, (data) => {
-      const copy = data.slice();
-      setTimeout(() => c.client.onDatagram(copy, SERVER_HOST, 42424), 0);
-    });
-    defer(() => server.device.close());
-    const c = makeClient(pool, clock, clientHost, () => server, { count: 0 }, undefined, {
+  async (env) => {
+    const { clock } = env;
+    const { server, c } = await linkedPair(env, {
       config: { maxServers: 4, maxConnecting: 1, keyFetchSeconds: 2 },
     });
-    defer(() => c.client.close());
     // The genuine server gets its tunnel and keys, then goes idle.
     const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
     const me = ipv4ToNumber("10.43.0.1");
