@@ -166,6 +166,42 @@ Deno.test("secret key files that others may read or write are named, with the ch
   }
 });
 
+Deno.test("server and client refuse to start without root, saying why", async () => {
+  // As root, the commands run as nobody (setpriv), with a module cache of their own: the
+  // project's npm packages come from its node_modules, so nothing is fetched.
+  const cache = await Deno.makeTempDir();
+  await Deno.chmod(cache, 0o777);
+  try {
+    for (const [cmd, why] of [["server", /TUN device/], ["client", /DNS queue rule/]] as const) {
+      const deno = [Deno.execPath(), "run", "--no-prompt", "--cached-only", "-A", MAIN, cmd];
+      const argv = Deno.uid() === 0
+        ? [
+          "setpriv",
+          "--reuid=nobody",
+          "--regid=nogroup",
+          "--clear-groups",
+          "env",
+          `HOME=${cache}`,
+          `DENO_DIR=${cache}`,
+          ...deno,
+        ]
+        : deno;
+      const out = await new Deno.Command(argv[0], {
+        args: argv.slice(1),
+        stdout: "piped",
+        stderr: "piped",
+      })
+        .output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 1, stderr);
+      assert.match(stderr, new RegExp(`^pqconnect ${cmd}: must be started as root`, "m"));
+      assert.match(stderr, why);
+    }
+  } finally {
+    await Deno.remove(cache, { recursive: true });
+  }
+});
+
 function exists(path: string): boolean {
   try {
     Deno.statSync(path);
