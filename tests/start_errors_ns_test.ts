@@ -1,7 +1,8 @@
-// What a user sees when a daemon cannot start because its UDP port is taken: the reason on stderr
-// (for the client it comes from the worker, which binds the port), exit status 1, and nothing
-// left behind (no TUN device, no runtime directory). In a lab namespace, with the daemons' own
-// narrow permissions; needs root.
+// What a user sees when a daemon cannot start: with its UDP port taken, the reason on stderr (for
+// the client it comes from the worker, which binds the port), exit status 1, and nothing left
+// behind (no TUN device, no runtime directory); a second client while one runs is refused before
+// it touches the first's DNS queue rule or control socket. In a lab namespace, with the daemons'
+// own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -19,8 +20,11 @@ import {
   denoEnv,
   ensurePrivsepUser,
   fixtureKeyDir,
+  type OurClient,
   pqconnectArgv,
   serverPermissions,
+  startOurClient,
+  statusPermissions,
   tunDevices,
 } from "./helpers/lab_util.ts";
 
@@ -84,6 +88,58 @@ Deno.test({
       await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
     } finally {
       for (const h of holders) await h.stop();
+      if (lab) await destroyLab(lab);
+      if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+/** The lines of the namespace's firewall that carry our DNS queue rule (nftables or iptables). */
+async function queueRules(ns: string): Promise<string[]> {
+  const nft = await run(ns, ["nft", "list", "ruleset"], { check: false });
+  const ipt = await run(ns, ["iptables", "-w", "-t", "mangle", "-S"], { check: false });
+  return `${nft.stdout}\n${ipt.stdout}`.split("\n").filter((l) => /queue|NFQUEUE/.test(l));
+}
+
+Deno.test({
+  name: "a second client is refused and leaves the running one's rule, socket and interface",
+  ignore: skip !== null,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let lab: Lab | null = null;
+    let work: string | null = null;
+    let first: OurClient | null = null;
+    try {
+      await cacheDependencies();
+      await ensurePrivsepUser();
+      lab = await createLab({ prefix: PREFIX });
+      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
+      await Deno.chmod(work, 0o755); // the worker, not root, reaches its socket in there
+      const runtimeDir = `${work}/run`;
+      first = await startOurClient(lab.clientNs, runtimeDir);
+      const rules = await queueRules(lab.clientNs);
+      assert.ok(rules.length > 0, "the first client's DNS queue rule");
+
+      const second = await run(
+        lab.clientNs,
+        pqconnectArgv(clientPermissions(runtimeDir), ["client", "--runtime-dir", runtimeDir]),
+        { env: denoEnv(), check: false, timeoutMs: 60_000 },
+      );
+      assert.equal(second.code, 1, second.stderr);
+      assert.match(second.stderr, /interface pqccli0 already exists: is another pqconnect client/);
+
+      assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
+      assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
+      const status = await run(
+        lab.clientNs,
+        pqconnectArgv(statusPermissions(runtimeDir), ["status", "--runtime-dir", runtimeDir]),
+        { env: denoEnv(), check: false },
+      );
+      assert.equal(status.code, 0, `the first client's control socket answers: ${status.stderr}`);
+      assert.match(status.stdout, /^pqccli0 10\.43\.0\.1: 0 server\(s\)/);
+    } finally {
+      await first?.process.stop("SIGTERM", 10_000);
       if (lab) await destroyLab(lab);
       if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
     }

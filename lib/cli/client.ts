@@ -19,6 +19,7 @@ import { type ClientOptions, CONTROL_SOCKET, runClient } from "../client/supervi
 import { runClientWorker } from "../client/worker.ts";
 import { queryControl } from "../client/control.ts";
 import { escapeText } from "../core/log.ts";
+import { linkExists } from "../../ffi/rtnetlink.ts";
 
 export const DEFAULT_RUNTIME_DIR = "/run/pqconnect-ts";
 
@@ -107,6 +108,15 @@ Options:
     }
     if (Deno.uid() !== 0) {
       throw new Error("must be started as root (it creates a TUN device and a DNS queue rule)");
+    }
+    // Checked before anything is touched: a second client would first take the running one's
+    // DNS queue rule and control socket for an earlier run's leftovers and remove them.
+    const name = request.options.interfaceName;
+    if (await linkExists(name)) {
+      throw new Error(
+        `interface ${name} already exists: is another pqconnect client running? Stop it ` +
+          `first, or give this one another --interface (nothing was changed)`,
+      );
     }
     return await runClient(request.options);
   },
