@@ -24,6 +24,7 @@ import {
   pqconnectArgv,
   serverPermissions,
   startOurClient,
+  startOurServer,
   statusPermissions,
   tunDevices,
 } from "./helpers/lab_util.ts";
@@ -140,6 +141,52 @@ Deno.test({
       assert.match(status.stdout, /^pqccli0 10\.43\.0\.1: 0 server\(s\)/);
     } finally {
       await first?.process.stop("SIGTERM", 10_000);
+      if (lab) await destroyLab(lab);
+      if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "a second server on the same interface is refused; the running one goes on",
+  ignore: skip !== null,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    let lab: Lab | null = null;
+    let work: string | null = null;
+    let first: LabProcess | null = null;
+    try {
+      await cacheDependencies();
+      await ensurePrivsepUser();
+      lab = await createLab({ prefix: PREFIX });
+      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
+      const keyDir = await fixtureKeyDir(work);
+      first = await startOurServer(lab.serverNs, {
+        keyDir,
+        port: 42424,
+        keyPort: 42425,
+        hostIp: lab.serverAddr,
+      });
+      const second = await run(
+        lab.serverNs,
+        pqconnectArgv(serverPermissions(keyDir), [
+          "server",
+          "-d",
+          keyDir,
+          "-p",
+          "5000",
+          "-k",
+          "5001",
+        ]),
+        { env: denoEnv(), check: false, timeoutMs: 60_000 },
+      );
+      assert.equal(second.code, 1, second.stderr);
+      assert.match(second.stderr, /interface pqcserv0 already exists: is another pqconnect server/);
+      assert.deepEqual(await tunDevices(lab.serverNs), ["pqcserv0"]);
+      assert.ok(first.running, "the first server still runs");
+    } finally {
+      await first?.stop("SIGTERM", 10_000);
       if (lab) await destroyLab(lab);
       if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
     }

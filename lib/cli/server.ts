@@ -24,6 +24,7 @@ import {
 } from "../core/constants.ts";
 import { runServer, type ServerOptions } from "../server/daemon.ts";
 import { looseSecretKeyFiles } from "../runtime/keyfiles.ts";
+import { linkExists } from "../../ffi/rtnetlink.ts";
 
 /** What `pqconnect server ARGS` asks for, before anything is touched (tested alias by alias). */
 export function parseServerArgs(
@@ -100,6 +101,13 @@ Options:
     }
     if (Deno.uid() !== 0) {
       throw new Error("must be started as root (it creates a TUN device, then drops privileges)");
+    }
+    const name = request.options.interfaceName;
+    if (await linkExists(name)) {
+      throw new Error(
+        `interface ${name} already exists: is another pqconnect server running? Stop it ` +
+          `first, or give this one another --interface and ports (nothing was changed)`,
+      );
     }
     // The reference does not check either; a warning, so a server keeps starting on such keys.
     for (const problem of looseSecretKeyFiles(request.options.keyDir)) {
