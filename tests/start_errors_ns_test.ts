@@ -20,7 +20,6 @@ import {
   denoEnv,
   ensurePrivsepUser,
   fixtureKeyDir,
-  type OurClient,
   pqconnectArgv,
   serverPermissions,
   startOurClient,
@@ -45,55 +44,45 @@ async function holdPort(ns: string, port: number): Promise<LabProcess> {
   return holder;
 }
 
-Deno.test({
-  name: "a daemon whose UDP port is taken says so and exits 1, leaving nothing behind",
-  ignore: skip !== null,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    let lab: Lab | null = null;
-    let work: string | null = null;
-    const holders: LabProcess[] = [];
-    try {
-      await cacheDependencies();
-      await ensurePrivsepUser();
-      lab = await createLab({ prefix: PREFIX });
-      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
+/** A lab test: a fresh lab and a work directory (readable by the daemons' user); what `defer`
+ * registers is stopped at the end, before the lab goes. */
+function labTest(
+  name: string,
+  body: (lab: Lab, work: string, defer: (stop: () => Promise<unknown>) => void) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ignore: skip !== null,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      let lab: Lab | null = null;
+      let work: string | null = null;
+      const stops: (() => Promise<unknown>)[] = [];
+      try {
+        await cacheDependencies();
+        await ensurePrivsepUser();
+        lab = await createLab({ prefix: PREFIX });
+        work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
+        await Deno.chmod(work, 0o755); // the client's worker, not root, reaches its socket there
+        await body(lab, work, (stop) => stops.push(stop));
+      } finally {
+        for (const stop of stops.reverse()) await stop().catch(() => {});
+        if (lab) await destroyLab(lab);
+        if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
+      }
+    },
+  });
+}
 
-      const keyDir = await fixtureKeyDir(work);
-      holders.push(await holdPort(lab.serverNs, 42424));
-      const server = await run(
-        lab.serverNs,
-        pqconnectArgv(serverPermissions(keyDir), ["server", "-d", keyDir]),
-        { env: denoEnv(), check: false, timeoutMs: 60_000 },
-      );
-      assert.equal(server.code, 1, server.stderr);
-      assert.match(
-        server.stderr,
-        /pqconnect server: bind\(0\.0\.0\.0:42424\): Address already in use/,
-      );
-      assert.deepEqual(await tunDevices(lab.serverNs), [], "the server's TUN device is gone");
-
-      const runtimeDir = `${work}/run`;
-      holders.push(await holdPort(lab.clientNs, 42423));
-      const client = await run(
-        lab.clientNs,
-        pqconnectArgv(clientPermissions(runtimeDir), ["client", "--runtime-dir", runtimeDir]),
-        { env: denoEnv(), check: false, timeoutMs: 60_000 },
-      );
-      assert.equal(client.code, 1, client.stderr);
-      // The worker's own reason, then the supervisor's summary.
-      assert.match(client.stderr, /error: bind\(0\.0\.0\.0:42423\): Address already in use/);
-      assert.match(client.stderr, /the client worker did not start/);
-      assert.deepEqual(await tunDevices(lab.clientNs), [], "the client's TUN device is gone");
-      await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
-    } finally {
-      for (const h of holders) await h.stop();
-      if (lab) await destroyLab(lab);
-      if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
-});
+/** `pqconnect ARGS` in `ns` with the permissions given, to its end. */
+function pqconnectIn(ns: string, permissions: string[], args: string[]) {
+  return run(ns, pqconnectArgv(permissions, args), {
+    env: denoEnv(),
+    check: false,
+    timeoutMs: 60_000,
+  });
+}
 
 /** The lines of the namespace's firewall that carry our DNS queue rule (nftables or iptables). */
 async function queueRules(ns: string): Promise<string[]> {
@@ -102,93 +91,93 @@ async function queueRules(ns: string): Promise<string[]> {
   return `${nft.stdout}\n${ipt.stdout}`.split("\n").filter((l) => /queue|NFQUEUE/.test(l));
 }
 
-Deno.test({
-  name: "a second client is refused and leaves the running one's rule, socket and interface",
-  ignore: skip !== null,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    let lab: Lab | null = null;
-    let work: string | null = null;
-    let first: OurClient | null = null;
-    try {
-      await cacheDependencies();
-      await ensurePrivsepUser();
-      lab = await createLab({ prefix: PREFIX });
-      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      await Deno.chmod(work, 0o755); // the worker, not root, reaches its socket in there
-      const runtimeDir = `${work}/run`;
-      first = await startOurClient(lab.clientNs, runtimeDir);
-      const rules = await queueRules(lab.clientNs);
-      assert.ok(rules.length > 0, "the first client's DNS queue rule");
+labTest(
+  "a daemon whose UDP port is taken says so and exits 1, leaving nothing behind",
+  async (lab, work, defer) => {
+    const keyDir = await fixtureKeyDir(work);
+    const serverHolder = await holdPort(lab.serverNs, 42424);
+    defer(() => serverHolder.stop());
+    const server = await pqconnectIn(lab.serverNs, serverPermissions(keyDir), [
+      "server",
+      "-d",
+      keyDir,
+    ]);
+    assert.equal(server.code, 1, server.stderr);
+    assert.match(
+      server.stderr,
+      /pqconnect server: bind\(0\.0\.0\.0:42424\): Address already in use/,
+    );
+    assert.deepEqual(await tunDevices(lab.serverNs), [], "the server's TUN device is gone");
 
-      const second = await run(
-        lab.clientNs,
-        pqconnectArgv(clientPermissions(runtimeDir), ["client", "--runtime-dir", runtimeDir]),
-        { env: denoEnv(), check: false, timeoutMs: 60_000 },
-      );
-      assert.equal(second.code, 1, second.stderr);
-      assert.match(second.stderr, /interface pqccli0 already exists: is another pqconnect client/);
-
-      assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
-      assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
-      const status = await run(
-        lab.clientNs,
-        pqconnectArgv(statusPermissions(runtimeDir), ["status", "--runtime-dir", runtimeDir]),
-        { env: denoEnv(), check: false },
-      );
-      assert.equal(status.code, 0, `the first client's control socket answers: ${status.stderr}`);
-      assert.match(status.stdout, /^pqccli0 10\.43\.0\.1: 0 server\(s\)/);
-    } finally {
-      await first?.process.stop("SIGTERM", 10_000);
-      if (lab) await destroyLab(lab);
-      if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
+    const runtimeDir = `${work}/run`;
+    const clientHolder = await holdPort(lab.clientNs, 42423);
+    defer(() => clientHolder.stop());
+    const client = await pqconnectIn(lab.clientNs, clientPermissions(runtimeDir), [
+      "client",
+      "--runtime-dir",
+      runtimeDir,
+    ]);
+    assert.equal(client.code, 1, client.stderr);
+    // The worker's own reason, then the supervisor's summary.
+    assert.match(client.stderr, /error: bind\(0\.0\.0\.0:42423\): Address already in use/);
+    assert.match(client.stderr, /the client worker did not start/);
+    assert.deepEqual(await tunDevices(lab.clientNs), [], "the client's TUN device is gone");
+    await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
   },
-});
+);
 
-Deno.test({
-  name: "a second server on the same interface is refused; the running one goes on",
-  ignore: skip !== null,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    let lab: Lab | null = null;
-    let work: string | null = null;
-    let first: LabProcess | null = null;
-    try {
-      await cacheDependencies();
-      await ensurePrivsepUser();
-      lab = await createLab({ prefix: PREFIX });
-      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = await fixtureKeyDir(work);
-      first = await startOurServer(lab.serverNs, {
-        keyDir,
-        port: 42424,
-        keyPort: 42425,
-        hostIp: lab.serverAddr,
-      });
-      const second = await run(
-        lab.serverNs,
-        pqconnectArgv(serverPermissions(keyDir), [
-          "server",
-          "-d",
-          keyDir,
-          "-p",
-          "5000",
-          "-k",
-          "5001",
-        ]),
-        { env: denoEnv(), check: false, timeoutMs: 60_000 },
-      );
-      assert.equal(second.code, 1, second.stderr);
-      assert.match(second.stderr, /interface pqcserv0 already exists: is another pqconnect server/);
-      assert.deepEqual(await tunDevices(lab.serverNs), ["pqcserv0"]);
-      assert.ok(first.running, "the first server still runs");
-    } finally {
-      await first?.stop("SIGTERM", 10_000);
-      if (lab) await destroyLab(lab);
-      if (work) await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
+labTest(
+  "a second client is refused and leaves the running one's rule, socket and interface",
+  async (lab, work, defer) => {
+    const runtimeDir = `${work}/run`;
+    const first = await startOurClient(lab.clientNs, runtimeDir);
+    defer(() => first.process.stop("SIGTERM", 10_000));
+    const rules = await queueRules(lab.clientNs);
+    assert.ok(rules.length > 0, "the first client's DNS queue rule");
+
+    const second = await pqconnectIn(lab.clientNs, clientPermissions(runtimeDir), [
+      "client",
+      "--runtime-dir",
+      runtimeDir,
+    ]);
+    assert.equal(second.code, 1, second.stderr);
+    assert.match(second.stderr, /interface pqccli0 already exists: is another pqconnect client/);
+
+    assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
+    assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
+    const status = await pqconnectIn(lab.clientNs, statusPermissions(runtimeDir), [
+      "status",
+      "--runtime-dir",
+      runtimeDir,
+    ]);
+    assert.equal(status.code, 0, `the first client's control socket answers: ${status.stderr}`);
+    assert.match(status.stdout, /^pqccli0 10\.43\.0\.1: 0 server\(s\)/);
   },
-});
+);
+
+labTest(
+  "a second server on the same interface is refused; the running one goes on",
+  async (lab, work, defer) => {
+    const keyDir = await fixtureKeyDir(work);
+    const first = await startOurServer(lab.serverNs, {
+      keyDir,
+      port: 42424,
+      keyPort: 42425,
+      hostIp: lab.serverAddr,
+    });
+    defer(() => first.stop("SIGTERM", 10_000));
+    const second = await pqconnectIn(lab.serverNs, serverPermissions(keyDir), [
+      "server",
+      "-d",
+      keyDir,
+      "-p",
+      "5000",
+      "-k",
+      "5001",
+    ]);
+    assert.equal(second.code, 1, second.stderr);
+    assert.match(second.stderr, /interface pqcserv0 already exists: is another pqconnect server/);
+    assert.deepEqual(await tunDevices(lab.serverNs), ["pqcserv0"]);
+    assert.ok(first.running, "the first server still runs");
+  },
+);
