@@ -20,6 +20,30 @@ async function pqconnect(...args: string[]) {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/**
+ * `pqconnect ARGS` as a user without privileges: as root, as nobody (setpriv) with a module cache
+ * of its own (the npm packages come from the project's node_modules, so nothing is fetched).
+ */
+async function pqconnectUnprivileged(...args: string[]) {
+  const cache = await Deno.makeTempDir();
+  try {
+    await Deno.chmod(cache, 0o777);
+    const deno = [Deno.execPath(), "run", "--no-prompt", "--cached-only", "-A", MAIN, ...args];
+    const nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"];
+    const argv = Deno.uid() === 0
+      ? [...nobody, `HOME=${cache}`, `DENO_DIR=${cache}`, ...deno]
+      : deno;
+    const out = await new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+  } finally {
+    await Deno.remove(cache, { recursive: true });
+  }
+}
+
 Deno.test("announce prints the reference's pq1 name for the reference's key files", async () => {
   const r = await pqconnect(
     "announce",
@@ -167,38 +191,43 @@ Deno.test("secret key files that others may read or write are named, with the ch
 });
 
 Deno.test("server and client refuse to start without root, saying why", async () => {
-  // As root, the commands run as nobody (setpriv), with a module cache of their own: the
-  // project's npm packages come from its node_modules, so nothing is fetched.
-  const cache = await Deno.makeTempDir();
-  await Deno.chmod(cache, 0o777);
+  for (const [cmd, why] of [["server", /TUN device/], ["client", /DNS queue rule/]] as const) {
+    const r = await pqconnectUnprivileged(cmd);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^pqconnect ${cmd}: must be started as root`, "m"));
+    assert.match(r.stderr, why);
+  }
+});
+
+Deno.test("key files the sandbox or the file system will not let be read are told apart", async () => {
+  const args = ["announce", "--name", "www.lab.test", "--ip", "1.2.3.4", "-d"];
+  const other = await Deno.makeTempDir();
   try {
-    for (const [cmd, why] of [["server", /TUN device/], ["client", /DNS queue rule/]] as const) {
-      const deno = [Deno.execPath(), "run", "--no-prompt", "--cached-only", "-A", MAIN, cmd];
-      const argv = Deno.uid() === 0
-        ? [
-          "setpriv",
-          "--reuid=nobody",
-          "--regid=nogroup",
-          "--clear-groups",
-          "env",
-          `HOME=${cache}`,
-          `DENO_DIR=${cache}`,
-          ...deno,
-        ]
-        : deno;
-      const out = await new Deno.Command(argv[0], {
-        args: argv.slice(1),
-        stdout: "piped",
-        stderr: "piped",
-      })
-        .output();
-      const stderr = new TextDecoder().decode(out.stderr);
-      assert.equal(out.code, 1, stderr);
-      assert.match(stderr, new RegExp(`^pqconnect ${cmd}: must be started as root`, "m"));
-      assert.match(stderr, why);
+    // Deno's sandbox: the read permission covers another directory.
+    const sandboxed = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-prompt", `--allow-read=${other}`, MAIN, ...args, fixtureDir],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(sandboxed.code, 1);
+    assert.match(
+      new TextDecoder().decode(sandboxed.stderr),
+      /mceliece_pk: outside what this command may read \(Deno's --allow-read\)/,
+    );
+    // The file system: files nobody may read, read by an unprivileged user.
+    await Deno.chmod(other, 0o755);
+    for (const f of ["mceliece_pk", "x25519_pk"]) {
+      await Deno.copyFile(`${fixtureDir}/${f}`, `${other}/${f}`);
+      await Deno.chmod(`${other}/${f}`, 0o000);
     }
+    const denied = await pqconnectUnprivileged(...args, other);
+    assert.equal(denied.code, 1, denied.stderr);
+    assert.match(
+      denied.stderr,
+      /mceliece_pk: permission denied \(run as the key files' owner, or root\)/,
+    );
   } finally {
-    await Deno.remove(cache, { recursive: true });
+    await Deno.remove(other, { recursive: true });
   }
 });
 

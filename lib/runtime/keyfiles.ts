@@ -46,8 +46,15 @@ export function readKeyFile(dir: string, name: KeyFileName): Uint8Array {
     if (e instanceof Deno.errors.NotFound) {
       throw new KeyFileError(`${path} does not exist (run "pqconnect keygen --keydir ${dir}")`);
     }
-    if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable) {
-      throw new KeyFileError(`${path}: permission denied`);
+    if (e instanceof Deno.errors.NotCapable) {
+      // Deno's sandbox, not the file: the deno.json tasks may read /etc/pqconnect/keys only.
+      throw new KeyFileError(
+        `${path}: outside what this command may read (Deno's --allow-read); ./pqconnect ` +
+          `allows the directory given with -d`,
+      );
+    }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new KeyFileError(`${path}: permission denied (run as the key files' owner, or root)`);
     }
     throw new KeyFileError(`${path}: ${(e as Error).message}`);
   }
