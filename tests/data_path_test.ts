@@ -156,6 +156,50 @@ Deno.test("a busy peer is never evicted from a full table, however fast new peer
   assert.equal(evictedBusy, 0);
 });
 
+Deno.test("a flood of one-shot peers evicts its own, not a settled peer that paused, and settled peers stay at most 3/4 of the table", () => {
+  const io = { sendUdp: () => true, writeTun: () => true };
+  const path = new DataPath(io, new DropCounters(), { deliverTo: 0x0a000001, roaming: true });
+  const busy = pair(new Uint8Array(32).fill(9));
+  const busyPeer = newPeer(busy.mine, 0x0a000002, HOST, 1, 0);
+  path.peers.add(busyPeer);
+  const a = new Uint8Array(32).fill(1);
+  const shared = TunnelSession.create(new Uint8Array(32), a.slice(), a.slice(), 0);
+  let next = 0;
+  const oneShot = () => {
+    if (path.peers.size >= 256) path.peers.remove(path.peers.leastRecentlyUsed()!);
+    const p = newPeer(shared, 0x0b000000 + next, HOST, 2, 0);
+    const key = new Uint8Array(32);
+    new DataView(key.buffer).setUint32(0, ++next);
+    p.tidKey = String.fromCharCode(...key);
+    path.peers.add(p);
+    return p;
+  };
+  const send = () => path.fromNetwork(datagram(busy.theirs, 1), HOST, 1, 1).kind;
+  // Busy for a while among other tunnels: it settles.
+  for (let i = 0; i < 40; i++) {
+    oneShot();
+    assert.equal(send(), "delivered");
+  }
+  assert.equal(busyPeer.settled, true);
+  // Then silent while 3000 one-shot tunnels arrive, 12 tables' worth: it is still there.
+  for (let i = 0; i < 3000; i++) oneShot();
+  assert.equal(path.peers.byTunnelId(busyPeer.tidKey), busyPeer);
+  assert.equal(send(), "delivered");
+  // Tunnels that all keep sending cannot hold more than 3/4 of the table as settled: the rest
+  // is young, and eviction still finds a peer.
+  const chatty = Array.from({ length: 256 }, () => oneShot());
+  for (let round = 0; round < 40; round++) {
+    for (const p of chatty) {
+      p.rxPackets++;
+      if (path.peers.isAging(p)) path.peers.touch(p);
+    }
+    oneShot();
+  }
+  const settled = [...path.peers.all()].filter((p) => p.settled).length;
+  assert.ok(settled * 4 <= path.peers.size * 3, `${settled} of ${path.peers.size} settled`);
+  assert.ok(path.peers.leastRecentlyUsed() !== undefined);
+});
+
 Deno.test("a full peer table evicts at the rate handshakes come in, however large it is", () => {
   // 65 536 peers, then 20 000 evictions each followed by an add: the server's path when a flood
   // of valid handshakes meets a full table. A scan per eviction took ~1.3 billion visits here.

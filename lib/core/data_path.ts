@@ -43,6 +43,8 @@ export interface Peer {
   lastSeen: number;
   /** The peer table's insertion count when it last moved this peer to the recent end. */
   listedSeq: number;
+  /** In the peer table's settled part (see PeerTable.settled). */
+  settled: boolean;
   lastSent: number;
   /** Datagrams sent since the last authenticated one arrived: a silent peer shows here. */
   unanswered: number;
@@ -82,6 +84,7 @@ export function newPeer(
     created: now,
     lastSeen: now,
     listedSeq: 0,
+    settled: false,
     lastSent: 0,
     unanswered: 0,
     rxPackets: 0,
@@ -107,16 +110,25 @@ function tidNumberAt(bytes: Uint8Array, offset: number): number {
     (bytes[offset + 3] >> 2);
 }
 
-/** The live tunnels by tunnel id and by internal address. */
+/** Authenticated packets after which a tunnel counts as settled, not one-shot. */
+const SETTLE_PACKETS = 16;
+
+/**
+ * The live tunnels by tunnel id and by internal address, and which one a full table gives up.
+ *
+ * That order is two recency lists, least recently seen first: new tunnels go to `young`, and one
+ * that keeps sending moves to `settled`, at most 3/4 of the table. Eviction takes the front of
+ * `young` while it has any. Anyone can make valid handshakes, so a flood of one-shot tunnels
+ * then evicts its own, not the tunnels of users who were busy before it and paused a moment (at
+ * 1000 handshakes/s a 256-peer table turns over in 0.26 s; a TCP flow can pause that long).
+ * A peer that sends goes back to the recent end of its list once a quarter of the table was
+ * inserted after it (see isAging): a packet costs one comparison, not a map update.
+ */
 export class PeerTable {
-  /**
-   * Also the recency order, least recently seen first: a peer that sends goes back to the recent
-   * end once a quarter of the table was inserted after it (see isAging), so a packet costs one
-   * comparison, not a map update, and a busy peer never reaches the front however fast new
-   * tunnels come in (a table of 256 turns over in 0.26 s at 1000 handshakes/s).
-   */
   private readonly byTid = new Map<string, Peer>();
-  /** Insertions into byTid so far (adds and moves to the end). */
+  private readonly young = new Map<string, Peer>();
+  private readonly settled = new Map<string, Peer>();
+  /** Insertions into either list so far (adds and moves to the end). */
   private seq = 0;
   private readonly byInternal = new Map<number, Peer>();
   /**
@@ -135,9 +147,13 @@ export class PeerTable {
   add(peer: Peer): void {
     this.generation++;
     const old = this.byTid.get(peer.tidKey);
-    if (old !== undefined) this.unindex(old);
-    this.byTid.delete(peer.tidKey); // a replaced peer's place is not the new one's
+    if (old !== undefined) {
+      this.unindex(old);
+      this.unlist(old);
+    }
     this.byTid.set(peer.tidKey, peer);
+    peer.settled = false;
+    this.young.set(peer.tidKey, peer);
     peer.listedSeq = ++this.seq;
     this.byInternal.set(peer.internal, peer);
     const n = tidNumberAt(peer.session.tid, 0);
@@ -165,6 +181,7 @@ export class PeerTable {
     if (this.byTid.get(peer.tidKey) === peer) {
       this.byTid.delete(peer.tidKey);
       this.unindex(peer);
+      this.unlist(peer);
     }
     if (this.byInternal.get(peer.internal) === peer) this.byInternal.delete(peer.internal);
   }
@@ -186,26 +203,43 @@ export class PeerTable {
     }
   }
 
+  private unlist(peer: Peer): void {
+    (peer.settled ? this.settled : this.young).delete(peer.tidKey);
+  }
+
   /** More than a quarter of the table was inserted after `peer`: it is drifting to the front. */
   isAging(peer: Peer): boolean {
     return (this.seq - peer.listedSeq) * 4 > this.byTid.size;
   }
 
-  /** `peer` was seen: it moves to the recent end of the order. */
+  /**
+   * `peer` was seen: it moves to the recent end of its list, or of the settled one once it has
+   * sent SETTLE_PACKETS. A settled list past 3/4 of the table hands its front back to `young`.
+   */
   touch(peer: Peer): void {
     if (this.byTid.get(peer.tidKey) !== peer) return;
-    this.byTid.delete(peer.tidKey);
-    this.byTid.set(peer.tidKey, peer);
+    this.unlist(peer);
+    if (!peer.settled && peer.rxPackets >= SETTLE_PACKETS) peer.settled = true;
+    (peer.settled ? this.settled : this.young).set(peer.tidKey, peer);
     peer.listedSeq = ++this.seq;
+    if (this.settled.size * 4 > this.byTid.size * 3) {
+      const oldest: Peer = this.settled.values().next().value!;
+      this.settled.delete(oldest.tidKey);
+      oldest.settled = false;
+      this.young.set(oldest.tidKey, oldest);
+      oldest.listedSeq = ++this.seq;
+    }
   }
 
   /**
-   * The peer that has sent nothing for the longest, counted in tunnels inserted since, in
-   * constant time. It was a scan of the whole table: with the table full, every new handshake
+   * The peer a full table gives up: the young one seen the longest ago, else the settled one.
+   * Constant time. It was a scan of the whole table: with the table full, every new handshake
    * then cost ~65 000 visits, and a flood of valid handshakes held the packet thread at 100 %.
    */
   leastRecentlyUsed(): Peer | undefined {
-    return this.byTid.values().next().value;
+    return this.young.size > 0
+      ? this.young.values().next().value
+      : this.settled.values().next().value;
   }
 
   all(): IterableIterator<Peer> {
