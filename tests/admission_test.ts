@@ -54,6 +54,7 @@ async function setup(maxPendingHandshakes: number) {
       hostAddress: ipv4ToNumber("198.18.0.1"),
       maxPeers: 64,
       maxPendingHandshakes,
+      replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
     },
     { sendUdp: () => {}, writeTun: (p) => void tun.push(p.slice()) },
     responder,

@@ -95,6 +95,7 @@ async function makeServer(
       hostAddress: ipv4ToNumber("198.18.0.1"),
       maxPeers,
       maxPendingHandshakes: 8,
+      replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
     },
     { sendUdp: deliver, writeTun: (p) => void tun.push(p.slice()) },
     await InThreadResponder.start(ephemeral),

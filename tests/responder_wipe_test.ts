@@ -103,6 +103,9 @@ async function scenario(
       hostAddress: ipv4ToNumber("198.18.0.1"),
       maxPeers: 4,
       maxPendingHandshakes: 4,
+      replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
+      // full sooner: filling it is what counts, not its size
+      replayCapacity: opts.fullReplayCache ? 4096 : undefined,
     },
     { sendUdp: () => {}, writeTun: () => {} },
     responder,
@@ -291,6 +294,7 @@ Deno.test({
           hostAddress: ipv4ToNumber("198.18.0.1"),
           maxPeers: 4,
           maxPendingHandshakes: 4,
+          replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
         },
         { sendUdp: () => {}, writeTun: () => {} },
         { respondDeferred: (d, s, done) => pool.respondDeferred(d, s, done) },

@@ -137,6 +137,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
         hostAddress,
         maxPeers: opts.maxPeers,
         maxPendingHandshakes: inFlight,
+        replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
+        cryptoWorkers: workers,
       },
       loop,
       // Whole handshakes in the workers: one round trip each (they hold the slots' secrets).

@@ -8,7 +8,7 @@ import { parseInitiation } from "../core/handshake.ts";
 import { tidKeyAt, TunnelSession } from "../core/session.ts";
 import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../core/data_path.ts";
 import { buildCookie, type CookieKeyring, isCookie } from "../core/cookie.ts";
-import { ReplayCache, replayKey } from "../core/replay.ts";
+import { ReplayCache, replayCapacityFor } from "../core/replay.ts";
 import { HandshakeQueue, InitiationLimiter } from "../core/admission.ts";
 import type { HandshakeResult, Initiation } from "../core/handshake.ts";
 import type { ResponderOutcome } from "../core/responder.ts";
@@ -54,6 +54,12 @@ export interface ServerConfig {
   /** Initiations per second per source address (default 3), and the burst allowed (6). */
   initiationRate?: number;
   initiationBurst?: number;
+  /** 8 random bytes keying the replay cache's fingerprints (lib/core/replay.ts). */
+  replayHashKey: Uint8Array;
+  /** Crypto workers (default 1): the replay cache is sized for all of them at full speed. */
+  cryptoWorkers?: number;
+  /** Replay entries kept at most (default replayCapacityFor(cryptoWorkers)). */
+  replayCapacity?: number;
 }
 
 /** Early (0-RTT) packets from a client whose handshake is queued or being processed. */
@@ -92,7 +98,7 @@ interface HandshakeJob {
   port: number;
   /** host * 65536 + port: the client address as one number. */
   source: number;
-  c0Key: string;
+  c0Key: number;
   arrived: number;
 }
 
@@ -132,14 +138,14 @@ export class ServerDevice {
   private readonly resumedPath: DataPath;
   /** Packets of an epoch before a resume that arrived after it and were delivered. */
   lateAfterResume = 0;
-  readonly replay = new ReplayCache();
+  readonly replay: ReplayCache;
   private readonly pool: AddressPool;
   private readonly limiter: InitiationLimiter;
   /** One global bucket for initiations beyond their address's rate (see overdraw). */
   private readonly overdraft: InitiationLimiter;
   private readonly queue: HandshakeQueue<HandshakeJob>;
   /** c0 of every queued or running handshake: a replayed copy is refused before any work. */
-  private readonly inFlightC0 = new Set<string>();
+  private readonly inFlightC0 = new Set<number>();
   /** Per client address (host * 65536 + port): its handshakes not yet finished, and its held
    * packets. */
   private readonly clients = new Map<number, { handshakes: number; held: HeldPacket[] }>();
@@ -178,6 +184,8 @@ export class ServerDevice {
     const overdraft = OVERDRAFT_PER_SLOT * config.maxPendingHandshakes;
     this.overdraft = new InitiationLimiter(overdraft, Math.max(1, overdraft), 1);
     this.queue = new HandshakeQueue(config.handshakeQueue ?? 512, QUEUE_MAX_AGE);
+    const replayCapacity = config.replayCapacity ?? replayCapacityFor(config.cryptoWorkers ?? 1);
+    this.replay = new ReplayCache(config.replayHashKey, replayCapacity);
   }
 
   get peers(): PeerTable {
@@ -306,7 +314,7 @@ export class ServerDevice {
     if (!parsed) return this.drops.count("handshake-malformed");
     const now = this.clock.mono();
     // Replays first: refusing one costs a lookup, and it should not spend the sender's tokens.
-    const c0Key = replayKey(parsed.c0);
+    const c0Key = this.replay.keyOf(parsed.c0);
     if (this.replay.hasKey(c0Key, now)) return this.drops.count("handshake-replay");
     if (this.inFlightC0.has(c0Key)) return this.drops.count("handshake-replay");
     if (!this.limiter.allow(host, now) && !this.overdraw(now)) {

@@ -160,6 +160,7 @@ export class DeviceNet {
         hostAddress: SERVER_HOST,
         maxPeers: this.maxPeers,
         maxPendingHandshakes: 8,
+        replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
       },
       {
         sendUdp: (data, host, port) => {
