@@ -3,7 +3,12 @@
 // bits, and its bytes per entry.
 
 import assert from "node:assert/strict";
-import { halfSipHash64, ReplayCache, replayCapacityFor } from "../lib/core/replay.ts";
+import {
+  halfSipHash64,
+  HANDSHAKES_PER_SECOND_PER_WORKER,
+  ReplayCache,
+  replayCapacityFor,
+} from "../lib/core/replay.ts";
 
 const key = () => crypto.getRandomValues(new Uint8Array(8));
 
@@ -189,4 +194,19 @@ Deno.test("replay capacity: covers every worker at full speed for an entry's lon
   assert.equal(replayCapacityFor(0), replayCapacityFor(1));
   // What lib/server/daemon.ts measures on our 2-core lab machine (~4,500/s) fits many times.
   assert.ok(replayCapacityFor(2) >= 4 * 4500 * 150);
+});
+
+Deno.test("replay cache: valid handshakes at the bound's full rate for 5 minutes never fill it", () => {
+  // One worker's bound, every handshake valid: the most a sender of valid handshakes can cause.
+  const rate = HANDSHAKES_PER_SECOND_PER_WORKER;
+  const cache = new ReplayCache(key(), replayCapacityFor(1), 120, 30);
+  const next = c0Stream();
+  let most = 0;
+  for (let i = 0; i < rate * 300; i++) {
+    assert.ok(cache.addKey(cache.keyOf(next()), 7 + i / rate), `refused at ${i / rate} s`);
+    most = Math.max(most, cache.size);
+  }
+  assert.equal(cache.refused, 0);
+  console.log(`at most ${most} entries of ${cache.capacity}, ${cache.bytes / cache.size} B each`);
+  assert.ok(most <= cache.capacity);
 });
