@@ -18,6 +18,9 @@
 //   --no-reference    skip the reference server
 //   --json FILE       also write the figures as JSON
 //   --profile DIR     run our server with --cpu-prof, the profiles land in DIR
+//   --pin             each server on CPU 0 and the generator on CPU 1 (taskset): the server then
+//                     competes with neither the generator nor the kernel's handling of its
+//                     datagrams, as with an attacker on another machine
 
 import {
   createLab,
@@ -45,6 +48,7 @@ interface Options {
   keepLogs: boolean;
   json: string | null;
   profile: string | null;
+  pin: boolean;
 }
 
 function parseArgs(args: string[]): Options {
@@ -56,6 +60,7 @@ function parseArgs(args: string[]): Options {
     keepLogs: false,
     json: null,
     profile: null,
+    pin: false,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -66,6 +71,7 @@ function parseArgs(args: string[]): Options {
     else if (a === "--no-reference") o.reference = false;
     else if (a === "--json") o.json = args[++i];
     else if (a === "--profile") o.profile = args[++i];
+    else if (a === "--pin") o.pin = true;
     else throw new Error(`unknown option ${a}`);
   }
   if (!(o.window >= 0 && o.window <= 10)) throw new Error("--window must be in (0, 10]");
@@ -103,8 +109,11 @@ export async function generate(
   ns: string,
   plan: Record<string, unknown>,
   onLine: (line: Record<string, unknown>) => void,
+  /** Run it on this CPU only (taskset). */
+  cpu?: number,
 ): Promise<void> {
   const gen = spawn(ns, [
+    ...(cpu === undefined ? [] : ["taskset", "-c", String(cpu)]),
     Deno.execPath(),
     "run",
     "-A",
@@ -129,11 +138,16 @@ async function measureServer(
   steps: number[],
   opts: Options,
   window: number,
-  start: () => Promise<{ stop: () => Promise<void>; log: () => string }>,
+  start: () => Promise<{ stop: () => Promise<void>; log: () => string; pid: number }>,
 ): Promise<ServerRun> {
   console.log(`\n== ${name}`);
   const server = await start();
   const result: ServerRun = { name, steps: [], capacity: 0, overload: null, notes: [] };
+  if (opts.pin) {
+    result.notes.push(
+      `pinned: server on CPU 0 (${await pinTree(server.pid, 0)} tasks), generator on CPU 1`,
+    );
+  }
   const udpBefore = await udpCounters(lab.serverNs);
   const genBefore = await udpCounters(lab.clientNs);
   try {
@@ -162,7 +176,7 @@ async function measureServer(
           `; cores: others ${s.othersWhilePreparing.toFixed(1)} before, machine ` +
           `${s.machineCores.toFixed(1)} of which generator ${s.generatorCores.toFixed(1)}]`,
       );
-    });
+    }, opts.pin ? 1 : undefined);
   } catch (e) {
     result.notes.push(String(e));
     console.log(`failed: ${e}\n${server.log().slice(-2000)}`);
@@ -199,6 +213,35 @@ async function udpCounters(ns: string): Promise<Record<string, number>> {
   );
 }
 
+/** Puts every thread of `pid` and of its descendants on CPU `cpu`; how many tasks it moved. */
+async function pinTree(pid: number, cpu: number): Promise<number> {
+  const children = new Map<number, number[]>();
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      // ppid is the second field after the ")" that ends the command name
+      const ppid = Number(
+        Deno.readTextFileSync(`/proc/${e.name}/stat`).split(") ")[1].split(" ")[1],
+      );
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(e.name)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) tree.push(...(children.get(tree[i]) ?? []));
+  let tasks = 0;
+  for (const p of tree) {
+    await run(null, ["taskset", "-a", "-p", "-c", String(cpu), String(p)], { check: false });
+    try {
+      tasks += [...Deno.readDirSync(`/proc/${p}/task`)].length;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return tasks;
+}
+
 function ms(v: number | null): string {
   return v === null ? "     —" : `${v.toFixed(1).padStart(6)} ms`;
 }
@@ -207,7 +250,7 @@ function startOurServer(
   lab: Lab,
   kem: string,
   opts: Options,
-): Promise<{ stop: () => Promise<void>; log: () => string }> {
+): Promise<{ stop: () => Promise<void>; log: () => string; pid: number }> {
   const p: LabProcess = spawn(
     lab.serverNs,
     ourServerArgv(lab.serverAddr, opts.profile, ["--kem", kem]),
@@ -216,6 +259,7 @@ function startOurServer(
   return p.waitFor("serving", 60_000).then(() => ({
     stop: async () => void await p.stop("SIGTERM", 10_000),
     log: () => p.output(),
+    pid: p.pid,
   }));
 }
 
@@ -267,7 +311,7 @@ async function main(): Promise<void> {
             4,
             async () => {
               const p = await ref.startReferenceServer(lab.serverNs, { hostIp: lab.serverAddr });
-              return { stop: () => p.stop(), log: () => p.log() };
+              return { stop: () => p.stop(), log: () => p.log(), pid: p.pid };
             },
           ),
         );
