@@ -491,6 +491,47 @@ devicesTest(
 );
 
 devicesTest(
+  "devices: a tick that comes early for another deadline keeps the first packets' resends going",
+  async (env) => {
+    const { clock } = env;
+    // A server that never answers (every tunnel packet is lost), so the resends run their
+    // whole schedule.
+    const { c } = await linkedPair(env, { lose: (d) => d[0] === 2 });
+    const internal = c.client.announce({ keyHash: tree.root }, SERVER_HOST, "www.lab.test", true)!;
+    const me = ipv4ToNumber("10.43.0.1");
+    c.client.onTunPacket(udpPacket(me, internal, new TextEncoder().encode("syn")));
+    await until("the tunnel is up", () => [...c.client.servers][0].state === "up");
+    const up = clock.t;
+    // The shell's tick loop (runtime/tick_loop.ts) keeps only the earliest time asked for and
+    // forgets it once it ticks. Here another deadline (a key request's retransmission from the
+    // download, asked for earlier) is due 10 ms after the tunnel came up: that tick comes
+    // first and absorbs the request for the first resend at 40 ms. The loop then ticks at the
+    // earliest time asked for since, or once a second.
+    let due = up + 0.01;
+    let periodic = up + 1;
+    const resentAt: number[] = [];
+    while (clock.t < up + 1.05) {
+      const next = Math.min(due, periodic);
+      clock.wall += next - clock.t;
+      clock.t = next;
+      due = Infinity;
+      if (clock.t >= periodic) periodic = clock.t + 1;
+      const asked = c.wakeups.length;
+      const resent = c.client.resent;
+      c.client.tick();
+      if (c.client.resent > resent) resentAt.push(clock.t - up);
+      for (const t of c.wakeups.slice(asked)) due = Math.min(due, t);
+    }
+    assert.equal(
+      resentAt.length,
+      RESEND_DELAYS_SECONDS.length,
+      `resends at ${resentAt.map((t) => `${(t * 1000).toFixed(0)} ms`).join(", ")}`,
+    );
+    assert.ok(Math.abs(resentAt[0] - RESEND_DELAYS_SECONDS[0]) < 1e-9, "first resend at 40 ms");
+  },
+);
+
+devicesTest(
   "devices: the client's tick retries the ephemeral key request, gives up, and waits to retry",
   async ({ pool, clock, defer }) => {
     const clientHost = ipv4ToNumber("198.18.0.2");

@@ -370,6 +370,9 @@ export class ClientDevice {
     for (const entry of this.byKey.values()) {
       if (entry.connection) this.drive(entry);
       if (entry.resend && now >= entry.resend.at) this.resendFirstPackets(entry, now);
+      // A tick that came early (for another deadline) answered our earlier wakeAt: the shell
+      // keeps only the earliest time asked for, so the next resend is asked for again.
+      if (entry.resend) this.io.wakeAt(entry.resend.at);
       if (entry.state === "up" && entry.peer) this.checkLiveness(entry, now);
     }
   }
