@@ -22,6 +22,8 @@
 //   --first N       only the first request, N times, each with a fresh client (the median
 //                   says more than one run on a busy machine); our server, and with
 //                   --reference the reference server too
+//   --trace DIR     with --first: per fresh client, tcpdump of both TUN devices and both veth
+//                   ends (tunnel port) and both daemons' logs (client -vv, reference -vv) in DIR
 //   --rtt N         only the round trip: N rounds of 100 pings each over the plain veth, two
 //                   relays without cryptography (C, bench/relay.c built with gcc; Deno,
 //                   tests/helpers/plain_tunnel.ts) and our tunnel; min/p50/p90/p99/avg
@@ -57,6 +59,7 @@ interface Options {
   profile: string | null;
   jumbo: number | null;
   first: number;
+  trace: string | null;
   counters: boolean;
   rtt: number;
 }
@@ -73,6 +76,7 @@ function parseArgs(args: string[]): Options {
     profile: null,
     jumbo: null,
     first: 0,
+    trace: null,
     counters: false,
     rtt: 0,
   };
@@ -100,6 +104,7 @@ function parseArgs(args: string[]): Options {
     else if (a === "--profile") o.profile = value();
     else if (a === "--jumbo") o.jumbo = positive(value());
     else if (a === "--first") o.first = positive(value());
+    else if (a === "--trace") o.trace = value();
     else if (a === "--counters") o.counters = true;
     else if (a === "--rtt") o.rtt = positive(value());
     else throw new Error(`unknown option ${a}`);
@@ -371,6 +376,7 @@ async function startOurClient(lab: Lab, opts: Options): Promise<LabProcess> {
     "--runtime-dir",
     RUNTIME_DIR,
     ...mtuArgs(opts),
+    ...(opts.trace ? ["-vv"] : []),
   ], { name: "our client" });
   await client.waitFor("DNS answers go through", 60_000);
   return client;
@@ -620,6 +626,33 @@ function printTable(
   }
 }
 
+/**
+ * --trace: tcpdump (epoch timestamps, the kernel's one clock) on the client's TUN, both veth ends
+ * (tunnel port only) and the server's TUN; `save` writes them and the daemons' logs.
+ */
+async function startTrace(lab: Lab) {
+  const dumps = [
+    [lab.clientNs, "cli-tun", "pqccli0", "tcp"],
+    [lab.clientNs, "cli-veth", lab.clientIf, "udp port 42424"],
+    [lab.serverNs, "srv-veth", lab.serverIf, "udp port 42424"],
+    [lab.serverNs, "srv-tun", "pqcserv0", "tcp"],
+  ].map(([ns, name, dev, filter]) =>
+    [name, spawn(ns, ["tcpdump", "-n", "-tt", "-l", "-i", dev, filter], { name })] as const
+  );
+  await sleep(500); // tcpdump listening
+  return {
+    async save(prefix: string, clientLog: string, serverLog: string) {
+      await sleep(300); // the last packets
+      for (const [name, d] of dumps) {
+        await d.stop("SIGINT", 3000, false).catch(() => {});
+        await Deno.writeTextFile(`${prefix}-${name}.txt`, d.output());
+      }
+      await Deno.writeTextFile(`${prefix}-client.log`, clientLog);
+      await Deno.writeTextFile(`${prefix}-server.log`, serverLog);
+    },
+  };
+}
+
 /** --first N: the first request only, N fresh clients against one server. */
 async function firstRequests(
   lab: Lab,
@@ -633,6 +666,7 @@ async function firstRequests(
   try {
     for (let i = 0; i < opts.first; i++) {
       const client = await startOurClient(lab, opts);
+      const trace = opts.trace ? await startTrace(lab) : null;
       try {
         const drops0 = await udpBufferDrops(lab.serverNs);
         const first = await firstRequest(lab);
@@ -658,6 +692,7 @@ async function firstRequests(
           ]);
         }
       } finally {
+        if (trace) await trace.save(`${opts.trace}/${i}`, client.output(), server.log());
         await client.stop("SIGTERM", 8000, false).catch(() => {});
       }
     }
@@ -1054,6 +1089,7 @@ async function main(): Promise<void> {
           await firstRequests(lab, opts, "reference server", async () => {
             const p = await ref.startReferenceServer(lab.serverNs, {
               hostIp: lab.serverAddr,
+              veryVerbose: opts.trace !== null,
             });
             return { stop: () => p.stop(), log: () => p.log() };
           });

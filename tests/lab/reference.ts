@@ -312,6 +312,8 @@ export interface ServerOptions {
   interfaceName?: string;
   /** How long to wait for the key pairs of the day to be generated (default 120 s). */
   readyTimeoutMs?: number;
+  /** -vv instead of -v: also a line per tunnel packet received and sent. */
+  veryVerbose?: boolean;
 }
 
 /** Starts `pqconnect-server -v` in `ns`; resolves once its key server hands out keys. */
@@ -325,7 +327,7 @@ export async function startReferenceServer(
     "chroot",
     REF_ROOT,
     "pqconnect-server",
-    "-v",
+    opts.veryVerbose ? "-vv" : "-v",
     "-p",
     String(opts.port ?? 42424),
     "-k",
