@@ -71,7 +71,8 @@ function fill<K>(cache: Cache<K>, n: number, now: number): void {
   }
 }
 
-let kept: unknown;
+/** Holds the cache just measured, so nothing frees it before the measurement. */
+let _kept: unknown;
 
 function memoryBytes(): number {
   const m = Deno.memoryUsage();
@@ -93,7 +94,7 @@ async function bytesPerEntry(make: (max: number) => Cache<unknown>, n: number): 
   fill(cache, n, 1000);
   await fullGc();
   const after = memoryBytes();
-  kept = cache; // alive until measured
+  _kept = cache; // alive until measured
   return (after - before) / n;
 }
 
@@ -147,7 +148,7 @@ for (const [name, make] of Object.entries(kinds)) {
   for (const n of sizes[name as keyof typeof sizes]) {
     const bytes = await bytesPerEntry(make, n);
     gc();
-    kept = null;
+    _kept = null;
     const lookup = lookupNs(make, n);
     gc();
     const path = handshakePathNs(make, n);
