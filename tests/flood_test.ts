@@ -17,18 +17,21 @@ import {
   sleep,
   spawn,
 } from "./lab/netns.ts";
-import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
+import { type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
   dropTotals,
   ensurePrivsepUser,
   fixtureKeyDir,
+  iperfMbit,
   logs,
   type OurClient,
+  rssKiB,
   startOurClient,
   startOurServer,
   Teardown,
+  tunnelTarget,
 } from "./helpers/lab_util.ts";
 import { generate } from "../bench/handshake_load.ts";
 import type { StepResult } from "./helpers/handshake_gen.ts";
@@ -91,21 +94,6 @@ async function addAttacker(lab: Lab): Promise<string[]> {
 
 async function removeAttacker(): Promise<void> {
   await run(null, ["ip", "netns", "del", ATTACKER_NS], { check: false });
-}
-
-function rssKiB(pid: number): number {
-  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(/^VmRSS:\s+(\d+) kB/m);
-  return m ? Number(m[1]) : 0;
-}
-
-async function iperf(ns: string, target: string, seconds: number): Promise<number> {
-  const r = await run(ns, ["iperf3", "-c", target, "-t", String(seconds), "-J"], {
-    check: false,
-    timeoutMs: (seconds + 30) * 1000,
-  });
-  const bps = JSON.parse(r.stdout || "{}").end?.sum_received?.bits_per_second;
-  if (typeof bps !== "number") throw new Error(`iperf3 failed: ${r.stdout}${r.stderr}`);
-  return bps / 1e6;
 }
 
 /** Valid handshakes from the newcomer's own address, each with its 0-RTT echo. */
@@ -173,17 +161,8 @@ Deno.test({
 
       // The established tunnel: our client, through the announced name.
       client = await startOurClient(lab.clientNs, RUNTIME_DIR);
-      const answer = await dig(lab.clientNs, "www.lab.test");
-      const target = answer.answers.find((a) => a.type === "A")?.data;
-      assert.ok(target, `no A record through the client:\n${answer.raw}`);
-      for (let i = 0; i < 100; i++) {
-        const r = await run(lab.clientNs, ["ping", "-n", "-c", "1", "-W", "1", target], {
-          check: false,
-        });
-        if (r.code === 0) break;
-        assert.ok(i < 99, "the tunnel never carried a ping");
-      }
-      const baseline = await iperf(lab.clientNs, target, 3);
+      const target = await tunnelTarget(lab.clientNs, "www.lab.test");
+      const baseline = await iperfMbit(lab.clientNs, target, 3);
       const calm = await newcomer(lab, 1);
 
       // The flood with TCP through the tunnel and a newcomer meanwhile, twice: the first lets
@@ -217,7 +196,7 @@ Deno.test({
       let fresh: StepResult | null = null;
       const meanwhile = async () => {
         await sleep(1500);
-        during = await iperf(lab!.clientNs, target, 4);
+        during = await iperfMbit(lab!.clientNs, target, 4);
         fresh = await newcomer(lab!, 2);
       };
       // Two floods first: at 20,000/s the server reaches its working size (~190 MiB) only in

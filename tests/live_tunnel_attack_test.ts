@@ -25,7 +25,7 @@ import {
   sleep,
   spawn,
 } from "./lab/netns.ts";
-import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
+import { type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
@@ -39,6 +39,7 @@ import {
   startOurClient,
   startOurServer,
   Teardown,
+  tunnelTarget,
 } from "./helpers/lab_util.ts";
 import { libcPath } from "../ffi/libc.ts";
 
@@ -274,16 +275,7 @@ Deno.test({
       });
       await iperfServer.waitFor("Server listening", 10_000);
       client = await startOurClient(lab.clientNs, RUNTIME_DIR);
-      const answer = await dig(lab.clientNs, "www.lab.test");
-      const target = answer.answers.find((a) => a.type === "A")?.data;
-      assert.ok(target, `no A record through the client:\n${answer.raw}`);
-      for (let i = 0; i < 100; i++) {
-        const r = await run(lab.clientNs, ["ping", "-n", "-c", "1", "-W", "1", target], {
-          check: false,
-        });
-        if (r.code === 0) break;
-        assert.ok(i < 99, "the tunnel never carried a ping");
-      }
+      const target = await tunnelTarget(lab.clientNs, "www.lab.test");
 
       attacker = spawn(ATTACKER_NS, [
         Deno.execPath(),

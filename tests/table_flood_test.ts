@@ -14,22 +14,24 @@ import {
   type Lab,
   type LabProcess,
   notRootReason,
-  run,
   sleep,
   spawn,
 } from "./lab/netns.ts";
-import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
+import { type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
 import {
   announceZone,
   cacheDependencies,
   dropTotals,
   ensurePrivsepUser,
   fixtureKeyDir,
+  iperfMbit,
   logs,
   type OurClient,
+  rssKiB,
   startOurClient,
   startOurServer,
   Teardown,
+  tunnelTarget,
 } from "./helpers/lab_util.ts";
 import { addSources, generate, sourceAddresses } from "../bench/handshake_load.ts";
 import type { StepResult } from "./helpers/handshake_gen.ts";
@@ -41,21 +43,6 @@ const RATE = 1000;
 const SECONDS = 3;
 const skip = notRootReason();
 if (skip) console.log(`table_flood_test: skipped, ${skip}`);
-
-async function iperf(ns: string, target: string, seconds: number): Promise<number> {
-  const r = await run(ns, ["iperf3", "-c", target, "-t", String(seconds), "-J"], {
-    check: false,
-    timeoutMs: (seconds + 30) * 1000,
-  });
-  const bps = JSON.parse(r.stdout || "{}").end?.sum_received?.bits_per_second;
-  if (typeof bps !== "number") throw new Error(`iperf3 failed: ${r.stdout}${r.stderr}`);
-  return bps / 1e6;
-}
-
-function rssKiB(pid: number): number {
-  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(/^VmRSS:\s+(\d+) kB/m);
-  return m ? Number(m[1]) : 0;
-}
 
 Deno.test({
   name: "table flood: valid handshakes at 12× a full peer table evict idle tunnels, not a busy one",
@@ -99,22 +86,13 @@ Deno.test({
 
       // The busy client's tunnel, and which one it is in the server's log.
       client = await startOurClient(lab.clientNs, RUNTIME_DIR);
-      const answer = await dig(lab.clientNs, "www.lab.test");
-      const target = answer.answers.find((a) => a.type === "A")?.data;
-      assert.ok(target, `no A record through the client:\n${answer.raw}`);
-      for (let i = 0; i < 100; i++) {
-        const r = await run(lab.clientNs, ["ping", "-n", "-c", "1", "-W", "1", target], {
-          check: false,
-        });
-        if (r.code === 0) break;
-        assert.ok(i < 99, "the tunnel never carried a ping");
-      }
+      const target = await tunnelTarget(lab.clientNs, "www.lab.test");
       const up = server.output().match(
         new RegExp(`tunnel ([0-9a-f]{12}) up with ${lab.clientAddr.replaceAll(".", "\\.")}:`),
       );
       assert.ok(up, `the server logged no tunnel from the client\n${server.output()}`);
       const busyTid = up[1];
-      const calm = await iperf(lab.clientNs, target, 3);
+      const calm = await iperfMbit(lab.clientNs, target, 3);
 
       // Three rounds: the first two warm a fresh server up to its working size (V8's heaps and
       // the workers' first real load add ~70 MiB whatever the table's size); the third is measured.
@@ -137,7 +115,7 @@ Deno.test({
         });
         const meanwhile = (async () => {
           await sleep(500);
-          during = await iperf(lab!.clientNs, target, 4);
+          during = await iperfMbit(lab!.clientNs, target, 4);
         })();
         const sampler = (async () => {
           for (let t = 0; t < 8; t++) {

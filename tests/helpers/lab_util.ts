@@ -37,7 +37,7 @@ import {
   spawn,
   tail,
 } from "../lab/netns.ts";
-import type { Zone } from "../lab/dnsmasq.ts";
+import { dig, type Zone } from "../lab/dnsmasq.ts";
 
 export const PROJECT_DIR = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 export const MAIN_TS = `${PROJECT_DIR}/main.ts`;
@@ -388,6 +388,38 @@ export interface CurlResult {
 }
 
 /** curl `url` from `ns`. With `outFile` the body goes there instead of into `body`. */
+/**
+ * Resolves `name` through the client in `ns` (the tunnel address it hands out) and waits until
+ * the tunnel carries a ping to it.
+ */
+export async function tunnelTarget(ns: string, name: string): Promise<string> {
+  const answer = await dig(ns, name);
+  const target = answer.answers.find((a) => a.type === "A")?.data;
+  if (!target) throw new Error(`no A record through the client:\n${answer.raw}`);
+  for (let i = 0; i < 100; i++) {
+    const r = await run(ns, ["ping", "-n", "-c", "1", "-W", "1", target], { check: false });
+    if (r.code === 0) return target;
+  }
+  throw new Error("the tunnel never carried a ping");
+}
+
+/** TCP throughput of `seconds` of iperf3 from `ns` to `target` (a server already listening). */
+export async function iperfMbit(ns: string, target: string, seconds: number): Promise<number> {
+  const r = await run(ns, ["iperf3", "-c", target, "-t", String(seconds), "-J"], {
+    check: false,
+    timeoutMs: (seconds + 30) * 1000,
+  });
+  const bps = JSON.parse(r.stdout || "{}").end?.sum_received?.bits_per_second;
+  if (typeof bps !== "number") throw new Error(`iperf3 failed: ${r.stdout}${r.stderr}`);
+  return bps / 1e6;
+}
+
+/** The resident set of process `pid`, KiB. */
+export function rssKiB(pid: number): number {
+  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(/^VmRSS:\s+(\d+) kB/m);
+  return m ? Number(m[1]) : 0;
+}
+
 export async function curl(
   ns: string,
   url: string,
