@@ -1,8 +1,8 @@
 // What a user sees when a daemon cannot start: with its UDP port taken, the reason on stderr (for
 // the client it comes from the worker, which binds the port), exit status 1, and nothing left
-// behind (no TUN device, no runtime directory); a second client while one runs is refused before
-// it touches the first's DNS queue rule or control socket. In a lab namespace, with the daemons'
-// own narrow permissions; needs root.
+// behind (no TUN device, no runtime directory); a second client while one runs, on its interface
+// or another, is refused before it touches the first's DNS queue rule or control socket. In a lab
+// namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -123,6 +123,30 @@ labTest(
     assert.match(client.stderr, /the client worker did not start/);
     assert.deepEqual(await tunDevices(lab.clientNs), [], "the client's TUN device is gone");
     await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
+  },
+);
+
+labTest(
+  "a second client on another interface is refused before it touches the running one's rule",
+  async (lab, work, defer) => {
+    const runtimeDir = `${work}/run`;
+    const first = await startOurClient(lab.clientNs, runtimeDir);
+    defer(() => first.process.stop("SIGTERM", 10_000));
+    const rules = await queueRules(lab.clientNs);
+    assert.ok(rules.length > 0, "the first client's DNS queue rule");
+
+    const second = await pqconnectIn(lab.clientNs, clientPermissions(runtimeDir), [
+      "client",
+      "--runtime-dir",
+      runtimeDir,
+      "--interface",
+      "pqccli1",
+    ]);
+    assert.equal(second.code, 1, second.stderr);
+    assert.match(second.stderr, /DNS queue 4242 is bound by another process: is another pqconnect/);
+    assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
+    assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
+    assert.ok(first.process.running, "the first client still runs");
   },
 );
 

@@ -30,7 +30,7 @@ import {
   tryWaitChild,
 } from "../../ffi/spawn.ts";
 import { lookupUser } from "../../ffi/privdrop.ts";
-import { libcPath, waitReadable } from "../../ffi/libc.ts";
+import { EPERM, libcPath, SysError, waitReadable } from "../../ffi/libc.ts";
 import { sodiumPath } from "../../ffi/sodium.ts";
 import { kemLibraryPaths } from "../../ffi/kem_native.ts";
 import type { KemChoice } from "../runtime/kem_backend.ts";
@@ -68,6 +68,21 @@ const READY_TIMEOUT_MS = 60_000;
 
 export const CONTROL_SOCKET = "client.sock";
 
+/** NFQUEUE `num`, or an error that says another client holds it. */
+async function openQueue(num: number): Promise<NfQueue> {
+  try {
+    return await NfQueue.open(num);
+  } catch (e) {
+    if (e instanceof SysError && e.code === EPERM) {
+      throw new Error(
+        `DNS queue ${num} is bound by another process: is another pqconnect client running? ` +
+          `Stop it first (nothing was changed)`,
+      );
+    }
+    throw e;
+  }
+}
+
 export async function runClient(opts: ClientOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-client", opts.verbose ? "debug" : "info");
   const user = lookupUser(opts.user);
@@ -75,6 +90,11 @@ export async function runClient(opts: ClientOptions): Promise<number> {
 
   const cleanup = new Cleanup(log);
   try {
+    // The queue first: bound by another process, it tells that another client runs (on another
+    // interface), and nothing may be touched, least of all its DNS queue rule, which would
+    // otherwise be removed below as a leftover and its DNS interception silently ended.
+    const queue = await openQueue(opts.queueNum);
+    cleanup.add(() => queue.close());
     const stale = await removeStaleRules();
     if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
 
@@ -89,8 +109,6 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     });
 
     const tun = await openInterface(opts, cleanup);
-    const queue = await NfQueue.open(opts.queueNum);
-    cleanup.add(() => queue.close());
     const [mine, theirs] = socketPair();
     const channel = new SeqPacketChannel(mine);
     cleanup.add(() => channel.close());
