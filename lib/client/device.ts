@@ -149,10 +149,10 @@ export const INITIATION_RESEND_SECONDS = 0.2;
 /**
  * When the first packets go out again while the server has not been heard from: the wait
  * before each resend. The reference server knows a tunnel only once its handshake threads
- * finish, 40-110 ms after the handshake on an idle server and several hundred ms on a busy
- * one. With resends at 40, 240 and 840 ms, first requests through a tunnel that was up after
- * 130-150 ms took 380 and 940 ms (bench:tunnel --first 7 --reference). So: every 40 ms for the
- * first 0.4 s, then every 0.1 s up to 1 s, where TCP's own SYN timer takes over. A resend is
+ * finish, and silently drops the tunnel's packets that come before (in traces, its session
+ * existed 1-27 ms after our initiation on an idle server; more on a busy one). So: every 40 ms
+ * for the first 0.4 s, then every 0.1 s up to 1 s, where TCP's own SYN timer takes over. tick()
+ * asks for each resend again: a tick that came early for another deadline must not lose it. A resend is
  * the few held packets (bounded) under fresh counters. A server that holds early packets
  * (ours) usually answers before the first resend; if not, it may deliver a packet twice,
  * which IP allows.
