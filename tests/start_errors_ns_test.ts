@@ -126,49 +126,60 @@ labTest(
   },
 );
 
+/**
+ * A client runs; a second one is started with `extra` options and must fail with `refusal`,
+ * leaving the first one's DNS queue rule and interface as they were. Returns the runtime dir.
+ */
+async function secondClientRefused(
+  lab: Lab,
+  work: string,
+  defer: (stop: () => Promise<unknown>) => void,
+  extra: string[],
+  refusal: RegExp,
+): Promise<string> {
+  const runtimeDir = `${work}/run`;
+  const first = await startOurClient(lab.clientNs, runtimeDir);
+  defer(() => first.process.stop("SIGTERM", 10_000));
+  const rules = await queueRules(lab.clientNs);
+  assert.ok(rules.length > 0, "the first client's DNS queue rule");
+
+  const second = await pqconnectIn(lab.clientNs, clientPermissions(runtimeDir), [
+    "client",
+    "--runtime-dir",
+    runtimeDir,
+    ...extra,
+  ]);
+  assert.equal(second.code, 1, second.stderr);
+  assert.match(second.stderr, refusal);
+  assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
+  assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
+  assert.ok(first.process.running, "the first client still runs");
+  return runtimeDir;
+}
+
 labTest(
   "a second client on another interface is refused before it touches the running one's rule",
   async (lab, work, defer) => {
-    const runtimeDir = `${work}/run`;
-    const first = await startOurClient(lab.clientNs, runtimeDir);
-    defer(() => first.process.stop("SIGTERM", 10_000));
-    const rules = await queueRules(lab.clientNs);
-    assert.ok(rules.length > 0, "the first client's DNS queue rule");
-
-    const second = await pqconnectIn(lab.clientNs, clientPermissions(runtimeDir), [
-      "client",
-      "--runtime-dir",
-      runtimeDir,
-      "--interface",
-      "pqccli1",
-    ]);
-    assert.equal(second.code, 1, second.stderr);
-    assert.match(second.stderr, /DNS queue 4242 is bound by another process: is another pqconnect/);
-    assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
-    assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
-    assert.ok(first.process.running, "the first client still runs");
+    await secondClientRefused(
+      lab,
+      work,
+      defer,
+      ["--interface", "pqccli1"],
+      /DNS queue 4242 is bound by another process: is another pqconnect/,
+    );
   },
 );
 
 labTest(
   "a second client is refused and leaves the running one's rule, socket and interface",
   async (lab, work, defer) => {
-    const runtimeDir = `${work}/run`;
-    const first = await startOurClient(lab.clientNs, runtimeDir);
-    defer(() => first.process.stop("SIGTERM", 10_000));
-    const rules = await queueRules(lab.clientNs);
-    assert.ok(rules.length > 0, "the first client's DNS queue rule");
-
-    const second = await pqconnectIn(lab.clientNs, clientPermissions(runtimeDir), [
-      "client",
-      "--runtime-dir",
-      runtimeDir,
-    ]);
-    assert.equal(second.code, 1, second.stderr);
-    assert.match(second.stderr, /interface pqccli0 already exists: is another pqconnect client/);
-
-    assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
-    assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
+    const runtimeDir = await secondClientRefused(
+      lab,
+      work,
+      defer,
+      [],
+      /interface pqccli0 already exists: is another pqconnect client/,
+    );
     const status = await pqconnectIn(lab.clientNs, statusPermissions(runtimeDir), [
       "status",
       "--runtime-dir",
