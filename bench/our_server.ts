@@ -16,9 +16,33 @@ export function ourServerArgv(
     `${ROOT}/main.ts`,
     "server",
     "-d",
-    `${ROOT}/tests/fixtures`,
+    benchKeyDir(),
     "-H",
     serverAddr,
     ...extra,
   ];
 }
+
+let keyDir: string | null = null;
+
+/** The fixture keys copied with the modes the server demands (a checkout leaves the secret
+ * files 0644, which it refuses); removed when the bench exits. */
+function benchKeyDir(): string {
+  if (keyDir !== null) return keyDir;
+  const dir = Deno.makeTempDirSync({ prefix: "pqts-bench-keys-" });
+  globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+  for (const [name, mode] of KEY_MODES) {
+    Deno.copyFileSync(`${ROOT}/tests/fixtures/${name}`, `${dir}/${name}`);
+    Deno.chmodSync(`${dir}/${name}`, mode);
+  }
+  keyDir = dir;
+  return dir;
+}
+
+const KEY_MODES: [string, number][] = [
+  ["mceliece_pk", 0o644],
+  ["mceliece_sk", 0o600],
+  ["x25519_pk", 0o644],
+  ["x25519_sk", 0o600],
+  ["session_key", 0o600],
+];

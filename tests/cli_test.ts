@@ -2,7 +2,12 @@
 
 import assert from "node:assert/strict";
 import { fixtureDir } from "./fixtures.ts";
-import { looseSecretKeyFiles, readServerKeys } from "../lib/runtime/keyfiles.ts";
+import {
+  KeyFileError,
+  looseSecretKeyFiles,
+  readServerKeys,
+  refuseLooseKeyFiles,
+} from "../lib/runtime/keyfiles.ts";
 import { KeyTree } from "../lib/core/keytree.ts";
 import { formatPq1Label } from "../lib/core/names.ts";
 import { loadMcEliece6960119 } from "../wasm/kem.ts";
@@ -123,6 +128,7 @@ Deno.test({
       ) {
         assert.equal(Deno.statSync(`${dir}/${name}`).mode! & 0o777, mode, name);
       }
+      assert.deepEqual(looseSecretKeyFiles(dir), [], "keygen's modes pass the server's check");
       const keys = readServerKeys(dir);
       const label = formatPq1Label(KeyTree.build(keys.mceliecePk, keys.x25519Pk).root);
       assert.match(r.stdout, new RegExp(label));
@@ -161,7 +167,7 @@ Deno.test("keygen into a directory it cannot make fails at once, before generati
   }
 });
 
-Deno.test("secret key files that others may read or write are named, with the chmod", async () => {
+Deno.test("secret key files others may read or write, and a key directory others may write, are named and refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const modes: [string, number][] = [
@@ -185,6 +191,30 @@ Deno.test("secret key files that others may read or write are named, with the ch
     await Deno.chmod(`${dir}/session_key`, 0o600);
     assert.deepEqual(looseSecretKeyFiles(dir), []);
     assert.deepEqual(looseSecretKeyFiles(`${dir}/absent`), [], "missing files: readKeyFile says");
+    for (const [mode, loose] of [[0o700, false], [0o755, false], [0o775, true], [0o1777, false]]) {
+      await Deno.chmod(dir, mode as number);
+      assert.deepEqual(
+        looseSecretKeyFiles(dir),
+        loose
+          ? [
+            `${dir} is mode 0775: others than its owner could replace the keys (chmod go-w ${dir})`,
+          ]
+          : [],
+        `directory mode ${(mode as number).toString(8)}`,
+      );
+    }
+    await Deno.chmod(dir, 0o700);
+    await Deno.chmod(`${dir}/x25519_sk`, 0o604);
+    assert.throws(
+      () => refuseLooseKeyFiles(dir),
+      (e: Error) =>
+        e instanceof KeyFileError &&
+        e.message.startsWith(
+          `refusing to use these keys:\n  ${dir}/x25519_sk is mode 0604: a secret key should ` +
+            `be readable by its owner only (chmod 600 ${dir}/x25519_sk)\n`,
+        ),
+    );
+    assert.throws(() => readServerKeys(dir), /x25519_sk is mode 0604/, "before any size check");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

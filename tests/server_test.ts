@@ -30,6 +30,7 @@ import {
   announceZone,
   cacheDependencies,
   cmdline,
+  copyFixtureKeys,
   curl,
   denoEnv,
   describeCurl,
@@ -46,7 +47,6 @@ import {
   ourServerArgv,
   ping,
   procIds,
-  PROJECT_DIR,
   removeStaleTempDirs,
   runFuzzer,
   serverPermissions,
@@ -334,13 +334,12 @@ Deno.test({
       const ns = lab.serverNs;
       await removeStaleTempDirs(["pqts-srvbad-"]);
       dir = await Deno.makeTempDir({ prefix: "pqts-srvbad-" });
-      // Key directories: a good one (the project's reference fixtures) and broken copies.
-      const fixtures = `${PROJECT_DIR}/tests/fixtures`;
-      const files = ["mceliece_pk", "mceliece_sk", "x25519_pk", "x25519_sk", "session_key"];
+      // Key directories: a good one (the project's reference fixtures, modes as keygen and the
+      // reference write them) and broken copies.
       const keyDir = async (name: string, change?: (d: string) => Promise<void>) => {
         const d = `${dir}/${name}`;
         await Deno.mkdir(d, { mode: 0o700 });
-        for (const f of files) await Deno.copyFile(`${fixtures}/${f}`, `${d}/${f}`);
+        await copyFixtureKeys(d);
         await change?.(d);
         return d;
       };
@@ -354,6 +353,12 @@ Deno.test({
         "wrong-x25519-sk",
         (d) => Deno.writeFile(`${d}/x25519_sk`, crypto.getRandomValues(new Uint8Array(32))),
       );
+      const readableSk = await keyDir("group-readable-mceliece-sk", async (d) => {
+        await Deno.chmod(`${d}/mceliece_sk`, 0o640);
+        await Deno.chmod(`${d}/session_key`, 0o604);
+      });
+      const writableDir = await keyDir("world-writable-dir", (d) => Deno.chmod(d, 0o777));
+      const referenceModes = await keyDir("reference-modes", (d) => Deno.chmod(d, 0o755));
       const emptySession = await keyDir(
         "empty-session-key",
         (d) => Deno.writeFile(`${d}/session_key`, new Uint8Array(0)),
@@ -414,6 +419,34 @@ Deno.test({
           args: ["-d", emptySession],
           code: 1,
           message: /session_key has 0 bytes, expected 32/,
+        },
+        {
+          // As ssh with a private key: refused, each file named with its mode and the fix.
+          what: "secret key files others may read",
+          args: ["-d", readableSk],
+          code: 1,
+          message: new RegExp(
+            `refusing to use these keys:\n  ${readableSk}/mceliece_sk is mode 0640: .*` +
+              `\\(chmod 600 ${readableSk}/mceliece_sk\\)\n  ${readableSk}/session_key is mode ` +
+              `0604: .*\\(chmod 600 ${readableSk}/session_key\\)`,
+          ),
+        },
+        {
+          what: "key directory others may write to",
+          args: ["-d", writableDir],
+          code: 1,
+          message: new RegExp(
+            `${writableDir} is mode 0777: others than its owner could replace the keys ` +
+              `\\(chmod go-w ${writableDir}\\)`,
+          ),
+        },
+        {
+          // The reference's keygen makes the directory 0755: its keys start our server. The
+          // user, checked after the keys, shows they were accepted.
+          what: "the reference's 0755 key directory",
+          args: ["-d", referenceModes, "--user", "pqts-no-such-user"],
+          code: 1,
+          message: /user "pqts-no-such-user" does not exist/,
         },
         {
           what: "unknown user",

@@ -23,7 +23,6 @@ import {
   TUN_PREFIX,
 } from "../core/constants.ts";
 import { runServer, type ServerOptions } from "../server/daemon.ts";
-import { looseSecretKeyFiles } from "../runtime/keyfiles.ts";
 import { linkExists } from "../../ffi/rtnetlink.ts";
 
 /** What `pqconnect server ARGS` asks for, before anything is touched (tested alias by alias). */
@@ -109,10 +108,7 @@ Options:
           `first, or give this one another --interface and ports (nothing was changed)`,
       );
     }
-    // The reference does not check either; a warning, so a server keeps starting on such keys.
-    for (const problem of looseSecretKeyFiles(request.options.keyDir)) {
-      console.error(`pqconnect server: warning: ${problem}`);
-    }
+    // Key files others may read or replace: runServer refuses them (readServerKeys).
     return await runServer(request.options);
   },
 };

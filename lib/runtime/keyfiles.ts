@@ -73,8 +73,9 @@ export function readPublicKeys(dir: string): { mceliecePk: Uint8Array; x25519Pk:
   return { mceliecePk: readKeyFile(dir, "mceliece_pk"), x25519Pk: readKeyFile(dir, "x25519_pk") };
 }
 
-/** All server keys, checked for size and for the X25519 pair matching. */
+/** All server keys, checked for their files' modes, for size and for the X25519 pair matching. */
 export function readServerKeys(dir: string): ServerKeys {
+  refuseLooseKeyFiles(dir);
   const keys = {
     mceliecePk: readKeyFile(dir, "mceliece_pk"),
     mcelieceSk: readKeyFile(dir, "mceliece_sk"),
@@ -141,30 +142,57 @@ export function makeKeyDir(dir: string): void {
 }
 
 /**
- * What is wrong with the modes of the secret key files: each one that others than its owner may
- * read or write (the reference and keygen write them 0600). Files that cannot be looked at are
- * left to readKeyFile to report.
+ * What is wrong with the modes of the key directory and its secret files: each secret file that
+ * others than its owner may read or write (the reference and keygen write them 0600), and a
+ * directory others may write to without the sticky bit (they could swap in keys of their own;
+ * the reference's 0755 and keygen's 0700 are fine). Files that cannot be looked at are left to
+ * readKeyFile to report.
  */
 export function looseSecretKeyFiles(dir: string): string[] {
   const problems: string[] = [];
+  const dirMode = modeOf(dir);
+  if (dirMode !== null && (dirMode & 0o022) !== 0 && (dirMode & 0o1000) === 0) {
+    problems.push(
+      `${dir} is mode ${octal(dirMode)}: others than its owner could replace the keys ` +
+        `(chmod go-w ${dir})`,
+    );
+  }
   for (const [name, file] of Object.entries(KEY_FILES)) {
     if (!file.secret) continue;
     const path = join(dir, name);
-    let mode: number | null;
-    try {
-      mode = Deno.statSync(path).mode;
-    } catch {
-      continue;
-    }
+    const mode = modeOf(path);
     if (mode !== null && (mode & 0o077) !== 0) {
-      const octal = (mode & 0o777).toString(8).padStart(4, "0");
       problems.push(
-        `${path} is mode ${octal}: a secret key should be readable by its owner only ` +
+        `${path} is mode ${octal(mode)}: a secret key should be readable by its owner only ` +
           `(chmod 600 ${path})`,
       );
     }
   }
   return problems;
+}
+
+/** Throws, naming every file and the fix, when looseSecretKeyFiles finds anything (as ssh does
+ * with a private key others may read: the key may already be known to them). */
+export function refuseLooseKeyFiles(dir: string): void {
+  const problems = looseSecretKeyFiles(dir);
+  if (problems.length === 0) return;
+  throw new KeyFileError(
+    `refusing to use these keys:\n  ${problems.join("\n  ")}\n` +
+      `If others could read a secret key, it may be known to them: consider new keys ` +
+      `(pqconnect keygen --force, which changes the server's pq1 name).`,
+  );
+}
+
+function modeOf(path: string): number | null {
+  try {
+    return Deno.statSync(path).mode;
+  } catch {
+    return null;
+  }
+}
+
+function octal(mode: number): string {
+  return (mode & 0o7777).toString(8).padStart(4, "0");
 }
 
 /** Throws unless `dir` is free of key files (checked before the slow key generation too). */
