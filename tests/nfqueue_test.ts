@@ -5,7 +5,14 @@
 import assert from "node:assert/strict";
 import { LIBC_CANDIDATES } from "../ffi/libc.ts";
 import { formatPq1Label } from "../lib/core/names.ts";
-import { RULE_TAG, splitIptablesLine } from "../lib/runtime/firewall.ts";
+import {
+  iptablesRules,
+  nftScript,
+  queueOfTag,
+  RULE_TAG,
+  ruleTag,
+  splitIptablesLine,
+} from "../lib/runtime/firewall.ts";
 import { DNSMASQ, type RunningDnsmasq, startDnsmasq } from "./helpers/dnsmasq.ts";
 
 const NS_A = "pqts-nfq-a";
@@ -14,6 +21,7 @@ const VETH_A = "pqts-nfq-va";
 const VETH_B = "pqts-nfq-vb";
 const SERVER = "198.18.9.1";
 const QUEUE = 7;
+const OTHER_QUEUE = 8;
 const KEY_HASH = new Uint8Array(32).map((_, i) => (i * 53 + 5) & 0xff);
 const PQ_NAME = `${formatPq1Label(KEY_HASH, { crypto: 42424, key: 42425 })}.lab.test`;
 
@@ -226,28 +234,33 @@ Deno.test({
       const before = await dig("www.lab.test");
       assert.equal(pqAnswer(before)?.data, SERVER);
 
-      // Leftovers of an imagined crashed run, one per backend; serve removes them first.
-      await sh(inB("/usr/sbin/nft", "add", "table", "ip", RULE_TAG));
-      await sh(
-        inB(
-          "/usr/sbin/iptables",
-          "-w",
-          "-t",
-          "filter",
-          "-A",
-          "INPUT",
-          "-p",
-          "udp",
-          "--sport",
-          "53",
-          "-m",
-          "comment",
-          "--comment",
-          RULE_TAG,
-          "-j",
-          "ACCEPT",
-        ),
-      );
+      // Leftovers of imagined crashed runs, one per backend, on our queue and on another one;
+      // serve removes its own queue's only: the other queue's owner may be running.
+      const leftovers = async (queueNum: number) => {
+        await sh(inB("/usr/sbin/nft", "add", "table", "ip", ruleTag(queueNum)));
+        await sh(
+          inB(
+            "/usr/sbin/iptables",
+            "-w",
+            "-t",
+            "filter",
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--sport",
+            "53",
+            "-m",
+            "comment",
+            "--comment",
+            ruleTag(queueNum),
+            "-j",
+            "ACCEPT",
+          ),
+        );
+      };
+      await leftovers(QUEUE);
+      await leftovers(OTHER_QUEUE);
 
       const h = new Helper(["serve", String(QUEUE)]);
       helpers.push(h);
@@ -255,7 +268,14 @@ Deno.test({
       console.log(`rule installed with ${ready.backend}`);
       assert.ok(["nft", "iptables"].includes(ready.backend));
       assert.equal(ready.staleRemoved, 2);
-      assert.match(await rulesInB(), new RegExp(`${RULE_TAG}|queue num ${QUEUE}`));
+      assert.match(await rulesInB(), new RegExp(`${ruleTag(QUEUE)}|queue num ${QUEUE}`));
+      const other = (await rulesInB()).split("\n").filter((l) => l.includes(ruleTag(OTHER_QUEUE)));
+      assert.equal(other.length, 2, "the other queue's table and rule stay");
+      const c = new Helper(["cleanup", String(OTHER_QUEUE)]);
+      helpers.push(c);
+      assert.equal((await c.waitFor<{ removed: number }>("removed")).removed, 2);
+      assert.equal((await c.child.status).code, 0);
+      assert.doesNotMatch(await rulesInB(), new RegExp(ruleTag(OTHER_QUEUE)));
 
       await t.step("pq1 name via CNAME: internal address, TTL 0", async () => {
         const got = await dig("www.lab.test");
@@ -311,7 +331,7 @@ Deno.test({
         // queue-bypass: nobody is bound, answers flow unmodified
         assert.equal(pqAnswer(await dig("www.lab.test"))?.data, SERVER);
         assert.equal((await dig("plain.lab.test"))[0]?.data, SERVER);
-        const c = new Helper(["cleanup"]);
+        const c = new Helper(["cleanup", String(QUEUE)]);
         helpers.push(c);
         const { removed } = await c.waitFor<{ removed: number }>("removed");
         assert.equal(removed, 2, "the UDP and the TCP rule");
@@ -336,3 +356,28 @@ Deno.test("iptables -S lines split like the shell would", () => {
 });
 
 if (skipReason !== null) console.log(`nfqueue_test skipped: ${skipReason}`);
+
+Deno.test("each queue's rules carry its number, and only names of that form are ours", () => {
+  assert.equal(ruleTag(4242), "pqconnect-ts-q4242");
+  for (const q of [0, 7, 4242, 65535]) assert.equal(queueOfTag(ruleTag(q)), q);
+  for (
+    const tag of [
+      RULE_TAG,
+      "pqconnect-ts-q",
+      "pqconnect-ts-q65536",
+      "pqconnect-ts-q042",
+      "pqconnect-ts-q42x",
+      "x-pqconnect-ts-q42",
+      "pqconnect-ts-q-1",
+    ]
+  ) {
+    assert.equal(queueOfTag(tag), null, tag);
+  }
+  assert.throws(() => ruleTag(65536), RangeError);
+  assert.match(nftScript(9), /^table ip pqconnect-ts-q9 \{\}\ndelete table ip pqconnect-ts-q9\n/);
+  assert.match(nftScript(9), /queue num 9 bypass/);
+  for (const rule of iptablesRules(9)) {
+    assert.equal(rule[rule.indexOf("--comment") + 1], "pqconnect-ts-q9");
+    assert.equal(rule[rule.indexOf("--queue-num") + 1], "9");
+  }
+});

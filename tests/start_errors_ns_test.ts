@@ -1,17 +1,20 @@
 // What a user sees when a daemon cannot start: with its UDP port taken, the reason on stderr (for
 // the client it comes from the worker, which binds the port), exit status 1, and nothing left
 // behind (no TUN device, no runtime directory); a second client while one runs, on its interface
-// or another, is refused before it touches the first's DNS queue rule or control socket. In a lab
-// namespace, with the daemons' own narrow permissions; needs root.
+// or another, on its DNS queue or another, is refused before it touches the first's DNS queue rule
+// or control socket; a SIGKILLed client's rule is removed by the next client on its queue only. In
+// a lab namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
   createLab,
   destroyLab,
+  isAlive,
   type Lab,
   type LabProcess,
   notRootReason,
   run,
+  sleep,
   spawn,
 } from "./lab/netns.ts";
 import {
@@ -187,6 +190,85 @@ labTest(
     ]);
     assert.equal(status.code, 0, `the first client's control socket answers: ${status.stderr}`);
     assert.match(status.stdout, /^pqccli0 10\.43\.0\.1: 0 server\(s\)/);
+  },
+);
+
+/** The names our DNS queue rules carry in the namespace's firewall (nftables tables, iptables
+ * comments), one per table or rule, sorted. */
+async function ruleTags(ns: string): Promise<string[]> {
+  const nft = await run(ns, ["nft", "list", "tables"], { check: false });
+  const ipt = await Promise.all(
+    ["mangle", "filter"].map((t) => run(ns, ["iptables", "-w", "-t", t, "-S"], { check: false })),
+  );
+  const text = [nft.stdout, ...ipt.map((r) => r.stdout)].join("\n");
+  return [...text.matchAll(/pqconnect-ts-q\d+/g)].map((m) => m[0]).sort();
+}
+
+/** The options of a client on DNS queue 4243 beside the default one (4242 on pqccli0). */
+function queueBOptions(): string[] {
+  return ["--queue", "4243", "--interface", "pqccli1", "--port", "42433", "--addr", "10.44.0.1"];
+}
+
+labTest(
+  "a second client on another DNS queue is refused: both would edit every answer",
+  async (lab, work, defer) => {
+    const runtimeDir = await secondClientRefused(
+      lab,
+      work,
+      defer,
+      queueBOptions(),
+      /another pqconnect client runs with DNS queue 4242: two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
+    );
+    assert.ok((await ruleTags(lab.clientNs)).every((t) => t === "pqconnect-ts-q4242"));
+    const first = await pqconnectIn(lab.clientNs, statusPermissions(runtimeDir), [
+      "status",
+      "--runtime-dir",
+      runtimeDir,
+    ]);
+    assert.equal(first.code, 0, first.stderr);
+  },
+);
+
+labTest(
+  "a crashed client's rule is left to the next client on its own queue, which removes it",
+  async (lab, work, defer) => {
+    // A client on queue 4243 dies without a word: its rule stays (its bypass lets DNS pass).
+    const runB = `${work}/run-b`;
+    const crashed = await startOurClient(lab.clientNs, runB, queueBOptions());
+    defer(() => crashed.process.stop("SIGKILL", 5000));
+    const tagsOfB = await ruleTags(lab.clientNs);
+    assert.ok(tagsOfB.length > 0 && tagsOfB.every((t) => t === "pqconnect-ts-q4243"), `${tagsOfB}`);
+    await crashed.process.stop("SIGKILL", 5000, true);
+    for (let i = 0; i < 50 && isAlive(crashed.workerPid); i++) await sleep(100);
+    assert.ok(!isAlive(crashed.workerPid), "the crashed client's worker follows it");
+    assert.deepEqual(await ruleTags(lab.clientNs), tagsOfB, "a SIGKILL leaves the rule");
+
+    // A client on the default queue 4242 is not refused (nobody holds 4243) and leaves that rule.
+    const runA = `${work}/run-a`;
+    const a = await startOurClient(lab.clientNs, runA);
+    defer(() => a.process.stop("SIGTERM", 10_000));
+    assert.match(
+      a.process.output(),
+      /DNS queue rule pqconnect-ts-q4243 was left by a client that did not stop cleanly; the next client with --queue 4243 removes it/,
+    );
+    const both = await ruleTags(lab.clientNs);
+    assert.deepEqual(both.filter((t) => t.endsWith("q4243")), tagsOfB, "4243's rule untouched");
+    assert.ok(both.some((t) => t.endsWith("q4242")), "4242's own rule");
+    const aExit = await a.process.stop("SIGTERM", 10_000, true);
+    assert.equal(aExit.code, 0, a.process.output());
+    assert.deepEqual(await ruleTags(lab.clientNs), tagsOfB, "only its own rule went with it");
+
+    // The next client on 4243 removes its queue's leftover, and its own rule at exit.
+    const b = await startOurClient(lab.clientNs, runB, queueBOptions());
+    defer(() => b.process.stop("SIGTERM", 10_000));
+    assert.match(b.process.output(), /removed [12] DNS queue rule\(s\) left by an earlier run/);
+    assert.deepEqual(await ruleTags(lab.clientNs), tagsOfB, "one rule set of 4243, not two");
+    const bExit = await b.process.stop("SIGTERM", 10_000, true);
+    assert.equal(bExit.code, 0, b.process.output());
+    assert.deepEqual(await ruleTags(lab.clientNs), [], "no rule left");
+    assert.deepEqual(await tunDevices(lab.clientNs), [], "no interface left");
+    await assert.rejects(Deno.stat(runA), Deno.errors.NotFound);
+    await assert.rejects(Deno.stat(runB), Deno.errors.NotFound);
   },
 );
 

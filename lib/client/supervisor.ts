@@ -9,9 +9,11 @@ import { WORKER_ENV, workerFlags } from "../runtime/permissions.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 import {
   installDnsQueueRule,
+  otherQueueRules,
   removeDnsQueueRule,
   removeStaleRules,
   type RuleHandle,
+  ruleTag,
 } from "../runtime/firewall.ts";
 import { decodeChannelMessage } from "./messages.ts";
 import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
@@ -83,6 +85,39 @@ async function openQueue(num: number): Promise<NfQueue> {
   }
 }
 
+/** Whether a process holds NFQUEUE `num` (a probe: bound and let go at once when free). */
+async function queueBound(num: number): Promise<boolean> {
+  try {
+    (await NfQueue.open(num)).close();
+    return false;
+  } catch (e) {
+    if (e instanceof SysError && e.code === EPERM) return true;
+    throw e;
+  }
+}
+
+/**
+ * Refuses to run beside a client on another queue: both rules would see every DNS answer (two
+ * nftables tables on one hook each queue it; with iptables only the newest rule's queue would),
+ * so two workers would edit the same answers. A rule of a queue nobody holds is a crashed
+ * client's leftover (see firewall.ts): left for the next client on that queue, whose own start
+ * removes it; its bypass lets answers through meanwhile.
+ */
+async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> {
+  for (const other of await otherQueueRules(queueNum)) {
+    if (await queueBound(other)) {
+      throw new Error(
+        `another pqconnect client runs with DNS queue ${other}: two clients would both edit ` +
+          `every DNS answer. Stop it first (nothing was changed)`,
+      );
+    }
+    log.info(
+      `DNS queue rule ${ruleTag(other)} was left by a client that did not stop cleanly; ` +
+        `the next client with --queue ${other} removes it`,
+    );
+  }
+}
+
 export async function runClient(opts: ClientOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-client", opts.verbose ? "debug" : "info");
   const user = lookupUser(opts.user);
@@ -91,11 +126,13 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   const cleanup = new Cleanup(log);
   try {
     // The queue first: bound by another process, it tells that another client runs (on another
-    // interface), and nothing may be touched, least of all its DNS queue rule, which would
-    // otherwise be removed below as a leftover and its DNS interception silently ended.
+    // interface), and nothing may be touched, least of all its DNS queue rule. Holding it shows
+    // that rules of this queue are leftovers; rules of other queues belong to a running client
+    // (refused) or to a crashed one (left alone).
     const queue = await openQueue(opts.queueNum);
     cleanup.add(() => queue.close());
-    const stale = await removeStaleRules();
+    await refuseOtherClients(opts.queueNum, log);
+    const stale = await removeStaleRules(opts.queueNum);
     if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
 
     Deno.mkdirSync(opts.runtimeDir, { recursive: true, mode: 0o750 });

@@ -24,13 +24,20 @@
 // skip the administrator's rules.
 //
 // Both variants use queue bypass: with no process bound to the queue the kernel accepts the
-// packets, so DNS keeps working when we die. Leftovers of a crashed run are found by name
-// (nftables table) or by comment (iptables) and removed with `removeStaleRules`.
+// packets, so DNS keeps working when we die.
+//
+// Each queue's rules are its own: the nftables table and the iptables comment carry the queue
+// number (`pqconnect-ts-q4242`). A client binds its queue before it looks at the rules and
+// installs its rule after, and removes the rule before it lets the queue go; so while a rule of
+// queue N exists, either the client that bound N runs, or it died (SIGKILL) and the kernel let N
+// go. At start-up a client, holding its own queue, removes only its own queue's rules: leftovers
+// by that reasoning (`removeStaleRules`). Another queue's rules are never touched here: the
+// client that owns them may be starting or running (`otherQueueRules` lets the caller decide).
 
 import { TOOL_DIRS } from "./permissions.ts";
 
+/** What every rule of ours is named after; its queue's rules are `ruleTag(queueNum)`. */
 export const RULE_TAG = "pqconnect-ts";
-const NFT_TABLE = RULE_TAG;
 const NFT_CHAIN = "dns-answers";
 const IPTABLES_TABLES = ["mangle", "filter"] as const;
 
@@ -108,13 +115,28 @@ function checkQueueNum(queueNum: number): void {
   }
 }
 
+/** The nftables table name and iptables comment of queue `queueNum`'s rules. */
+export function ruleTag(queueNum: number): string {
+  checkQueueNum(queueNum);
+  return `${RULE_TAG}-q${queueNum}`;
+}
+
+/** The queue number a table name or comment of ours names, or null for anything else. */
+export function queueOfTag(tag: string): number | null {
+  const m = /^pqconnect-ts-q(0|[1-9][0-9]{0,4})$/.exec(tag);
+  if (!m) return null;
+  const n = Number(m[1]);
+  return n <= 0xffff ? n : null;
+}
+
 export function nftScript(queueNum: number): string {
   // Creating then deleting the table first makes the load replace any stale copy; the file
   // is applied as one transaction, so a failure leaves nothing behind.
+  const table = ruleTag(queueNum);
   return [
-    `table ip ${NFT_TABLE} {}`,
-    `delete table ip ${NFT_TABLE}`,
-    `table ip ${NFT_TABLE} {`,
+    `table ip ${table} {}`,
+    `delete table ip ${table}`,
+    `table ip ${table} {`,
     `  chain ${NFT_CHAIN} {`,
     `    type filter hook input priority mangle; policy accept;`,
     `    udp sport 53 ct state established queue num ${queueNum} bypass`,
@@ -140,7 +162,7 @@ export function iptablesRules(queueNum: number): string[][] {
     "-m",
     "comment",
     "--comment",
-    RULE_TAG,
+    ruleTag(queueNum),
     "-j",
     "NFQUEUE",
     "--queue-num",
@@ -169,7 +191,7 @@ export async function installDnsQueueRule(
   if (nft && !opts.skipNft) {
     try {
       await runOk(nft, ["-f", "-"], nftScript(queueNum));
-      return { backend: "nft", nft, table: NFT_TABLE, queueNum };
+      return { backend: "nft", nft, table: ruleTag(queueNum), queueNum };
     } catch (e) {
       // Typically "Could not process rule: No such file or directory": no nft_queue in the
       // kernel. iptables' NFQUEUE target is a different kernel module and may still work.
@@ -242,27 +264,41 @@ export function splitIptablesLine(line: string): string[] {
   return out;
 }
 
-/** True when `-S` arguments carry our comment. */
-function isOurs(args: string[]): boolean {
+/** The queue named by the comment of `-S` arguments, or null when the rule is not ours. */
+function queueOfRule(args: string[]): number | null {
   for (let i = 0; i + 1 < args.length; i++) {
-    if (args[i] === "--comment" && args[i + 1] === RULE_TAG) return true;
+    if (args[i] === "--comment") {
+      const q = queueOfTag(args[i + 1]);
+      if (q !== null) return q;
+    }
   }
-  return false;
+  return null;
 }
 
+/** One installed rule set of ours, as found in the firewall. */
+export type FoundRule =
+  | { backend: "nft"; nft: string; table: string; queueNum: number }
+  | {
+    backend: "iptables";
+    iptables: string;
+    table: (typeof IPTABLES_TABLES)[number];
+    args: string[];
+    queueNum: number;
+  };
+
 /**
- * Removes whatever an earlier run may have left: our nftables table and every iptables rule
- * (mangle or filter INPUT) carrying our comment. Returns how many it removed. Missing tools
- * or tables are not errors.
+ * Every rule of ours in the firewall: nftables tables and iptables rules (mangle or filter
+ * INPUT) named after a queue. Missing tools or tables are not errors.
  */
-export async function removeStaleRules(): Promise<number> {
-  let removed = 0;
+export async function findOurRules(): Promise<FoundRule[]> {
+  const found: FoundRule[] = [];
   const nft = findTool("nft");
   if (nft) {
     const r = await run(nft, ["list", "tables", "ip"]);
-    if (r.code === 0 && r.stdout.split("\n").some((l) => l.trim() === `table ip ${NFT_TABLE}`)) {
-      await runOk(nft, ["delete", "table", "ip", NFT_TABLE]);
-      removed++;
+    for (const line of r.code === 0 ? r.stdout.split("\n") : []) {
+      const table = /^table ip (\S+)$/.exec(line.trim())?.[1];
+      const queueNum = table === undefined ? null : queueOfTag(table);
+      if (queueNum !== null) found.push({ backend: "nft", nft, table: table!, queueNum });
     }
   }
   const iptables = findTool("iptables");
@@ -272,11 +308,40 @@ export async function removeStaleRules(): Promise<number> {
       if (r.code !== 0) continue; // table absent in this kernel/namespace
       for (const line of r.stdout.split("\n")) {
         const args = splitIptablesLine(line);
-        if (args[0] !== "-A" || !isOurs(args)) continue;
-        await runOk(iptables, ["-w", "-t", table, "-D", ...args.slice(1)]);
-        removed++;
+        const queueNum = args[0] === "-A" ? queueOfRule(args) : null;
+        if (queueNum !== null) {
+          found.push({ backend: "iptables", iptables, table, args: args.slice(1), queueNum });
+        }
       }
     }
   }
+  return found;
+}
+
+/**
+ * Removes the rules of `queueNum` an earlier run left: call it only while holding that queue,
+ * which proves their owner gone. Returns how many it removed; other queues' rules stay.
+ */
+export async function removeStaleRules(queueNum: number): Promise<number> {
+  checkQueueNum(queueNum);
+  let removed = 0;
+  for (const rule of await findOurRules()) {
+    if (rule.queueNum !== queueNum) continue;
+    if (rule.backend === "nft") {
+      await runOk(rule.nft, ["delete", "table", "ip", rule.table]);
+    } else {
+      await runOk(rule.iptables, ["-w", "-t", rule.table, "-D", ...rule.args]);
+    }
+    removed++;
+  }
   return removed;
+}
+
+/** The queues other than `queueNum` that rules of ours send DNS answers to, each once. */
+export async function otherQueueRules(queueNum: number): Promise<number[]> {
+  const queues = new Set<number>();
+  for (const rule of await findOurRules()) {
+    if (rule.queueNum !== queueNum) queues.add(rule.queueNum);
+  }
+  return [...queues].sort((a, b) => a - b);
 }

@@ -292,12 +292,17 @@ export interface OurClient {
 }
 
 /** Starts `pqconnect client` in `ns`; resolves once its DNS queue rule is in place. */
-export async function startOurClient(ns: string, runtimeDir: string): Promise<OurClient> {
+export async function startOurClient(
+  ns: string,
+  runtimeDir: string,
+  extra: string[] = [],
+): Promise<OurClient> {
   const argv = pqconnectArgv(clientPermissions(runtimeDir), [
     "client",
     "-v",
     "--runtime-dir",
     runtimeDir,
+    ...extra,
   ]);
   const p = spawn(ns, argv, { name: `pqconnect client@${ns}`, env: denoEnv() });
   try {

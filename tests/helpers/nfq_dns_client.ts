@@ -3,7 +3,7 @@
 //   serve <queue>    bind the queue, install the DNS rule, rewrite pq1 answers until SIGTERM,
 //                    then remove the rule. Prints JSON lines: {"ready":...}, {"rewrite":...},
 //                    {"stats":...}.
-//   cleanup          remove rules left by a killed run; prints {"removed": n}.
+//   cleanup <queue>  remove the queue's rules left by a killed run; prints {"removed": n}.
 
 import { NfQueue } from "../../ffi/nfqueue.ts";
 import { DnsRewriter } from "../../lib/core/dns_rewrite.ts";
@@ -20,11 +20,13 @@ function emit(obj: unknown): void {
 }
 
 async function serve(queueNum: number): Promise<void> {
-  const stale = await removeStaleRules();
-  // Bind first: with the rule's bypass, answers before the bind simply pass unmodified.
+  // Bind first: with the rule's bypass, answers before the bind simply pass unmodified, and
+  // holding the queue shows its rules are leftovers.
   const queue = await NfQueue.open(queueNum, { pollIntervalMs: 100 });
   let handle;
+  let stale;
   try {
+    stale = await removeStaleRules(queueNum);
     handle = await installDnsQueueRule(queueNum);
   } catch (e) {
     queue.close();
@@ -72,8 +74,8 @@ const [mode, arg] = Deno.args;
 if (mode === "serve") {
   await serve(Number(arg));
 } else if (mode === "cleanup") {
-  emit({ removed: await removeStaleRules() });
+  emit({ removed: await removeStaleRules(Number(arg)) });
 } else {
-  console.error("usage: nfq_dns_client.ts serve <queue> | cleanup");
+  console.error("usage: nfq_dns_client.ts serve <queue> | cleanup <queue>");
   Deno.exit(2);
 }
