@@ -69,7 +69,12 @@ export class TunnelLab {
 
   static async start(
     prefix: string,
-    opts: { relay?: Faults; serverExtra?: string[] } = {},
+    opts: {
+      relay?: Faults;
+      serverExtra?: string[];
+      /** Changes to the fresh lab before anything binds its addresses. */
+      prepare?: (lab: Lab) => Promise<void>;
+    } = {},
   ): Promise<TunnelLab> {
     await cacheDependencies();
     await ensurePrivsepUser();
@@ -78,6 +83,7 @@ export class TunnelLab {
     const work = await Deno.makeTempDir({ prefix: `${prefix}-` });
     const t = new TunnelLab(lab, work, `${work}/keys`, `${work}/relay.json`);
     try {
+      await opts.prepare?.(lab);
       await Deno.remove(t.runtimeDir, { recursive: true }).catch(() => {});
       await Deno.mkdir(t.keyDir, { mode: 0o700 });
       await copyFixtureKeys(t.keyDir);
