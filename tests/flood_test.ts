@@ -7,38 +7,15 @@
 // server up to its working size), ~80 s in all.
 
 import assert from "node:assert/strict";
-import {
-  createLab,
-  destroyLab,
-  type Lab,
-  type LabProcess,
-  notRootReason,
-  run,
-  sleep,
-  spawn,
-} from "./lab/netns.ts";
-import { type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
-import {
-  announceZone,
-  cacheDependencies,
-  dropTotals,
-  ensurePrivsepUser,
-  fixtureKeyDir,
-  iperfMbit,
-  logs,
-  type OurClient,
-  rssKiB,
-  startOurClient,
-  startOurServer,
-  Teardown,
-  tunnelTarget,
-} from "./helpers/lab_util.ts";
+import { type Lab, notRootReason, run, sleep } from "./lab/netns.ts";
+import { dropTotals, iperfMbit, memoryLevelled, rssKiB, tunnelTarget } from "./helpers/lab_util.ts";
+import { TunnelLab } from "./helpers/tunnel_lab.ts";
+import { addSideAttacker, removeAttacker } from "./helpers/attacker_ns.ts";
 import { generate } from "../bench/handshake_load.ts";
 import type { StepResult } from "./helpers/handshake_gen.ts";
 
 const PREFIX = "pqts-fld";
 const ATTACKER_NS = `${PREFIX}-atk`;
-const RUNTIME_DIR = `/run/${PREFIX}`;
 /** The handshake capacity bench/handshake_load.ts measures for our server (native KEMs). */
 const CAPACITY = 4000;
 const FLOOD_RATE = 5 * CAPACITY;
@@ -48,52 +25,11 @@ const NEWCOMER = "198.18.2.9";
 const skip = notRootReason();
 if (skip) console.log(`flood_test: skipped, ${skip}`);
 
-/** The attacker's namespace: its own veth to the server, many source addresses, routes. */
-async function addAttacker(lab: Lab): Promise<string[]> {
-  await run(null, ["ip", "netns", "add", ATTACKER_NS]);
-  const ns = ATTACKER_NS;
-  await run(null, ["ip", "-n", ns, "link", "set", "lo", "up"]);
-  await run(null, [
-    "ip",
-    "-n",
-    lab.serverNs,
-    "link",
-    "add",
-    "veth-atk",
-    "type",
-    "veth",
-    "peer",
-    "name",
-    "veth-atk0",
-    "netns",
-    ns,
-  ]);
-  await run(null, ["ip", "-n", lab.serverNs, "addr", "add", "198.18.1.1/24", "dev", "veth-atk"]);
-  await run(null, ["ip", "-n", lab.serverNs, "link", "set", "veth-atk", "up"]);
-  await run(null, ["ip", "-n", ns, "addr", "add", "198.18.1.2/24", "dev", "veth-atk0"]);
-  await run(null, ["ip", "-n", ns, "link", "set", "veth-atk0", "up"]);
-  await run(null, ["ip", "-n", ns, "route", "add", "198.18.0.0/24", "via", "198.18.1.1"]);
-  const sources = Array.from({ length: ATTACKERS }, (_, i) => `198.18.40.${i}`).slice(1);
-  sources.push("198.18.41.1");
-  const batch = sources.map((a) => `addr add ${a}/32 dev lo`).join("\n") + "\n";
-  const file = await Deno.makeTempFile({ prefix: "pqts-fld-addrs-" });
-  try {
-    await Deno.writeTextFile(file, batch);
-    await run(ns, ["ip", "-batch", file]);
-  } finally {
-    await Deno.remove(file).catch(() => {});
-  }
-  await run(lab.serverNs, ["ip", "route", "add", "198.18.40.0/23", "via", "198.18.1.2"]);
-  for (let i = 0; i < 50; i++) {
-    const r = await run(ns, ["ping", "-c", "1", "-W", "1", lab.serverAddr], { check: false });
-    if (r.code === 0) return sources;
-    await sleep(100);
-  }
-  throw new Error("the attacker's link stays down");
-}
-
-async function removeAttacker(): Promise<void> {
-  await run(null, ["ip", "netns", "del", ATTACKER_NS], { check: false });
+/** The attacker's namespace beside the link, with ATTACKERS source addresses. */
+function addAttacker(lab: Lab): Promise<string[]> {
+  const addresses = Array.from({ length: ATTACKERS }, (_, i) => `198.18.40.${i}`).slice(1);
+  addresses.push("198.18.41.1");
+  return addSideAttacker(lab, ATTACKER_NS, { addresses, routed: "198.18.40.0/23" });
 }
 
 /** Valid handshakes from the newcomer's own address, each with its 0-RTT echo. */
@@ -122,45 +58,19 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    let lab: Lab | null = null;
-    let work: string | null = null;
-    let dns: Dnsmasq | null = null;
-    let server: LabProcess | null = null;
-    let iperfServer: LabProcess | null = null;
-    let client: OurClient | null = null;
+    let t: TunnelLab | null = null;
     let failure: unknown = null;
     try {
-      await cacheDependencies();
-      await ensurePrivsepUser();
-      await removeAttacker();
-      lab = await createLab({ prefix: PREFIX });
-      await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
-      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = await fixtureKeyDir(work);
-      const ports = { crypto: 42424, key: 42425 };
-      const announced = await announceZone(keyDir, "www.lab.test", lab.serverAddr, ports);
-      dns = await startDnsmasq({
-        ns: lab.serverNs,
-        listen: lab.serverAddr,
-        zone: mergeZones(announced.zone),
-      });
-      server = await startOurServer(lab.serverNs, {
-        keyDir,
-        port: 42424,
-        keyPort: 42425,
-        hostIp: lab.serverAddr,
-      });
+      await removeAttacker(ATTACKER_NS);
+      t = await TunnelLab.start(PREFIX, { http: false, iperf: true });
+      const { lab } = t;
+      const server = t.server!;
       assert.match(server.output(), /KEM backend: native/);
-      iperfServer = spawn(lab.serverNs, ["iperf3", "-s", "-B", "0.0.0.0", "--forceflush"], {
-        name: "iperf3 -s",
-      });
-      await iperfServer.waitFor("Server listening", 10_000);
       const attackers = await addAttacker(lab);
       await run(lab.clientNs, ["ip", "addr", "add", `${NEWCOMER}/32`, "dev", "lo"]);
       await run(lab.serverNs, ["ip", "route", "add", NEWCOMER, "via", lab.clientAddr]);
 
       // The established tunnel: our client, through the announced name.
-      client = await startOurClient(lab.clientNs, RUNTIME_DIR);
       const target = await tunnelTarget(lab.clientNs, "www.lab.test");
       const baseline = await iperfMbit(lab.clientNs, target, 3);
       const calm = await newcomer(lab, 1);
@@ -170,10 +80,10 @@ Deno.test({
       // load to settle); the second is measured, and memory must now stay flat.
       const floodOnce = async (during: () => Promise<void>) => {
         let rate = 0;
-        const rss: number[] = [rssKiB(server!.pid)];
+        const rss: number[] = [rssKiB(server.pid)];
         const flood = generate(ATTACKER_NS, {
           mode: "flood",
-          target: lab!.serverAddr,
+          target: lab.serverAddr,
           port: 42424,
           sources: attackers,
           rate: FLOOD_RATE,
@@ -183,9 +93,9 @@ Deno.test({
           if (f) rate = f.rate;
         });
         const sampler = (async () => {
-          for (let t = 0; t < FLOOD_SECONDS; t++) {
+          for (let second = 0; second < FLOOD_SECONDS; second++) {
             await sleep(1000);
-            rss.push(rssKiB(server!.pid));
+            rss.push(rssKiB(server.pid));
           }
         })();
         await during();
@@ -196,8 +106,8 @@ Deno.test({
       let fresh: StepResult | null = null;
       const meanwhile = async () => {
         await sleep(1500);
-        during = await iperfMbit(lab!.clientNs, target, 4);
-        fresh = await newcomer(lab!, 2);
+        during = await iperfMbit(lab.clientNs, target, 4);
+        fresh = await newcomer(lab, 2);
       };
       // Two floods first: at 20,000/s the server reaches its working size (~190 MiB) only in
       // the second one. Measured over six floods in a row: 150 → 189, then 177-195 MiB, no more.
@@ -245,34 +155,20 @@ Deno.test({
       // warm-ups, then 155 → 189 in the measured flood, the ~190 MiB working size it reaches
       // anyway): levelled off by the flood's end, its last 4 s no more than 2 MiB above what came
       // before, and under 256 MiB. Growth with the load keeps rising to the end.
-      const grewWarm = Math.max(...warm.rss) - warm.rss[0];
-      const grew = Math.max(...rss) - rss[0];
-      const small = grew <= 32 * 1024 && grew <= Math.max(8 * 1024, 0.75 * grewWarm);
-      const lastRise = Math.max(...rss.slice(-4)) - Math.max(...rss.slice(0, -4));
-      const levelled = lastRise <= 2 * 1024 && Math.max(...rss) <= 256 * 1024;
       assert.ok(
-        small || levelled,
+        memoryLevelled(warm.rss, rss),
         `server memory grew during the flood: ${warm.rss.map(mib).join(" → ")}, then ` +
           `${rss.map(mib).join(" → ")} MiB`,
       );
     } catch (e) {
       failure = e;
-      console.error(
-        logs({ server: server?.output(), client: client?.process.output() }, 60),
-      );
+      if (t) console.error(t.logs(60));
     }
-    const td = new Teardown();
-    await td.attempt("stop client", () => client?.process.stop("SIGTERM", 8000));
-    await td.attempt("stop iperf3", () => iperfServer?.stop());
-    await td.attempt("stop server", () => server?.stop("SIGTERM", 10_000));
-    await td.attempt("stop dnsmasq", () => dns?.stop());
-    await td.attempt("remove attacker", removeAttacker);
-    if (lab) await td.attempt("destroy lab", () => destroyLab(lab!));
-    await td.attempt(
-      "runtime dir",
-      () => Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {}),
-    );
-    if (work) await td.attempt("work dir", () => Deno.remove(work!, { recursive: true }));
-    td.finish(failure);
+    try {
+      if (t) await t.stop(failure);
+      else if (failure) throw failure;
+    } finally {
+      await removeAttacker(ATTACKER_NS);
+    }
   },
 });

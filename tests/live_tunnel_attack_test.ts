@@ -14,38 +14,27 @@
 // during the attack is printed). Bounded: ≤ 25,000 datagrams of each kind, ~6 s of attack.
 
 import assert from "node:assert/strict";
+import { type LabProcess, notRootReason, run, sleep, spawn } from "./lab/netns.ts";
 import {
-  createLab,
-  destroyLab,
-  type Lab,
-  type LabProcess,
-  notRootReason,
-  removeNamespace,
-  run,
-  sleep,
-  spawn,
-} from "./lab/netns.ts";
-import { type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
-import {
-  announceZone,
   cacheDependencies,
   denoEnv,
   dropTotals,
-  ensurePrivsepUser,
-  fixtureKeyDir,
+  iperfMbit,
   logs,
-  type OurClient,
   PROJECT_DIR,
-  startOurClient,
-  startOurServer,
-  Teardown,
   tunnelTarget,
 } from "./helpers/lab_util.ts";
+import { TunnelLab } from "./helpers/tunnel_lab.ts";
+import {
+  CLIENT_PORT_IF,
+  interposeAttacker,
+  removeAttacker,
+  SERVER_PORT_IF,
+} from "./helpers/attacker_ns.ts";
 import { libcPath } from "../ffi/libc.ts";
 
 const PREFIX = "pqts-lta";
 const ATTACKER_NS = `${PREFIX}-atk`;
-const RUNTIME_DIR = `/run/${PREFIX}`;
 const ATTACKER_ADDR = "198.18.0.3";
 const PORT = 42424;
 const ATTACKER = `${PROJECT_DIR}/tests/helpers/tunnel_attacker.ts`;
@@ -60,54 +49,6 @@ const RATES = {
 const MAX_PER_KIND = 25_000;
 const skip = notRootReason();
 if (skip) console.log(`live_tunnel_attack_test: skipped, ${skip}`);
-
-/**
- * Puts the attacker's namespace on the link: the client's and the server's veth now end in
- * it, joined by a bridge that also holds the attacker's own address.
- */
-async function interpose(lab: Lab): Promise<void> {
-  await removeNamespace(ATTACKER_NS);
-  await run(null, ["ip", "netns", "add", ATTACKER_NS]);
-  const a = (...args: string[]) => run(null, ["ip", "-n", ATTACKER_NS, ...args]);
-  await a("link", "set", "lo", "up");
-  await a("link", "add", "br0", "type", "bridge", "forward_delay", "0");
-  await run(null, ["ip", "-n", lab.serverNs, "link", "del", lab.serverIf]); // and its peer
-  const sides: [string, string, string, string][] = [
-    [lab.serverNs, lab.serverIf, "a-srv", lab.serverAddr],
-    [lab.clientNs, lab.clientIf, "a-cli", lab.clientAddr],
-  ];
-  for (const [ns, dev, port, addr] of sides) {
-    await run(null, [
-      "ip",
-      "-n",
-      ns,
-      "link",
-      "add",
-      dev,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      port,
-      "netns",
-      ATTACKER_NS,
-    ]);
-    await run(null, ["ip", "-n", ns, "addr", "add", `${addr}/${lab.prefixLen}`, "dev", dev]);
-    await run(null, ["ip", "-n", ns, "link", "set", dev, "up"]);
-    await a("link", "set", port, "master", "br0");
-    await a("link", "set", port, "up");
-  }
-  await a("addr", "add", `${ATTACKER_ADDR}/${lab.prefixLen}`, "dev", "br0");
-  await a("link", "set", "br0", "up");
-  for (let i = 0; i < 100; i++) {
-    const r = await run(lab.clientNs, ["ping", "-c", "1", "-W", "1", lab.serverAddr], {
-      check: false,
-    });
-    if (r.code === 0) return;
-    await sleep(100);
-  }
-  throw new Error("the link through the attacker's bridge stays down");
-}
 
 interface Echoes {
   sent: number;
@@ -142,17 +83,6 @@ async function echoes(ns: string, target: string, seconds: number): Promise<Echo
   };
 }
 
-/** TCP from the client to the server's host through the tunnel (Mbit/s). */
-async function tcp(ns: string, target: string, seconds: number): Promise<number> {
-  const r = await run(ns, ["iperf3", "-c", target, "-t", String(seconds), "-J"], {
-    check: false,
-    timeoutMs: (seconds + 20) * 1000,
-  });
-  const bps = JSON.parse(r.stdout || "{}").end?.sum_received?.bits_per_second;
-  if (typeof bps !== "number") throw new Error(`iperf3 failed: ${r.stdout}${r.stderr}`);
-  return bps / 1e6;
-}
-
 /**
  * The application: echo requests, then a TCP transfer. The attacker counts the wire in each
  * stretch apart (`label`-echo, `label`-tcp): echo requests and replies pair up one to one.
@@ -163,7 +93,7 @@ async function application(ns: string, target: string, label: string, control: s
   const echo = await echoes(ns, target, 2);
   await Deno.writeTextFile(control, `${label}-tcp`);
   await sleep(50);
-  const mbit = await tcp(ns, target, 2);
+  const mbit = await iperfMbit(ns, target, 2);
   return { echo, mbit };
 }
 
@@ -233,12 +163,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    let lab: Lab | null = null;
-    let work: string | null = null;
-    let dns: Dnsmasq | null = null;
-    let server: LabProcess | null = null;
-    let iperfServer: LabProcess | null = null;
-    let client: OurClient | null = null;
+    let t: TunnelLab | null = null;
     let attacker: LabProcess | null = null;
     let failure: unknown = null;
     const started = performance.now();
@@ -248,33 +173,15 @@ Deno.test({
         env: denoEnv(),
         timeoutMs: 120_000,
       });
-      await ensurePrivsepUser();
-      lab = await createLab({ prefix: PREFIX });
-      await interpose(lab);
-      await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
-      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = await fixtureKeyDir(work);
+      t = await TunnelLab.start(PREFIX, {
+        prepare: (lab) => interposeAttacker(lab, ATTACKER_NS, ATTACKER_ADDR),
+        http: false,
+        iperf: true,
+      });
+      const { lab, work } = t;
+      const server = t.server!;
+      const client = t.client!;
       const control = `${work}/attack`;
-      const announced = await announceZone(keyDir, "www.lab.test", lab.serverAddr, {
-        crypto: PORT,
-        key: 42425,
-      });
-      dns = await startDnsmasq({
-        ns: lab.serverNs,
-        listen: lab.serverAddr,
-        zone: mergeZones(announced.zone),
-      });
-      server = await startOurServer(lab.serverNs, {
-        keyDir,
-        port: PORT,
-        keyPort: 42425,
-        hostIp: lab.serverAddr,
-      });
-      iperfServer = spawn(lab.serverNs, ["iperf3", "-s", "-B", "0.0.0.0", "--forceflush"], {
-        name: "iperf3 -s",
-      });
-      await iperfServer.waitFor("Server listening", 10_000);
-      client = await startOurClient(lab.clientNs, RUNTIME_DIR);
       const target = await tunnelTarget(lab.clientNs, "www.lab.test");
 
       attacker = spawn(ATTACKER_NS, [
@@ -291,8 +198,8 @@ Deno.test({
           server: lab.serverAddr,
           attacker: ATTACKER_ADDR,
           port: PORT,
-          cliIf: "a-cli",
-          srvIf: "a-srv",
+          cliIf: CLIENT_PORT_IF,
+          srvIf: SERVER_PORT_IF,
           control,
           rates: RATES,
           maxPerKind: MAX_PER_KIND,
@@ -452,29 +359,14 @@ Deno.test({
       );
     } catch (e) {
       failure = e;
-      console.error(
-        logs({
-          server: server?.output(),
-          client: client?.process.output(),
-          attacker: attacker?.output(),
-        }, 60),
-      );
+      if (t) console.error(logs({ attacker: attacker?.output() }, 60), t.logs(60));
     }
-    const td = new Teardown();
-    await td.attempt("stop attacker", async () => {
+    try {
       if (attacker?.running) await attacker.stop("SIGKILL", 3000);
-    });
-    await td.attempt("stop client", () => client?.process.stop("SIGTERM", 8000));
-    await td.attempt("stop iperf3", () => iperfServer?.stop());
-    await td.attempt("stop server", () => server?.stop("SIGTERM", 10_000));
-    await td.attempt("stop dnsmasq", () => dns?.stop());
-    await td.attempt("remove attacker", () => removeNamespace(ATTACKER_NS));
-    if (lab) await td.attempt("destroy lab", () => destroyLab(lab!));
-    await td.attempt(
-      "runtime dir",
-      () => Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {}),
-    );
-    if (work) await td.attempt("work dir", () => Deno.remove(work!, { recursive: true }));
-    td.finish(failure);
+      if (t) await t.stop(failure);
+      else if (failure) throw failure;
+    } finally {
+      await removeAttacker(ATTACKER_NS);
+    }
   },
 });

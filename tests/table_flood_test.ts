@@ -8,36 +8,13 @@
 // up; the second is measured). Bounded: ~50 s.
 
 import assert from "node:assert/strict";
-import {
-  createLab,
-  destroyLab,
-  type Lab,
-  type LabProcess,
-  notRootReason,
-  sleep,
-  spawn,
-} from "./lab/netns.ts";
-import { type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
-import {
-  announceZone,
-  cacheDependencies,
-  dropTotals,
-  ensurePrivsepUser,
-  fixtureKeyDir,
-  iperfMbit,
-  logs,
-  type OurClient,
-  rssKiB,
-  startOurClient,
-  startOurServer,
-  Teardown,
-  tunnelTarget,
-} from "./helpers/lab_util.ts";
+import { notRootReason, sleep } from "./lab/netns.ts";
+import { dropTotals, iperfMbit, memoryLevelled, rssKiB, tunnelTarget } from "./helpers/lab_util.ts";
+import { TunnelLab } from "./helpers/tunnel_lab.ts";
 import { addSources, generate, sourceAddresses } from "../bench/handshake_load.ts";
 import type { StepResult } from "./helpers/handshake_gen.ts";
 
 const PREFIX = "pqts-tbl";
-const RUNTIME_DIR = `/run/${PREFIX}`;
 const MAX_PEERS = 256;
 const RATE = 1000;
 const SECONDS = 3;
@@ -50,42 +27,20 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    let lab: Lab | null = null;
-    let work: string | null = null;
-    let dns: Dnsmasq | null = null;
-    let server: LabProcess | null = null;
-    let iperfServer: LabProcess | null = null;
-    let client: OurClient | null = null;
+    let t: TunnelLab | null = null;
     let failure: unknown = null;
     try {
-      await cacheDependencies();
-      await ensurePrivsepUser();
-      lab = await createLab({ prefix: PREFIX });
-      await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
-      work = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-      const keyDir = await fixtureKeyDir(work);
-      const ports = { crypto: 42424, key: 42425 };
-      const announced = await announceZone(keyDir, "www.lab.test", lab.serverAddr, ports);
-      dns = await startDnsmasq({
-        ns: lab.serverNs,
-        listen: lab.serverAddr,
-        zone: mergeZones(announced.zone),
+      t = await TunnelLab.start(PREFIX, {
+        serverExtra: ["--max-peers", String(MAX_PEERS)],
+        http: false,
+        iperf: true,
       });
-      server = await startOurServer(lab.serverNs, {
-        keyDir,
-        port: 42424,
-        keyPort: 42425,
-        hostIp: lab.serverAddr,
-        extra: ["--max-peers", String(MAX_PEERS)],
-      });
-      iperfServer = spawn(lab.serverNs, ["iperf3", "-s", "-B", "0.0.0.0", "--forceflush"], {
-        name: "iperf3 -s",
-      });
-      await iperfServer.waitFor("Server listening", 10_000);
+      const { lab } = t;
+      const server = t.server!;
+      const client = t.client!;
       await addSources(lab, sourceAddresses(2000));
 
       // The busy client's tunnel, and which one it is in the server's log.
-      client = await startOurClient(lab.clientNs, RUNTIME_DIR);
       const target = await tunnelTarget(lab.clientNs, "www.lab.test");
       const up = server.output().match(
         new RegExp(`tunnel ([0-9a-f]{12}) up with ${lab.clientAddr.replaceAll(".", "\\.")}:`),
@@ -97,12 +52,12 @@ Deno.test({
       // Three rounds: the first two warm a fresh server up to its working size (V8's heaps and
       // the workers' first real load add ~70 MiB whatever the table's size); the third is measured.
       const floodOnce = async () => {
-        const rss = [rssKiB(server!.pid)];
+        const rss = [rssKiB(server.pid)];
         let step: StepResult | null = null;
         let during = 0;
-        const flood = generate(lab!.clientNs, {
+        const flood = generate(lab.clientNs, {
           mode: "load",
-          target: lab!.serverAddr,
+          target: lab.serverAddr,
           port: 42424,
           keyPort: 42425,
           sources: sourceAddresses(2000),
@@ -115,12 +70,12 @@ Deno.test({
         });
         const meanwhile = (async () => {
           await sleep(500);
-          during = await iperfMbit(lab!.clientNs, target, 4);
+          during = await iperfMbit(lab.clientNs, target, 4);
         })();
         const sampler = (async () => {
-          for (let t = 0; t < 8; t++) {
+          for (let second = 0; second < 8; second++) {
             await sleep(1000);
-            rss.push(rssKiB(server!.pid));
+            rss.push(rssKiB(server.pid));
           }
         })();
         await Promise.all([flood, meanwhile, sampler]);
@@ -168,30 +123,15 @@ Deno.test({
       // measured flood adds little, and less than the same load added to the fresh server.
       // Or levelled off by the round's end, when V8 settled later than the warm-up (as in
       // tests/flood_test.ts): its last 4 s no more than 2 MiB above what came before.
-      const grewWarm = Math.max(...warm.rss) - warm.rss[0];
-      const grew = Math.max(...rss) - rss[0];
-      const small = grew <= 32 * 1024 && grew <= Math.max(8 * 1024, 0.75 * grewWarm);
-      const lastRise = Math.max(...rss.slice(-4)) - Math.max(...rss.slice(0, -4));
-      const levelled = lastRise <= 2 * 1024 && Math.max(...rss) <= 256 * 1024;
       assert.ok(
-        small || levelled,
+        memoryLevelled(warm.rss, rss),
         `RSS ${warm.rss.map(mib).join(" → ")}, then ${rss.map(mib).join(" → ")} MiB`,
       );
     } catch (e) {
       failure = e;
-      console.error(logs({ server: server?.output(), client: client?.process.output() }, 60));
+      if (t) console.error(t.logs(60));
     }
-    const td = new Teardown();
-    await td.attempt("stop client", () => client?.process.stop("SIGTERM", 8000));
-    await td.attempt("stop iperf3", () => iperfServer?.stop());
-    await td.attempt("stop server", () => server?.stop("SIGTERM", 10_000));
-    await td.attempt("stop dnsmasq", () => dns?.stop());
-    if (lab) await td.attempt("destroy lab", () => destroyLab(lab!));
-    await td.attempt(
-      "runtime dir",
-      () => Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {}),
-    );
-    if (work) await td.attempt("work dir", () => Deno.remove(work!, { recursive: true }));
-    td.finish(failure);
+    if (t) await t.stop(failure);
+    else if (failure) throw failure;
   },
 });

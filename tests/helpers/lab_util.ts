@@ -425,6 +425,23 @@ export function rssKiB(pid: number): number {
   return m ? Number(m[1]) : 0;
 }
 
+/**
+ * Whether a garbage-collected server's memory stayed flat under a load it met once before
+ * (`warm`: resident KiB samples over the warm-up rounds, `rss`: over the measured one). Either
+ * the measured round added little, and clearly less than the same load added while warming up
+ * (growth that followed the load would add as much again), or it levelled off by the round's
+ * end (V8 settled later than the warm-up): its last 4 samples no more than 2 MiB above what
+ * came before, and under 256 MiB.
+ */
+export function memoryLevelled(warm: number[], rss: number[]): boolean {
+  const grewWarm = Math.max(...warm) - warm[0];
+  const grew = Math.max(...rss) - rss[0];
+  const small = grew <= 32 * 1024 && grew <= Math.max(8 * 1024, 0.75 * grewWarm);
+  const lastRise = Math.max(...rss.slice(-4)) - Math.max(...rss.slice(0, -4));
+  const levelled = lastRise <= 2 * 1024 && Math.max(...rss) <= 256 * 1024;
+  return small || levelled;
+}
+
 export async function curl(
   ns: string,
   url: string,

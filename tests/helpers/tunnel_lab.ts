@@ -1,6 +1,7 @@
-// One tunnel in the lab, for the tests of issue 10 (lossy link, crashes, soak): our server in
-// the server namespace, our client in the client namespace, dnsmasq announcing the server, an
-// HTTP server behind the tunnel, and optionally our fault-injecting UDP relay
+// One tunnel in the lab, for the tests of issue 10 (lossy link, crashes, soak) and the attack
+// tests (floods, an attacker on the link, replays): our server in the server namespace, our
+// client in the client namespace, dnsmasq announcing the server as www.lab.test, an HTTP server
+// or an iperf3 server (or both) behind the tunnel, and optionally our fault-injecting UDP relay
 // (./udp_relay.ts) on a second address of the server namespace: the announcement then points
 // at the relay, so every key request, handshake and tunnel packet crosses it.
 
@@ -52,6 +53,7 @@ export class TunnelLab {
   server: LabProcess | null = null;
   client: OurClient | null = null;
   http: LabProcess | null = null;
+  iperf: LabProcess | null = null;
   dns: Dnsmasq | null = null;
   relay: LabProcess | null = null;
   readonly runtimeDir: string;
@@ -74,6 +76,9 @@ export class TunnelLab {
       serverExtra?: string[];
       /** Changes to the fresh lab before anything binds its addresses. */
       prepare?: (lab: Lab) => Promise<void>;
+      /** The HTTP server on HTTP_PORT (default) and an iperf3 server (default none). */
+      http?: boolean;
+      iperf?: boolean;
     } = {},
   ): Promise<TunnelLab> {
     await cacheDependencies();
@@ -120,7 +125,13 @@ export class TunnelLab {
         extra: opts.serverExtra,
       };
       t.server = await startOurServer(lab.serverNs, t.serverOpts);
-      t.http = await startHttpServer(lab.serverNs, HTTP_PORT);
+      if (opts.http ?? true) t.http = await startHttpServer(lab.serverNs, HTTP_PORT);
+      if (opts.iperf) {
+        t.iperf = spawn(lab.serverNs, ["iperf3", "-s", "-B", "0.0.0.0", "--forceflush"], {
+          name: "iperf3 -s",
+        });
+        await t.iperf.waitFor("Server listening", 10_000);
+      }
       t.client = await startOurClient(lab.clientNs, t.runtimeDir);
     } catch (e) {
       await t.stop(e);
@@ -236,6 +247,7 @@ export class TunnelLab {
     await td.attempt("stop server", () => this.server?.stop("SIGTERM", 10_000));
     await td.attempt("stop relay", () => this.relay?.stop("SIGTERM", 3000));
     await td.attempt("stop http", () => this.http?.stop());
+    await td.attempt("stop iperf3", () => this.iperf?.stop());
     await td.attempt("stop dnsmasq", () => this.dns?.stop());
     await td.attempt("destroy lab", () => destroyLab(this.lab.prefix));
     await td.attempt(
