@@ -9,6 +9,7 @@
 
 import { MSG_INITIATION } from "../core/constants.ts";
 import { type BpfInstruction, UdpSocket } from "../../ffi/udp.ts";
+import type { KemBackendName } from "../runtime/kem_backend.ts";
 
 /** Classic BPF opcodes (linux/filter.h). */
 const BPF_LD_B_ABS = 0x30;
@@ -31,10 +32,15 @@ export const STEER_INITIATIONS: readonly BpfInstruction[] = [
 ];
 
 /**
- * Initiations waiting in the kernel: ~1 MiB of accounting (the kernel doubles the request), some
- * 400 of them, a tenth of a second of native KEM work. More would only be older when read.
+ * Initiations waiting in the kernel, by KEM backend. While the handshake queue is full the
+ * server leaves this socket unread (ServerDevice.refusingInitiations) and the kernel sheds what
+ * does not fit, so what is read once a slot frees has waited here: the buffer holds a fraction
+ * of a second of the backend's work, never more. A 1299-byte initiation costs 2304 bytes of
+ * accounting, and the kernel doubles the request. Native (~3000 handshakes/s on 2 cores): 512
+ * KiB, 455 initiations, ~0.15 s. WebAssembly (~23/s): 8 KiB, 7 initiations, ~0.3 s; the native
+ * size would keep 455, 20 s of work that would all be stale when read.
  */
-const INITIATION_BUFFER_BYTES = 512 << 10;
+export const INITIATION_BUFFER_BYTES = { native: 512 << 10, wasm: 8 << 10 };
 
 export interface CryptoPort {
   tunnel: UdpSocket;
@@ -52,7 +58,7 @@ export function bindCryptoPort(addr: number, port: number, maxDatagram: number):
     const initiations = UdpSocket.bind(addr, tunnel.localPort, {
       maxDatagram,
       reusePort: true,
-      bufferBytes: INITIATION_BUFFER_BYTES,
+      bufferBytes: INITIATION_BUFFER_BYTES.native, // fitInitiationBuffer shrinks it for WASM
       sendBufferBytes: 64 << 10, // it never sends: replies leave through the tunnel socket
     });
     return { tunnel, initiations };
@@ -60,4 +66,9 @@ export function bindCryptoPort(addr: number, port: number, maxDatagram: number):
     tunnel.close();
     throw e;
   }
+}
+
+/** Sizes the initiation socket's buffer for the KEM backend that runs (once it is known). */
+export function fitInitiationBuffer(port: CryptoPort, backend: KemBackendName): void {
+  port.initiations?.setReceiveBuffer(INITIATION_BUFFER_BYTES[backend]);
 }

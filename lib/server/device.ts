@@ -202,6 +202,15 @@ export class ServerDevice {
     return { queued: this.queue.length, running: this.running };
   }
 
+  /**
+   * True while every initiation would be refused as busy: the queue is full and a running
+   * handshake will free a slot (none running: nothing would, so reading goes on). The daemon
+   * then leaves its initiation socket unread and the kernel sheds the excess for free.
+   */
+  get refusingInitiations(): boolean {
+    return this.running > 0 && this.queue.full;
+  }
+
   /** One datagram from the crypto port. */
   onDatagram(data: Uint8Array, host: number, port: number): void {
     if (data.length < 2) return this.drops.count("short");
