@@ -412,8 +412,8 @@ export class UdpSocket {
    * datagram (a server under a flood reads tens of thousands a second). Returns how many.
    */
   recvEach(onDatagram: OnDatagram, max = this.batch): number {
-    if (this.#fd < 0) return 0;
-    max = Math.min(max, this.batch);
+    if (this.#fd < 0 || !(max >= 1)) return 0;
+    max = Math.min(Math.floor(max), this.batch);
     const n = this.mode === "mmsg"
       ? this.#recvMmsg(max, onDatagram)
       : this.#recvPlain(max, onDatagram);

@@ -239,21 +239,23 @@ Deno.test("stale queued handshakes are dropped unstarted; a full queue refuses",
   }
 });
 
-Deno.test("a full queue asks for the initiation socket to be left unread until a slot frees", async () => {
+Deno.test("the initiations worth reading: the queue's room, none while it is full", async () => {
   const s = await setup(1, 2);
   try {
     const hosts = Array.from({ length: 4 }, (_, i) => ipv4ToNumber(`198.18.4.${i + 1}`));
+    assert.equal(s.device.initiationRoom, Infinity, "nothing running: read on");
     s.device.onDatagram(s.valid().message, hosts[0], 1000);
+    assert.equal(s.device.initiationRoom, 2, "one running, the queue empty");
     s.device.onDatagram(s.valid().message, hosts[1], 1000);
     assert.deepEqual(s.device.handshakeLoad, { queued: 1, running: 1 });
-    assert.equal(s.device.refusingInitiations, false, "room for one more");
+    assert.equal(s.device.initiationRoom, 1);
     s.device.onDatagram(s.valid().message, hosts[2], 1000);
-    assert.equal(s.device.refusingInitiations, true, "full, and a running handshake will free it");
+    assert.equal(s.device.initiationRoom, 0, "full, and a running handshake will free it");
     // What the daemon no longer reads meanwhile would have been refused anyway:
     s.device.onDatagram(s.valid().message, hosts[3], 1000);
     assert.equal(s.device.drops.get("handshake-busy"), 1);
     await s.settle();
-    assert.equal(s.device.refusingInitiations, false);
+    assert.equal(s.device.initiationRoom, Infinity);
     assert.equal(s.device.handshakes, 3);
   } finally {
     await s.close();

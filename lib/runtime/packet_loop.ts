@@ -457,11 +457,15 @@ export class TunnelLoop implements TunnelIo {
       drops?: DropCounters;
       /** More sources served on the same loop (the server's key port). */
       sources?: PacketSource[];
-      /** The initiation socket is left unread while this says true (see PacketSource.paused). */
-      initiationsPaused?: () => boolean;
+      /**
+       * How many initiations a round may read: the rest wait in their socket, and while it says 0
+       * the socket is out of the poll set (see PacketSource.paused).
+       */
+      initiationRoom?: () => number;
     } = {},
   ): Promise<void> {
     const { tun, sock, initiations } = this.io;
+    const room = opts.initiationRoom;
     const bufs = this.#bufs;
     const lens = this.#lens;
     this.#drops = opts.drops ?? null;
@@ -517,8 +521,8 @@ export class TunnelLoop implements TunnelIo {
       ...(initiations
         ? [{
           fd: initiations.fd,
-          drain: batch(() => initiations.recvEach(onDatagram)),
-          paused: opts.initiationsPaused,
+          drain: batch(() => initiations.recvEach(onDatagram, room?.() ?? Infinity)),
+          paused: room && (() => room() <= 0),
         }]
         : []),
       {

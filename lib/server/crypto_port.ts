@@ -33,7 +33,7 @@ export const STEER_INITIATIONS: readonly BpfInstruction[] = [
 
 /**
  * Initiations waiting in the kernel, by KEM backend. While the handshake queue is full the
- * server leaves this socket unread (ServerDevice.refusingInitiations) and the kernel sheds what
+ * server leaves this socket unread (ServerDevice.initiationRoom) and the kernel sheds what
  * does not fit, so what is read once a slot frees has waited here: the buffer holds a fraction
  * of a second of the backend's work, never more. A 1299-byte initiation costs 2304 bytes of
  * accounting, and the kernel doubles the request. Native (~3000 handshakes/s on 2 cores): 512

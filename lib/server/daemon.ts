@@ -200,8 +200,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
           // A worker's reply is taken as it comes, not at the next turn that dispatches it.
           awaitingWorker: () => pool.outstanding > 0,
           sources: [keyServerSource(keySock, tree, ephemeral, clock.wall, device.drops)],
-          // A full handshake queue refuses every initiation: leave them to the kernel (issue 8).
-          initiationsPaused: () => device.refusingInitiations,
+          // Initiations past the queue's room would be refused: leave them to the kernel (issue 8).
+          initiationRoom: () => device.initiationRoom,
         },
       ),
       ticks.run(running),

@@ -203,12 +203,13 @@ export class ServerDevice {
   }
 
   /**
-   * True while every initiation would be refused as busy: the queue is full and a running
+   * Initiations worth reading now: the room left in the queue, 0 while it is full and a running
    * handshake will free a slot (none running: nothing would, so reading goes on). The daemon
-   * then leaves its initiation socket unread and the kernel sheds the excess for free.
+   * reads no more than this from its initiation socket and leaves the rest to wait there, where
+   * the kernel sheds what does not fit: one read now would only be refused as busy.
    */
-  get refusingInitiations(): boolean {
-    return this.running > 0 && this.queue.full;
+  get initiationRoom(): number {
+    return this.running > 0 ? this.queue.capacity - this.queue.length : Infinity;
   }
 
   /** One datagram from the crypto port. */
