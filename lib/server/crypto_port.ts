@@ -33,14 +33,15 @@ export const STEER_INITIATIONS: readonly BpfInstruction[] = [
 
 /**
  * Initiations waiting in the kernel, by KEM backend. While the handshake queue is full the
- * server leaves this socket unread (ServerDevice.initiationRoom) and the kernel sheds what
- * does not fit, so what is read once a slot frees has waited here: the buffer holds a fraction
- * of a second of the backend's work, never more. A 1299-byte initiation costs 2304 bytes of
- * accounting, and the kernel doubles the request. Native (~3000 handshakes/s on 2 cores): 512
- * KiB, 455 initiations, ~0.15 s. WebAssembly (~23/s): 8 KiB, 7 initiations, ~0.3 s; the native
- * size would keep 455, 20 s of work that would all be stale when read.
+ * server leaves this socket unread (ServerDevice.initiationRoom) and the kernel sheds what does
+ * not fit, so under overload this buffer is a part of the queue that admitted handshakes wait
+ * in, in front of the 512 of the device's own: it holds a few hundredths of a second of the
+ * backend's work, never more (at 512 KiB, 455 initiations, the median wait at 5x grew by ~0.1 s).
+ * A 1299-byte initiation costs 2304 bytes of accounting, and the kernel doubles the request.
+ * Native (~3000 handshakes/s on 2 cores): 128 KiB, 113 initiations, ~40 ms, still room for the
+ * packet thread to be off its core a while at capacity. WebAssembly (~23/s): 8 KiB, 7, ~0.3 s.
  */
-export const INITIATION_BUFFER_BYTES = { native: 512 << 10, wasm: 8 << 10 };
+export const INITIATION_BUFFER_BYTES = { native: 128 << 10, wasm: 8 << 10 };
 
 export interface CryptoPort {
   tunnel: UdpSocket;
