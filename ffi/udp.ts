@@ -244,7 +244,7 @@ export class UdpSocket {
     lastErrno: 0,
   };
   /** Socket buffer sizes the kernel actually granted (it reports double the request). */
-  readonly bufferSizes: { receive: number; send: number };
+  bufferSizes: { receive: number; send: number };
   readonly mode: "mmsg" | "plain";
   readonly batch: number;
   readonly maxDatagram: number;
@@ -315,6 +315,16 @@ export class UdpSocket {
       libc().close(fd);
       throw e;
     }
+  }
+
+  /**
+   * Asks for a new receive buffer size (the kernel doubles it for its accounting); what the
+   * kernel granted. Shrinking needs no privilege, growing past rmem_max does.
+   */
+  setReceiveBuffer(bytes: number): number {
+    const receive = this.#setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, bytes);
+    this.bufferSizes = { ...this.bufferSizes, receive };
+    return receive;
   }
 
   /** Tries the privileged option (ignores rmem_max/wmem_max) first, then the ordinary one. */
@@ -402,8 +412,8 @@ export class UdpSocket {
    * datagram (a server under a flood reads tens of thousands a second). Returns how many.
    */
   recvEach(onDatagram: OnDatagram, max = this.batch): number {
-    if (this.#fd < 0) return 0;
-    max = Math.min(max, this.batch);
+    if (this.#fd < 0 || !(max >= 1)) return 0;
+    max = Math.min(Math.floor(max), this.batch);
     const n = this.mode === "mmsg"
       ? this.#recvMmsg(max, onDatagram)
       : this.#recvPlain(max, onDatagram);

@@ -41,7 +41,7 @@ Deno.test("handshake queue: bounded, FIFO, stale entries skipped and reported", 
   assert.equal(q.length, 0);
 });
 
-async function setup(maxPendingHandshakes: number) {
+async function setup(maxPendingHandshakes: number, handshakeQueue?: number) {
   const pool = await CryptoPool.start({ mcelieceSecretKey: fixture("mceliece_sk"), kem: "native" });
   const clock = { t: 100, wall: 1_800_000_000 };
   const ephemeral = new EphemeralKeyStore();
@@ -54,6 +54,7 @@ async function setup(maxPendingHandshakes: number) {
       hostAddress: ipv4ToNumber("198.18.0.1"),
       maxPeers: 64,
       maxPendingHandshakes,
+      handshakeQueue,
       replayHashKey: crypto.getRandomValues(new Uint8Array(8)),
     },
     { sendUdp: () => {}, writeTun: (p) => void tun.push(p.slice()) },
@@ -233,6 +234,29 @@ Deno.test("stale queued handshakes are dropped unstarted; a full queue refuses",
     assert.equal(s.device.handshakes, 1);
     assert.equal(s.device.drops.get("handshake-expired"), 4);
     assert.equal(s.decapsulations(), 2, "the stale four cost no decapsulation");
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("the initiations worth reading: the queue's room, none while it is full", async () => {
+  const s = await setup(1, 2);
+  try {
+    const hosts = Array.from({ length: 4 }, (_, i) => ipv4ToNumber(`198.18.4.${i + 1}`));
+    assert.equal(s.device.initiationRoom, Infinity, "nothing running: read on");
+    s.device.onDatagram(s.valid().message, hosts[0], 1000);
+    assert.equal(s.device.initiationRoom, 2, "one running, the queue empty");
+    s.device.onDatagram(s.valid().message, hosts[1], 1000);
+    assert.deepEqual(s.device.handshakeLoad, { queued: 1, running: 1 });
+    assert.equal(s.device.initiationRoom, 1);
+    s.device.onDatagram(s.valid().message, hosts[2], 1000);
+    assert.equal(s.device.initiationRoom, 0, "full, and a running handshake will free it");
+    // What the daemon no longer reads meanwhile would have been refused anyway:
+    s.device.onDatagram(s.valid().message, hosts[3], 1000);
+    assert.equal(s.device.drops.get("handshake-busy"), 1);
+    await s.settle();
+    assert.equal(s.device.initiationRoom, Infinity);
+    assert.equal(s.device.handshakes, 3);
   } finally {
     await s.close();
   }

@@ -82,6 +82,11 @@ Deno.test("tunnel ids that share their number in the peer table's index are each
     return r.kind === "delivered" ? r.peer : r.kind;
   };
   for (const i of [0, 1, 2, 1, 0]) assert.equal(lookup(i), peers[i]);
+  // An id of another number is unknown while clashes are indexed.
+  const other = tid.slice();
+  other[0] ^= 0x40;
+  const stranger = pair(other);
+  assert.equal(path.fromNetwork(datagram(stranger.theirs, 1), HOST, 9, 1).kind, "unknown-tid");
   // The one indexed by the number goes first: a clash takes its place, the other stays found.
   path.peers.remove(peers[0]);
   assert.equal(lookup(0), "unknown-tid");

@@ -1,10 +1,11 @@
 // SourceList's urgent sources (issue 11: the client's DNS answers are taken in the middle of a
 // long tunnel batch): over real socket pairs, serveUrgent drains only the urgent sources that
 // are readable, a removed one is not polled any more, and a round meets urgent sources first.
+// A paused source (the server's initiation socket while its queue is full) is left unread.
 
 import assert from "node:assert/strict";
 import { libc } from "../ffi/libc.ts";
-import { type PacketSource, SourceList } from "../lib/runtime/packet_loop.ts";
+import { packetLoop, type PacketSource, SourceList } from "../lib/runtime/packet_loop.ts";
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
@@ -76,5 +77,38 @@ Deno.test("urgent sources come first in a round, after the wake pair", () => {
   } finally {
     list.close();
     for (const s of [a, b, u]) s.close();
+  }
+});
+
+Deno.test("a paused source stays unread, costs no spinning, and is drained once it resumes", async () => {
+  const init = pairSource(false);
+  const tunnel = pairSource(false);
+  let paused = true;
+  let rounds = 0;
+  let stop = false;
+  const pausable = { fd: init.fd, drain: () => init.drain(), paused: () => paused };
+  for (let i = 0; i < 5; i++) init.poke();
+  tunnel.poke();
+  const loop = packetLoop("test", () => !stop, [pausable, tunnel], {
+    maxBlockMs: 2,
+    hotMs: 10_000, // stays hot: every wait is a timed poll that a readable fd would cut short
+    work: () => (rounds++, false),
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(tunnel.drained, 1, "the other source is served");
+    assert.equal(init.drained, 0, "nothing read while paused");
+    // A readable fd left in the poll set would end every wait at once: tens of thousands of
+    // rounds in 100 ms. Out of the set, the loop waits its 2 ms a round.
+    assert.ok(rounds < 500, `${rounds} rounds in 100 ms while paused`);
+    paused = false;
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(init.drained, 5, "read once it resumed");
+  } finally {
+    stop = true;
+    init.poke(); // ends the last wait
+    await loop;
+    init.close();
+    tunnel.close();
   }
 });

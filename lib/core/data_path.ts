@@ -168,7 +168,10 @@ export class PeerTable {
   /** The peer whose tunnel id starts as the one in the tunnel packet `data` (at 2). */
   byTunnelIdIn(data: Uint8Array): Peer | undefined {
     const peer = this.byNumber.get(tidNumberAt(data, 2));
-    if (peer !== undefined && tidPrefixIs(data, peer)) return peer;
+    // Every clash's number is in byNumber (unindex moves one up when its holder goes), so a
+    // number nobody holds ends here: a flood of unknown ids builds no string, clashes or not.
+    if (peer === undefined) return undefined;
+    if (tidPrefixIs(data, peer)) return peer;
     return this.clashes.size === 0 ? undefined : this.clashes.get(tidKeyAt(data, 2));
   }
 

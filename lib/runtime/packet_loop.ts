@@ -52,6 +52,12 @@ export interface PacketSource {
    * for while a bulk transfer keeps the loop busy for milliseconds a round.
    */
   urgent?: boolean;
+  /**
+   * While this says true the loop leaves the source unread (its fd is out of the poll set), so
+   * what arrives waits in its socket buffer, and a full buffer sheds in the kernel. Asked once a
+   * round. The server's initiation socket while its handshake queue is full (issue 8).
+   */
+  paused?: () => boolean;
 }
 
 /**
@@ -209,6 +215,7 @@ export async function packetLoop(
   let pview = new DataView(pfds.buffer);
   let nfds = 0n;
   let built = -1;
+  let pausable = false;
   const build = () => {
     sources = set ? set.list : sourcesIn as PacketSource[];
     count = sources.length;
@@ -220,9 +227,19 @@ export async function packetLoop(
     }
     nfds = BigInt(count);
     built = set ? set.generation : 0;
+    pausable = sources.some((s) => s.paused !== undefined);
   };
   build();
   const { poll, pollAsync } = libc();
+  /** A paused source's fd is written as -1, which poll() skips; restored when it resumes. */
+  const pauseSources = () => {
+    for (let i = 0; i < count; i++) {
+      const paused = sources[i].paused;
+      if (paused === undefined) continue;
+      pview.setInt32(8 * i, paused() ? -1 : sources[i].fd, true);
+      pview.setInt16(8 * i + 6, 0, true);
+    }
+  };
 
   let lastPacket = -Infinity;
   let lastYield = performance.now();
@@ -231,6 +248,7 @@ export async function packetLoop(
     const now = performance.now();
     const quiet = now - lastPacket;
     const turnDue = lastYield + maxBlockMs;
+    if (pausable) pauseSources();
     let n: number;
     if (quiet >= hotMs) {
       n = await pollAsync(pfds, nfds, PARK_MS);
@@ -439,9 +457,15 @@ export class TunnelLoop implements TunnelIo {
       drops?: DropCounters;
       /** More sources served on the same loop (the server's key port). */
       sources?: PacketSource[];
+      /**
+       * How many initiations a round may read: the rest wait in their socket, and while it says 0
+       * the socket is out of the poll set (see PacketSource.paused).
+       */
+      initiationRoom?: () => number;
     } = {},
   ): Promise<void> {
     const { tun, sock, initiations } = this.io;
+    const room = opts.initiationRoom;
     const bufs = this.#bufs;
     const lens = this.#lens;
     this.#drops = opts.drops ?? null;
@@ -495,7 +519,11 @@ export class TunnelLoop implements TunnelIo {
         }),
       },
       ...(initiations
-        ? [{ fd: initiations.fd, drain: batch(() => initiations.recvEach(onDatagram)) }]
+        ? [{
+          fd: initiations.fd,
+          drain: batch(() => initiations.recvEach(onDatagram, room?.() ?? Infinity)),
+          paused: room && (() => room() <= 0),
+        }]
         : []),
       {
         fd: sock.fd,

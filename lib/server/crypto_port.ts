@@ -9,6 +9,7 @@
 
 import { MSG_INITIATION } from "../core/constants.ts";
 import { type BpfInstruction, UdpSocket } from "../../ffi/udp.ts";
+import type { KemBackendName } from "../runtime/kem_backend.ts";
 
 /** Classic BPF opcodes (linux/filter.h). */
 const BPF_LD_B_ABS = 0x30;
@@ -31,10 +32,16 @@ export const STEER_INITIATIONS: readonly BpfInstruction[] = [
 ];
 
 /**
- * Initiations waiting in the kernel: ~1 MiB of accounting (the kernel doubles the request), some
- * 400 of them, a tenth of a second of native KEM work. More would only be older when read.
+ * Initiations waiting in the kernel, by KEM backend. While the handshake queue is full the
+ * server leaves this socket unread (ServerDevice.initiationRoom) and the kernel sheds what does
+ * not fit, so under overload this buffer is a part of the queue that admitted handshakes wait
+ * in, in front of the 512 of the device's own: it holds a few hundredths of a second of the
+ * backend's work, never more (at 512 KiB, 455 initiations, the median wait at 5x grew by ~0.1 s).
+ * A 1299-byte initiation costs 2304 bytes of accounting, and the kernel doubles the request.
+ * Native (~3000 handshakes/s on 2 cores): 128 KiB, 113 initiations, ~40 ms, still room for the
+ * packet thread to be off its core a while at capacity. WebAssembly (~23/s): 8 KiB, 7, ~0.3 s.
  */
-const INITIATION_BUFFER_BYTES = 512 << 10;
+export const INITIATION_BUFFER_BYTES = { native: 128 << 10, wasm: 8 << 10 };
 
 export interface CryptoPort {
   tunnel: UdpSocket;
@@ -52,7 +59,7 @@ export function bindCryptoPort(addr: number, port: number, maxDatagram: number):
     const initiations = UdpSocket.bind(addr, tunnel.localPort, {
       maxDatagram,
       reusePort: true,
-      bufferBytes: INITIATION_BUFFER_BYTES,
+      bufferBytes: INITIATION_BUFFER_BYTES.native, // fitInitiationBuffer shrinks it for WASM
       sendBufferBytes: 64 << 10, // it never sends: replies leave through the tunnel socket
     });
     return { tunnel, initiations };
@@ -60,4 +67,9 @@ export function bindCryptoPort(addr: number, port: number, maxDatagram: number):
     tunnel.close();
     throw e;
   }
+}
+
+/** Sizes the initiation socket's buffer for the KEM backend that runs (once it is known). */
+export function fitInitiationBuffer(port: CryptoPort, backend: KemBackendName): void {
+  port.initiations?.setReceiveBuffer(INITIATION_BUFFER_BYTES[backend]);
 }

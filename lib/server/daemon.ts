@@ -20,7 +20,7 @@ import { DataPathWarmer } from "../runtime/path_warmer.ts";
 import { ServerDevice } from "./device.ts";
 import { openInterface } from "../runtime/interface.ts";
 import { MAX_UDP_PAYLOAD, UdpSocket } from "../../ffi/udp.ts";
-import { bindCryptoPort } from "./crypto_port.ts";
+import { bindCryptoPort, fitInitiationBuffer } from "./crypto_port.ts";
 import { COOKIE_BYTES, TUNNEL_OVERHEAD } from "../core/constants.ts";
 import { dropPrivileges, lookupUser } from "../../ffi/privdrop.ts";
 import { CryptoPool } from "../runtime/crypto_pool.ts";
@@ -101,6 +101,7 @@ export async function runServer(opts: ServerOptions): Promise<number> {
     cleanup.add(() => pool.close());
     await warmUp(pool, "server");
     const inFlight = workers * HANDSHAKES_PER_WORKER[pool.backend];
+    fitInitiationBuffer(cryptoPort, pool.backend);
     log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
     const cookies = new CookieKeyring(keys.sessionKey, crypto.getRandomValues(new Uint8Array(32)));
     wipeServerKeys(keys);
@@ -199,6 +200,8 @@ export async function runServer(opts: ServerOptions): Promise<number> {
           // A worker's reply is taken as it comes, not at the next turn that dispatches it.
           awaitingWorker: () => pool.outstanding > 0,
           sources: [keyServerSource(keySock, tree, ephemeral, clock.wall, device.drops)],
+          // Initiations past the queue's room would be refused: leave them to the kernel (issue 8).
+          initiationRoom: () => device.initiationRoom,
         },
       ),
       ticks.run(running),

@@ -202,6 +202,16 @@ export class ServerDevice {
     return { queued: this.queue.length, running: this.running };
   }
 
+  /**
+   * Initiations worth reading now: the room left in the queue, 0 while it is full and a running
+   * handshake will free a slot (none running: nothing would, so reading goes on). The daemon
+   * reads no more than this from its initiation socket and leaves the rest to wait there, where
+   * the kernel sheds what does not fit: one read now would only be refused as busy.
+   */
+  get initiationRoom(): number {
+    return this.running > 0 ? this.queue.capacity - this.queue.length : Infinity;
+  }
+
   /** One datagram from the crypto port. */
   onDatagram(data: Uint8Array, host: number, port: number): void {
     if (data.length < 2) return this.drops.count("short");
