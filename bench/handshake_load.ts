@@ -22,6 +22,7 @@
 //                     competes with neither the generator nor the kernel's handling of its
 //                     datagrams, as with an attacker on another machine
 //   --generator FILE  another load generator with the same plan and output (A/B comparisons)
+//   --nice N          run the generator at nice level N
 //
 // Under each server's table: where the cores went in the send window of its capacity step and
 // of its 5× step, thread by thread (tests/helpers/thread_cpu.ts), and what the generator spent
@@ -57,6 +58,7 @@ interface Options {
   profile: string | null;
   pin: boolean;
   generator: string;
+  nice: number;
 }
 
 function parseArgs(args: string[]): Options {
@@ -70,6 +72,7 @@ function parseArgs(args: string[]): Options {
     profile: null,
     pin: false,
     generator: GENERATOR,
+    nice: 0,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -84,6 +87,7 @@ function parseArgs(args: string[]): Options {
     else if (a === "--profile") o.profile = args[++i];
     else if (a === "--pin") o.pin = true;
     else if (a === "--generator") o.generator = args[++i];
+    else if (a === "--nice") o.nice = Number(args[++i]);
     else throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -120,11 +124,12 @@ export async function generate(
   ns: string,
   plan: Record<string, unknown>,
   onLine: (line: Record<string, unknown>) => void,
-  /** Run it on this CPU only (taskset). */
-  cpu?: number,
+  /** Run it on this CPU only (taskset), and at this nice level. */
+  place: { cpu?: number; nice?: number } = {},
 ): Promise<void> {
   const gen = spawn(ns, [
-    ...(cpu === undefined ? [] : ["taskset", "-c", String(cpu)]),
+    ...(place.nice ? ["nice", "-n", String(place.nice)] : []),
+    ...(place.cpu === undefined ? [] : ["taskset", "-c", String(place.cpu)]),
     Deno.execPath(),
     "run",
     "-A",
@@ -191,7 +196,7 @@ async function measureServer(
           `; cores: others ${s.othersWhilePreparing.toFixed(1)} before, machine ` +
           `${s.machineCores.toFixed(1)} of which generator ${s.generatorCores.toFixed(1)}]`,
       );
-    }, opts.pin ? 1 : undefined);
+    }, { cpu: opts.pin ? 1 : undefined, nice: opts.nice });
   } catch (e) {
     result.notes.push(String(e));
     console.log(`failed: ${e}\n${server.log().slice(-2000)}`);
