@@ -41,6 +41,7 @@ import { SourceSocket } from "./source_socket.ts";
 import {
   type CpuAccount,
   cpuAccount,
+  machineCoreCount,
   resolveTasks,
   sampleCpu,
   type Watched,
@@ -357,7 +358,7 @@ async function load(plan: LoadPlan): Promise<void> {
   const sock = new SourcePorts(target, plan.port);
   const step = new PreparedStep();
   const watch: Watched[] = [{ owner: "generator", pid: Deno.pid }, ...(plan.watch ?? [])];
-  const cores = navigator.hardwareConcurrency || 1;
+  const cores = machineCoreCount();
   // A datagram whose tunnel id we sent, and that opens with its session's keys, is an answer.
   const onReply = (d: Uint8Array) => {
     if (d.length < TUNNEL_OVERHEAD || d[0] !== 0x02 || d[1] !== 0x00) return;

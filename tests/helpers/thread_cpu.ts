@@ -183,6 +183,16 @@ export function ownerCores(a: CpuAccount, owner: string): number {
   return a.groups.filter((g) => g.owner === owner).reduce((n, g) => n + g.user + g.sys, 0);
 }
 
+/**
+ * The machine's cores: /proc/stat's per-CPU lines. Not navigator.hardwareConcurrency, which
+ * counts only the CPUs this process may run on (one, for a generator under taskset), while
+ * /proc/stat's totals cover them all.
+ */
+export function machineCoreCount(): number {
+  const text = readText("/proc/stat") ?? "";
+  return Math.max(1, text.split("\n").filter((l) => /^cpu\d+ /.test(l)).length);
+}
+
 /** One line per owner: each group's cores (with its system share), then the machine's rest. */
 export function formatAccount(a: CpuAccount): string[] {
   const owners = [...new Set(a.groups.map((g) => g.owner))];
