@@ -21,14 +21,22 @@ export interface PreparedInitiation {
   session: TunnelSession;
 }
 
-/** One initiation with a fresh ciphertext each time. */
-export function prepareInitiation(
+/** An initiation and what it derives; the caller owns both roots (and erases them). */
+export interface InitiationParts {
+  message: Uint8Array;
+  tid: Uint8Array;
+  /** Initiator-to-responder root: what the initiator sends with. */
+  i2r: Uint8Array;
+  /** Responder-to-initiator root: what it receives with. */
+  r2i: Uint8Array;
+}
+
+/** One initiation with a fresh ciphertext each time, and the roots of its session. */
+export function makeInitiation(
   mceliece: Encapsulator,
   sntrup: Kem,
   server: ServerPublicKeys,
-  /** The session clock (seconds) at which the session starts. */
-  now = 0,
-): PreparedInitiation {
+): InitiationParts {
   const mc = mceliece.encapsulate();
   const sn = sntrup.encapsulate(server.ephemeralSntrupPk);
   const sk = crypto.getRandomValues(new Uint8Array(32));
@@ -43,6 +51,18 @@ export function prepareInitiation(
     sntrupSs: sn.sharedSecret,
   });
   wipe(sk, mc.sharedSecret, sn.sharedSecret);
+  return r;
+}
+
+/** One initiation with a fresh ciphertext each time. */
+export function prepareInitiation(
+  mceliece: Encapsulator,
+  sntrup: Kem,
+  server: ServerPublicKeys,
+  /** The session clock (seconds) at which the session starts. */
+  now = 0,
+): PreparedInitiation {
+  const r = makeInitiation(mceliece, sntrup, server);
   return { message: r.message, session: TunnelSession.create(r.tid, r.i2r, r.r2i, now) };
 }
 

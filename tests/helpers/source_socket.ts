@@ -22,12 +22,16 @@ export class SourceSocket {
   readonly sock: UdpSocket;
   /** Datagrams the kernel refused (send buffer full after retries, or an error). */
   sendFailures = 0;
+  /** Times a full send buffer was waited out (up to 1 ms each). */
+  sendWaits = 0;
   sent = 0;
   readonly #bytes: Uint8Array;
   readonly #view: DataView;
   readonly #slots: Uint8Array[] = [];
   readonly #slotAt: number;
   readonly #slot: number;
+  /** Address of #bytes, as a number (user addresses fit in 53 bits): no BigInt per datagram. */
+  readonly #base: number;
   #queued = 0;
 
   constructor(readonly batch = 256, maxDatagram = 1344) {
@@ -41,6 +45,7 @@ export class SourceSocket {
     this.#bytes = new Uint8Array(buffer);
     this.#view = new DataView(buffer);
     const base = addressOf(this.#bytes);
+    this.#base = Number(base);
     const v = this.#view;
     for (let i = 0; i < batch; i++) {
       const h = i * MMSGHDR;
@@ -63,18 +68,45 @@ export class SourceSocket {
     }
   }
 
-  /** Queues one datagram from `src` to `dst`:`port`; a full batch goes out at once. */
+  /** Queues one datagram from `src` to `dst`:`port` (copied); a full batch goes out at once. */
   queue(data: Uint8Array, src: number, dst: number, port: number): void {
     if (this.#queued === this.batch) this.flush();
-    const i = this.#queued++;
-    const v = this.#view;
+    const i = this.#queued;
     this.#slots[i].set(data);
-    v.setUint32(this.batch * MMSGHDR + i * IOVEC + 8, data.length, true);
+    this.#address(i, src, dst, port, this.#base + this.#slotAt + i * this.#slot, data.length);
+  }
+
+  /**
+   * Queues `length` bytes at `offset` of `bytes` without copying them: the entry points at them.
+   * `bytes` must stay as it is until the next flush(); `base` is addressOf(bytes) as a number.
+   */
+  queueAt(
+    bytes: Uint8Array,
+    base: number,
+    offset: number,
+    length: number,
+    src: number,
+    dst: number,
+    port: number,
+  ): void {
+    if (offset < 0 || offset + length > bytes.length) throw new RangeError("queueAt: outside");
+    if (this.#queued === this.batch) this.flush();
+    this.#address(this.#queued, src, dst, port, base + offset, length);
+  }
+
+  /** Fills in entry `i` (its data at `data`, `length` bytes) and counts it queued. */
+  #address(i: number, src: number, dst: number, port: number, data: number, length: number) {
+    const v = this.#view;
+    const iov = this.batch * MMSGHDR + i * IOVEC;
+    v.setUint32(iov, data % 0x1_0000_0000, true);
+    v.setUint32(iov + 4, Math.floor(data / 0x1_0000_0000), true);
+    v.setUint32(iov + 8, length, true);
     const name = this.batch * (MMSGHDR + IOVEC) + i * SOCKADDR_IN;
     v.setUint16(name + 2, port, false);
     v.setUint32(name + 4, dst >>> 0, false);
     // in_pktinfo.ipi_spec_dst: the source address of the datagram
     v.setUint32(this.batch * (MMSGHDR + IOVEC + SOCKADDR_IN) + i * PKTINFO_SPACE + 20, src >>> 0);
+    this.#queued = i + 1;
   }
 
   /** Sends what is queued (sendmmsg); a full send buffer is waited out briefly, never skipped. */
@@ -98,6 +130,7 @@ export class SourceSocket {
       const code = errno();
       if (code === EINTR) continue;
       if (code === EAGAIN && waits++ < 100) {
+        this.sendWaits++;
         libc().poll(this.#pollOut(), 1n, 1);
         continue;
       }
@@ -118,12 +151,10 @@ export class SourceSocket {
     return this.#pfd;
   }
 
-  /** Hands every reply waiting now to `handle`; never blocks. */
+  /** Hands every reply waiting now to `handle` (a view, valid during the call); never blocks. */
   drain(handle: (data: Uint8Array) => void): void {
-    for (;;) {
-      const got = this.sock.recvBatch();
-      for (const d of got) handle(d.data);
-      if (got.length < this.sock.batch) return;
+    while (this.sock.recvEach(handle) === this.sock.batch) {
+      // a full batch: more may be waiting
     }
   }
 
