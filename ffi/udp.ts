@@ -34,6 +34,9 @@ const SO_SNDBUFFORCE = 32;
 const SO_RCVBUFFORCE = 33;
 const SO_REUSEPORT = 15;
 const SO_ATTACH_REUSEPORT_CBPF = 51;
+const SO_MEMINFO = 55;
+/** Index of the drop counter in SO_MEMINFO's array (linux/sock_diag.h SK_MEMINFO_DROPS). */
+const SK_MEMINFO_DROPS = 8;
 const MSG_TRUNC = 0x20;
 const MSG_DONTWAIT = 0x40;
 
@@ -343,6 +346,24 @@ export class UdpSocket {
       new Uint8Array(len.buffer),
     );
     return out[0];
+  }
+
+  /**
+   * Datagrams the kernel dropped for this socket so far (a full receive buffer, mostly): the
+   * load shed before any of our code saw it. null when the kernel does not say (SO_MEMINFO).
+   */
+  kernelDrops(): number | null {
+    if (this.#fd < 0) return null;
+    const info = new Uint32Array(16); // room for kernels that report more than the 9 we read
+    const len = new Uint32Array([info.byteLength]);
+    const r = libc().getsockopt(
+      this.#fd,
+      SOL_SOCKET,
+      SO_MEMINFO,
+      new Uint8Array(info.buffer),
+      new Uint8Array(len.buffer),
+    );
+    return r < 0 || len[0] < 4 * (SK_MEMINFO_DROPS + 1) ? null : info[SK_MEMINFO_DROPS];
   }
 
   get fd(): number {

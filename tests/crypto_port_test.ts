@@ -87,6 +87,11 @@ Deno.test("crypto port: a flood of initiations fills only its own buffer", async
         `tunnel packets ${tunnel.length}/${TUNNEL}`,
     );
     assert.equal(tunnel.length, TUNNEL, "tunnel packets were lost behind the flood");
+    // What the kernel shed is counted for the server's log (SO_MEMINFO): every initiation sent
+    // and not queued, and nothing at the tunnel socket.
+    const sent = FLOOD - flooder.stats.sendFailures;
+    assert.equal(port.initiations.kernelDrops(), sent - initiations.length);
+    assert.equal(port.tunnel.kernelDrops(), 0);
     // The same flood at one socket of the same 4 MiB (what the server had before): the tunnel
     // packets behind it are lost, so the figure above is the steering's doing.
     const single = UdpSocket.bind(LOOPBACK, 0, { maxDatagram: 4096 });

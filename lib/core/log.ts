@@ -21,6 +21,14 @@ export class DropCounters {
     this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
   }
 
+  /**
+   * Sets a counter kept elsewhere (the kernel's drops of a socket) to its running total, so
+   * report() shows it beside ours. A total that went down is ignored.
+   */
+  setTotal(reason: string, total: number): void {
+    if (total > (this.counts.get(reason) ?? 0)) this.counts.set(reason, total);
+  }
+
   get(reason: string): number {
     return this.counts.get(reason) ?? 0;
   }
