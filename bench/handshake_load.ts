@@ -62,6 +62,9 @@ interface Options {
   nice: number;
 }
 
+/** A bad option: reported as one line, without a stack. */
+class UsageError extends Error {}
+
 function parseArgs(args: string[]): Options {
   const o: Options = {
     window: 0, // 0: each server's own default (2 s native, 4 s otherwise)
@@ -83,7 +86,7 @@ function parseArgs(args: string[]): Options {
     const a = args[i];
     if (a === "--window") {
       o.window = Number(args[++i]);
-      if (!(o.window > 0 && o.window <= 10)) throw new Error("--window must be in (0, 10]");
+      if (!(o.window > 0 && o.window <= 10)) throw new UsageError("--window must be in (0, 10]");
     } else if (a === "--no-wasm") o.wasm = false;
     else if (a === "--no-native") o.native = false;
     else if (a === "--keep-logs") o.keepLogs = true;
@@ -92,8 +95,12 @@ function parseArgs(args: string[]): Options {
     else if (a === "--profile") o.profile = args[++i];
     else if (a === "--pin") o.pin = true;
     else if (a === "--generator") o.generator = args[++i];
-    else if (a === "--nice") o.nice = Number(args[++i]);
-    else throw new Error(`unknown option ${a}`);
+    else if (a === "--nice") {
+      o.nice = Number(args[++i]);
+      if (!Number.isInteger(o.nice) || o.nice < -20 || o.nice > 19) {
+        throw new UsageError("--nice must be an integer in [-20, 19]");
+      }
+    } else throw new UsageError(`unknown option ${a}`);
   }
   return o;
 }
@@ -404,7 +411,8 @@ if (import.meta.main) {
   try {
     await main();
   } catch (e) {
-    console.error(`handshake load bench failed: ${(e as Error).stack ?? e}`);
+    const what = e instanceof UsageError ? e.message : (e as Error).stack ?? e;
+    console.error(`handshake load bench failed: ${what}`);
     Deno.exit(1);
   }
 }
