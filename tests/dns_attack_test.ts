@@ -28,6 +28,7 @@ import {
   spawn,
 } from "./lab/netns.ts";
 import { dig, type Dnsmasq, mergeZones, startDnsmasq } from "./lab/dnsmasq.ts";
+import { addNamespace, waitForLink } from "./helpers/attacker_ns.ts";
 import {
   announceZone,
   cacheDependencies,
@@ -93,9 +94,7 @@ async function started(p: LabProcess): Promise<LabProcess> {
 
 /** The attacker's namespace, on a veth link of its own to the client namespace. */
 async function addAttacker(lab: Lab): Promise<void> {
-  await removeNamespace(ATTACKER_NS);
-  await run(null, ["ip", "netns", "add", ATTACKER_NS]);
-  await run(null, ["ip", "-n", ATTACKER_NS, "link", "set", "lo", "up"]);
+  await addNamespace(ATTACKER_NS);
   await run(null, [
     "ip",
     "-n",
@@ -136,12 +135,7 @@ async function addAttacker(lab: Lab): Promise<void> {
     CLIENT_SIDE,
   ]);
   await run(null, ["ip", "-n", lab.serverNs, "addr", "add", `${RESPONDER}/24`, "dev", "veth-srv"]);
-  for (let i = 0; i < 50; i++) {
-    const r = await run(ATTACKER_NS, ["ping", "-c", "1", "-W", "1", CLIENT_SIDE], { check: false });
-    if (r.code === 0) return;
-    await sleep(100);
-  }
-  throw new Error("attacker link stays down");
+  await waitForLink(ATTACKER_NS, CLIENT_SIDE, "attacker link stays down");
 }
 
 /** Counting-only rules in the client namespace (no target: they count and fall through). */

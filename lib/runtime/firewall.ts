@@ -123,9 +123,10 @@ export function ruleTag(queueNum: number): string {
 
 /** The queue number a table name or comment of ours names, or null for anything else. */
 export function queueOfTag(tag: string): number | null {
-  const m = /^pqconnect-ts-q(0|[1-9][0-9]{0,4})$/.exec(tag);
-  if (!m) return null;
-  const n = Number(m[1]);
+  const prefix = `${RULE_TAG}-q`;
+  const digits = tag.startsWith(prefix) ? tag.slice(prefix.length) : "";
+  if (!/^(0|[1-9][0-9]{0,4})$/.test(digits)) return null;
+  const n = Number(digits);
   return n <= 0xffff ? n : null;
 }
 

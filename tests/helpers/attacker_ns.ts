@@ -12,14 +12,15 @@ import { type Lab, removeNamespace, run, sleep } from "../lab/netns.ts";
 export const SERVER_PORT_IF = "a-srv";
 export const CLIENT_PORT_IF = "a-cli";
 
-async function addNamespace(ns: string): Promise<void> {
+/** A fresh namespace `ns` (an old one of that name is removed first), its loopback up. */
+export async function addNamespace(ns: string): Promise<void> {
   await removeNamespace(ns);
   await run(null, ["ip", "netns", "add", ns]);
   await run(null, ["ip", "-n", ns, "link", "set", "lo", "up"]);
 }
 
 /** Pings `to` from `ns` until it answers (the new link is up), or throws `what`. */
-async function waitForLink(ns: string, to: string, what: string): Promise<void> {
+export async function waitForLink(ns: string, to: string, what: string): Promise<void> {
   for (let i = 0; i < 100; i++) {
     const r = await run(ns, ["ping", "-c", "1", "-W", "1", to], { check: false });
     if (r.code === 0) return;
