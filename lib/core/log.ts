@@ -112,3 +112,43 @@ export class LogLimiter {
     return true;
   }
 }
+
+/**
+ * At most `perSecond` lines a second for one kind of event; past that the events are counted
+ * by reason instead, and `summary()` (called by a once-a-second tick) sums them up for one line.
+ * A flood of handshakes then costs the log a line a second, not a write per tunnel.
+ */
+export class LineBudget {
+  private second = -Infinity;
+  private lines = 0;
+  private readonly held = new Map<string, number>();
+
+  constructor(private readonly perSecond: number) {}
+
+  /** True: write this event's line now; false: it was counted under `reason` instead. */
+  take(now: number, reason: string): boolean {
+    const second = Math.floor(now);
+    if (second !== this.second) {
+      this.second = second;
+      this.lines = 0;
+    }
+    if (this.lines < this.perSecond) {
+      this.lines++;
+      return true;
+    }
+    this.held.set(reason, (this.held.get(reason) ?? 0) + 1);
+    return false;
+  }
+
+  /** The events held back since the last call, in all and by reason ("" when none). */
+  summary(): { total: number; byReason: string } {
+    let total = 0;
+    const parts: string[] = [];
+    for (const [reason, n] of this.held) {
+      total += n;
+      parts.push(`${reason}: ${n}`);
+    }
+    this.held.clear();
+    return { total, byReason: parts.join(", ") };
+  }
+}

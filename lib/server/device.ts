@@ -10,12 +10,12 @@ import { DataPath, newPeer, type Peer, type PeerTable, type TunnelIo } from "../
 import { buildCookie, type CookieKeyring, isCookie } from "../core/cookie.ts";
 import { ReplayCache, replayCapacityFor } from "../core/replay.ts";
 import { HandshakeQueue, InitiationLimiter } from "../core/admission.ts";
-import type { HandshakeResult, Initiation } from "../core/handshake.ts";
+import type { HandshakeResult } from "../core/handshake.ts";
 import type { ResponderOutcome } from "../core/responder.ts";
 import type { EphemeralKeyStore } from "../core/ephemeral.ts";
 import { AddressPool } from "../core/addresses.ts";
 import { numberToIpv4 } from "../core/ip.ts";
-import { DropCounters, type Logger } from "../core/log.ts";
+import { DropCounters, LineBudget, type Logger } from "../core/log.ts";
 import { hex, readU16be, wipe } from "../core/bytes.ts";
 
 /** The server's wires are the tunnel's: the packet loop implements them. */
@@ -32,6 +32,7 @@ export interface ResponderCrypto {
    * never called).
    */
   respondDeferred(
+    /** Handed over: the implementation may move its buffer away (CryptoPool does). */
     initiation: Uint8Array,
     slots: number[],
     done: (reply: RespondReply | null, error?: Error) => void,
@@ -65,8 +66,12 @@ export interface ServerConfig {
 /** Early (0-RTT) packets from a client whose handshake is queued or being processed. */
 const HELD_PER_CLIENT = 8;
 const HELD_SECONDS = 2;
-/** "tunnel up" lines written one by one per second; past that they are counted, then summed. */
-const UP_LINES_PER_SECOND = 20;
+/**
+ * "tunnel up" and "tunnel closed" lines written one by one per second, each; past that they are
+ * counted, then summed once a second. Under a handshake flood a write to stderr per tunnel cost
+ * the packet thread a tenth of its time; with a full table every new tunnel also closes one.
+ */
+const TUNNEL_LINES_PER_SECOND = 20;
 /** Over-rate initiations admitted per second per decapsulation slot, while none is queued. */
 const OVERDRAFT_PER_SLOT = 0.5;
 /** A queued handshake older than this is dropped unstarted: its 0-RTT packets would be gone. */
@@ -92,8 +97,8 @@ const MAX_COOKIE_RESENDS = 8;
 
 /** One initiation between admission and the end of its decapsulation. */
 interface HandshakeJob {
+  /** The initiation, a private copy handed over to the responder when it starts. */
   data: Uint8Array;
-  msg: Initiation;
   host: number;
   port: number;
   /** host * 65536 + port: the client address as one number. */
@@ -152,10 +157,8 @@ export class ServerDevice {
   private running = 0;
   handshakes = 0;
   resumes = 0;
-  /** The second the "tunnel up" lines are counted in, those written in it, those not. */
-  private upSecond = 0;
-  private upLines = 0;
-  private upQuiet = 0;
+  private readonly upLines = new LineBudget(TUNNEL_LINES_PER_SECOND);
+  private readonly closedLines = new LineBudget(TUNNEL_LINES_PER_SECOND);
   /** Sees each handshake's secrets after they were erased (tests check they are zero). */
   onHandshakeSecrets?: (secrets: readonly Uint8Array[]) => void;
 
@@ -331,9 +334,8 @@ export class ServerDevice {
       return this.drops.count("handshake-rate-limited");
     }
     const copy = data.slice(); // the receive buffer is reused
-    const msg = parseInitiation(copy)!;
     const source = host * 65536 + port;
-    this.queue.push({ data: copy, msg, host, port, source, c0Key, arrived: now }, now);
+    this.queue.push({ data: copy, host, port, source, c0Key, arrived: now }, now);
     this.inFlightC0.add(c0Key);
     const client = this.clients.get(source);
     if (client) client.handshakes++;
@@ -442,21 +444,9 @@ export class ServerDevice {
     this.releaseHeld(job.source, tidKey);
   }
 
-  /**
-   * One line per new tunnel, up to UP_LINES_PER_SECOND a second: under a handshake flood, a write
-   * to stderr per tunnel cost the packet thread a tenth of its time. tick() sums the rest.
-   */
+  /** One line per new tunnel, up to TUNNEL_LINES_PER_SECOND a second; tick() sums the rest. */
   private logUp(tid: Uint8Array, host: number, port: number, took: number, now: number): void {
-    const second = Math.floor(now);
-    if (second !== this.upSecond) {
-      this.upSecond = second;
-      this.upLines = 0;
-    }
-    if (this.upLines >= UP_LINES_PER_SECOND) {
-      this.upQuiet++;
-      return;
-    }
-    this.upLines++;
+    if (!this.upLines.take(now, "up")) return;
     this.log.info(
       `tunnel ${hex(tid).slice(0, 12)} up with ${numberToIpv4(host)}:${port} ` +
         `(${(took * 1000).toFixed(0)} ms)`,
@@ -608,7 +598,9 @@ export class ServerDevice {
     this.logClosed(peer, why);
   }
 
+  /** One line per closed tunnel, up to TUNNEL_LINES_PER_SECOND a second; tick() sums the rest. */
   private logClosed(peer: Peer, why: string): void {
+    if (!this.closedLines.take(this.clock.mono(), why)) return;
     this.log.info(
       `tunnel ${hex(peer.session.tid).slice(0, 12)} (${
         numberToIpv4(peer.internal)
@@ -638,9 +630,13 @@ export class ServerDevice {
   /** Once a second: expire dead sessions, old cookie keys and replay entries. */
   tick(randomness: Uint8Array): void {
     const now = this.clock.mono();
-    if (this.upQuiet > 0) {
-      this.log.info(`${this.upQuiet} more tunnels up (not logged one by one)`);
-      this.upQuiet = 0;
+    const up = this.upLines.summary();
+    if (up.total > 0) this.log.info(`${up.total} more tunnels up (not logged one by one)`);
+    const closed = this.closedLines.summary();
+    if (closed.total > 0) {
+      this.log.info(
+        `${closed.total} more tunnels closed (not logged one by one): ${closed.byReason}`,
+      );
     }
     for (const peer of [...this.peers.all()]) {
       if (!peer.session.alive(now)) this.removePeer(peer, "receive keys expired");
