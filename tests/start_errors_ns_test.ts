@@ -2,7 +2,8 @@
 // the client it comes from the worker, which binds the port), exit status 1, and nothing left
 // behind (no TUN device, no runtime directory); a second client while one runs, on its interface
 // or another, on its DNS queue or another, is refused before it touches the first's DNS queue rule
-// or control socket; a SIGKILLed client's rule is removed by the next client on its queue only. In
+// or control socket; a SIGKILLed client's rule is removed by the next client on its queue only,
+// an older build's unnumbered one by the next client once nobody holds its queue. In
 // a lab namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
@@ -269,6 +270,72 @@ labTest(
     assert.deepEqual(await tunDevices(lab.clientNs), [], "no interface left");
     await assert.rejects(Deno.stat(runA), Deno.errors.NotFound);
     await assert.rejects(Deno.stat(runB), Deno.errors.NotFound);
+  },
+);
+
+/** Adds the rule an older build wrote for `queue` (iptables, the bare `pqconnect-ts` tag). */
+async function addLegacyRule(ns: string, queue: number, proto: "udp" | "tcp"): Promise<void> {
+  await run(ns, [
+    "iptables",
+    "-w",
+    "-t",
+    "mangle",
+    "-I",
+    "INPUT",
+    ...["-p", proto, "--sport", "53", "-m", "conntrack", "--ctstate", "ESTABLISHED"],
+    ...["-m", "comment", "--comment", "pqconnect-ts", "-j", "NFQUEUE"],
+    ...["--queue-num", String(queue), "--queue-bypass"],
+  ]);
+}
+
+/** The namespace's rules with the older builds' unnumbered tag, as `PROTO QUEUE`, sorted. */
+async function legacyRules(ns: string): Promise<string[]> {
+  const ipt = await run(ns, ["iptables", "-w", "-t", "mangle", "-S", "INPUT"], { check: false });
+  return ipt.stdout.split("\n")
+    .filter((l) => / --comment pqconnect-ts /.test(l))
+    .map((l) => `${/-p (\w+)/.exec(l)?.[1]} ${/--queue-num (\d+)/.exec(l)?.[1]}`)
+    .sort();
+}
+
+labTest(
+  "an older build's unnumbered rule goes once no running client holds its queue",
+  async (lab, work, defer) => {
+    // A client runs on 4243; rules an older build tagged `pqconnect-ts` name 4243 and 4242.
+    const runB = `${work}/run-b`;
+    const b = await startOurClient(lab.clientNs, runB, queueBOptions());
+    defer(() => b.process.stop("SIGTERM", 10_000));
+    await addLegacyRule(lab.clientNs, 4243, "udp");
+    await addLegacyRule(lab.clientNs, 4242, "tcp");
+    const legacy = ["tcp 4242", "udp 4243"];
+    assert.deepEqual(await legacyRules(lab.clientNs), legacy);
+
+    // 4243 is held: a client on 4242 is refused as beside any running client, touching nothing.
+    const runA = `${work}/run-a`;
+    const refused = await pqconnectIn(lab.clientNs, clientPermissions(runA), [
+      "client",
+      "--runtime-dir",
+      runA,
+    ]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /another pqconnect client runs with DNS queue 4243/);
+    assert.deepEqual(await legacyRules(lab.clientNs), legacy, "nothing was changed");
+
+    // Once 4243 is let go, the next client removes both: its own queue's and the unheld one's.
+    const bExit = await b.process.stop("SIGTERM", 10_000, true);
+    assert.equal(bExit.code, 0, b.process.output());
+    assert.deepEqual(await legacyRules(lab.clientNs), legacy, "a client removes only its own");
+    const a = await startOurClient(lab.clientNs, runA);
+    defer(() => a.process.stop("SIGTERM", 10_000));
+    assert.match(a.process.output(), /removed 1 DNS queue rule\(s\) left by an earlier run/);
+    assert.match(
+      a.process.output(),
+      /removed 1 DNS queue rule\(s\) of queue 4243 tagged pqconnect-ts by an older build; no process holds that queue/,
+    );
+    assert.deepEqual(await legacyRules(lab.clientNs), []);
+    assert.ok((await ruleTags(lab.clientNs)).every((t) => t === "pqconnect-ts-q4242"));
+    const aExit = await a.process.stop("SIGTERM", 10_000, true);
+    assert.equal(aExit.code, 0, a.process.output());
+    assert.deepEqual(await queueRules(lab.clientNs), [], "no rule left");
   },
 );
 

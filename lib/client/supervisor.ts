@@ -11,7 +11,9 @@ import {
   installDnsQueueRule,
   otherQueueRules,
   removeDnsQueueRule,
+  removeFoundRules,
   removeStaleRules,
+  RULE_TAG,
   type RuleHandle,
   ruleTag,
 } from "../runtime/firewall.ts";
@@ -101,20 +103,36 @@ async function queueBound(num: number): Promise<boolean> {
  * nftables tables on one hook each queue it; with iptables only the newest rule's queue would),
  * so two workers would edit the same answers. A rule of a queue nobody holds is a crashed
  * client's leftover (see firewall.ts): left for the next client on that queue, whose own start
- * removes it; its bypass lets answers through meanwhile.
+ * removes it; its bypass lets answers through meanwhile. An older build's rule (unnumbered tag)
+ * of such a queue is removed here, after every queue has been checked: nothing else ever would.
  */
 async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> {
-  for (const other of await otherQueueRules(queueNum)) {
+  const others = await otherQueueRules(queueNum);
+  const queues = [...new Set(others.map((r) => r.queueNum))].sort((a, b) => a - b);
+  for (const other of queues) {
     if (await queueBound(other)) {
       throw new Error(
         `another pqconnect client runs with DNS queue ${other}: two clients would both edit ` +
           `every DNS answer. Stop it first (nothing was changed)`,
       );
     }
-    log.info(
-      `DNS queue rule ${ruleTag(other)} was left by a client that did not stop cleanly; ` +
-        `the next client with --queue ${other} removes it`,
-    );
+  }
+  for (const other of queues) {
+    const rules = others.filter((r) => r.queueNum === other);
+    const legacy = rules.filter((r) => r.legacy);
+    if (legacy.length > 0) {
+      await removeFoundRules(legacy);
+      log.info(
+        `removed ${legacy.length} DNS queue rule(s) of queue ${other} tagged ${RULE_TAG} by an ` +
+          `older build; no process holds that queue`,
+      );
+    }
+    if (rules.length > legacy.length) {
+      log.info(
+        `DNS queue rule ${ruleTag(other)} was left by a client that did not stop cleanly; ` +
+          `the next client with --queue ${other} removes it`,
+      );
+    }
   }
 }
 
