@@ -3,7 +3,8 @@
 // behind (no TUN device, no runtime directory); a second client while one runs, on its interface
 // or another, on its DNS queue or another, is refused before it touches the first's DNS queue rule
 // or control socket; a SIGKILLed client's rule is removed by the next client on its queue only,
-// an older build's unnumbered one by the next client once nobody holds its queue. In
+// an older build's unnumbered one by the next client once nobody holds its queue; of two clients
+// started together on different queues exactly one runs, and a SIGKILLed one blocks nobody. In
 // a lab namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
@@ -270,6 +271,91 @@ labTest(
     assert.deepEqual(await tunDevices(lab.clientNs), [], "no interface left");
     await assert.rejects(Deno.stat(runA), Deno.errors.NotFound);
     await assert.rejects(Deno.stat(runB), Deno.errors.NotFound);
+  },
+);
+
+/** Whether process `pid` has `path` open. */
+function holdsOpen(pid: number, path: string): boolean {
+  for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`) === path) return true;
+    } catch { /* closed meanwhile */ }
+  }
+  return false;
+}
+
+const READY = /DNS answers go through queue (\d+) \(\w+\); worker pid (\d+)/;
+
+labTest(
+  "two clients started at the same moment on different queues: exactly one runs",
+  async (lab, work, defer) => {
+    const runtimeDir = `${work}/run`;
+    const lockFile = `${runtimeDir}/client.lock`;
+    const options = [[], queueBOptions()];
+    for (let round = 0; round < 3; round++) {
+      // Each client binds its own queue at once; neither has a rule for a second or so.
+      const clients = options.map((extra, i) =>
+        spawn(
+          lab.clientNs,
+          pqconnectArgv(clientPermissions(runtimeDir), [
+            "client",
+            "-v",
+            "--runtime-dir",
+            runtimeDir,
+            ...extra,
+          ]),
+          { name: `client ${i} of round ${round}`, env: denoEnv() },
+        )
+      );
+      for (const c of clients) defer(() => c.stop("SIGTERM", 10_000));
+      const outcomes = await Promise.all(
+        clients.map((c) => c.waitFor(READY, 60_000).then(() => "runs", () => "refused")),
+      );
+      assert.deepEqual(
+        [...outcomes].sort(),
+        ["refused", "runs"],
+        clients.map((c) => c.output()).join("\n"),
+      );
+      const winner = clients[outcomes.indexOf("runs")];
+      const loser = clients[outcomes.indexOf("refused")];
+      assert.equal((await loser.status).code, 1, loser.output());
+      assert.match(
+        loser.output(),
+        /another pqconnect client runs (with DNS queue 424[23]|\(it holds \S+\/client\.lock\)): two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
+      );
+      const [, queue, workerPid] = winner.output().match(READY)!;
+      assert.deepEqual(await ruleTags(lab.clientNs), [
+        `pqconnect-ts-q${queue}`,
+        `pqconnect-ts-q${queue}`,
+      ]);
+      assert.equal((await tunDevices(lab.clientNs)).length, 1, "one client's interface");
+      assert.ok(!holdsOpen(Number(workerPid), lockFile), "the worker does not inherit the lock");
+
+      if (round < 2) {
+        const exit = await winner.stop("SIGTERM", 10_000, true);
+        assert.equal(exit.code, 0, winner.output());
+        continue;
+      }
+      // A SIGKILLed client's lock dies with it: the next client on the same directory runs.
+      await winner.stop("SIGKILL", 5000, true);
+      for (let i = 0; i < 50 && isAlive(Number(workerPid)); i++) await sleep(100);
+      assert.ok(!isAlive(Number(workerPid)), "the killed client's worker follows it");
+      const next = await startOurClient(
+        lab.clientNs,
+        runtimeDir,
+        options[outcomes.indexOf("runs")],
+      );
+      defer(() => next.process.stop("SIGTERM", 10_000));
+      const exit = await next.process.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, next.process.output());
+    }
+    assert.deepEqual(await queueRules(lab.clientNs), [], "no rule left");
+    assert.deepEqual(await tunDevices(lab.clientNs), [], "no interface left");
+    await assert.rejects(
+      Deno.stat(runtimeDir),
+      Deno.errors.NotFound,
+      "lock file and directory gone",
+    );
   },
 );
 
