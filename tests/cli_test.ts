@@ -3,8 +3,9 @@
 import assert from "node:assert/strict";
 import { fixtureDir } from "./fixtures.ts";
 import {
+  KEY_FILES,
   KeyFileError,
-  looseSecretKeyFiles,
+  looseKeyFiles,
   readServerKeys,
   refuseLooseKeyFiles,
 } from "../lib/runtime/keyfiles.ts";
@@ -128,7 +129,7 @@ Deno.test({
       ) {
         assert.equal(Deno.statSync(`${dir}/${name}`).mode! & 0o777, mode, name);
       }
-      assert.deepEqual(looseSecretKeyFiles(dir), [], "keygen's modes pass the server's check");
+      assert.deepEqual(looseKeyFiles(dir), [], "keygen's modes pass the server's check");
       const keys = readServerKeys(dir);
       const label = formatPq1Label(KeyTree.build(keys.mceliecePk, keys.x25519Pk).root);
       assert.match(r.stdout, new RegExp(label));
@@ -167,7 +168,7 @@ Deno.test("keygen into a directory it cannot make fails at once, before generati
   }
 });
 
-Deno.test("secret key files others may read or write, and a key directory others may write, are named and refused", async () => {
+Deno.test("secret key files others may read or write, public ones others may write, a key directory others may write, and any of them not the server's, are named and refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const modes: [string, number][] = [
@@ -181,7 +182,7 @@ Deno.test("secret key files others may read or write, and a key directory others
       await Deno.writeFile(`${dir}/${name}`, new Uint8Array(1));
       await Deno.chmod(`${dir}/${name}`, mode);
     }
-    assert.deepEqual(looseSecretKeyFiles(dir), [
+    assert.deepEqual(looseKeyFiles(dir), [
       `${dir}/mceliece_sk is mode 0644: a secret key should be readable by its owner only ` +
       `(chmod 600 ${dir}/mceliece_sk)`,
       `${dir}/session_key is mode 0620: a secret key should be readable by its owner only ` +
@@ -189,12 +190,43 @@ Deno.test("secret key files others may read or write, and a key directory others
     ]);
     await Deno.chmod(`${dir}/mceliece_sk`, 0o400);
     await Deno.chmod(`${dir}/session_key`, 0o600);
-    assert.deepEqual(looseSecretKeyFiles(dir), []);
-    assert.deepEqual(looseSecretKeyFiles(`${dir}/absent`), [], "missing files: readKeyFile says");
+    assert.deepEqual(looseKeyFiles(dir), []);
+    // Public keys: anyone may read them (the key server hands them out); none but the owner may
+    // write them, the group included.
+    for (const mode of [0o664, 0o646, 0o666]) {
+      await Deno.chmod(`${dir}/x25519_pk`, mode);
+      assert.deepEqual(looseKeyFiles(dir), [
+        `${dir}/x25519_pk is mode 0${mode.toString(8)}: others than its owner could replace the ` +
+        `server's public key, and with it the identity clients verify (chmod go-w ${dir}/x25519_pk)`,
+      ]);
+    }
+    await Deno.chmod(`${dir}/x25519_pk`, 0o444);
+    assert.deepEqual(looseKeyFiles(dir), [], "read-only for everyone is fine");
+    await Deno.chmod(`${dir}/x25519_pk`, 0o644);
+    // Owners: the files and the directory are ours (whoever runs this test); a server running as
+    // another user must refuse every one, secret or public, naming the chown that fixes it.
+    const me = Deno.uid()!;
+    const other = me === 0 ? 4242 : 0;
+    const who = other === 0 ? "root" : `uid ${other}`;
+    const chownTo = other === 0 ? "root" : String(other);
+    assert.deepEqual(looseKeyFiles(dir, me), []);
+    assert.deepEqual(looseKeyFiles(dir, other), [
+      `${dir} is owned by uid ${me}, not by ${who} that the server runs as: that user could ` +
+      `replace the keys (chown ${chownTo} ${dir})`,
+      ...Object.keys(KEY_FILES).map((name) =>
+        `${dir}/${name} is owned by uid ${me}, not by ${who} that the server runs as: that user ` +
+        `${
+          name.endsWith("_pk")
+            ? "could replace the server's identity"
+            : "may read and replace this secret key"
+        } (chown ${chownTo} ${dir}/${name})`
+      ),
+    ]);
+    assert.deepEqual(looseKeyFiles(`${dir}/absent`), [], "missing files: readKeyFile says");
     for (const [mode, loose] of [[0o700, false], [0o755, false], [0o775, true], [0o1777, false]]) {
       await Deno.chmod(dir, mode as number);
       assert.deepEqual(
-        looseSecretKeyFiles(dir),
+        looseKeyFiles(dir),
         loose
           ? [
             `${dir} is mode 0775: others than its owner could replace the keys (chmod go-w ${dir})`,

@@ -358,6 +358,15 @@ Deno.test({
         await Deno.chmod(`${d}/session_key`, 0o604);
       });
       const writableDir = await keyDir("world-writable-dir", (d) => Deno.chmod(d, 0o777));
+      // Another user's secret key (nobody's), and a public key the group may replace.
+      const foreignSk = await keyDir(
+        "foreign-x25519-sk",
+        (d) => Deno.chown(`${d}/x25519_sk`, 65534, 65534),
+      );
+      const writablePk = await keyDir(
+        "group-writable-mceliece-pk",
+        (d) => Deno.chmod(`${d}/mceliece_pk`, 0o664),
+      );
       const referenceModes = await keyDir("reference-modes", (d) => Deno.chmod(d, 0o755));
       const emptySession = await keyDir(
         "empty-session-key",
@@ -438,6 +447,26 @@ Deno.test({
           message: new RegExp(
             `${writableDir} is mode 0777: others than its owner could replace the keys ` +
               `\\(chmod go-w ${writableDir}\\)`,
+          ),
+        },
+        {
+          what: "a secret key file owned by another user",
+          args: ["-d", foreignSk],
+          code: 1,
+          message: new RegExp(
+            `refusing to use these keys:\n  ${foreignSk}/x25519_sk is owned by uid 65534, not by ` +
+              `root that the server runs as: that user may read and replace this secret key ` +
+              `\\(chown root ${foreignSk}/x25519_sk\\)\n`,
+          ),
+        },
+        {
+          what: "a public key file the group may write",
+          args: ["-d", writablePk],
+          code: 1,
+          message: new RegExp(
+            `refusing to use these keys:\n  ${writablePk}/mceliece_pk is mode 0664: others than ` +
+              `its owner could replace the server's public key, and with it the identity clients ` +
+              `verify \\(chmod go-w ${writablePk}/mceliece_pk\\)\n`,
           ),
         },
         {

@@ -2,7 +2,9 @@
 // the client it comes from the worker, which binds the port), exit status 1, and nothing left
 // behind (no TUN device, no runtime directory); a second client while one runs, on its interface
 // or another, on its DNS queue or another, is refused before it touches the first's DNS queue rule
-// or control socket; a SIGKILLed client's rule is removed by the next client on its queue only. In
+// or control socket; a SIGKILLed client's rule is removed by the next client on its queue only,
+// an older build's unnumbered one by the next client once nobody holds its queue; of two clients
+// started together on different queues exactly one runs, and a SIGKILLed one blocks nobody. In
 // a lab namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
@@ -269,6 +271,157 @@ labTest(
     assert.deepEqual(await tunDevices(lab.clientNs), [], "no interface left");
     await assert.rejects(Deno.stat(runA), Deno.errors.NotFound);
     await assert.rejects(Deno.stat(runB), Deno.errors.NotFound);
+  },
+);
+
+/** Whether process `pid` has `path` open. */
+function holdsOpen(pid: number, path: string): boolean {
+  for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`) === path) return true;
+    } catch { /* closed meanwhile */ }
+  }
+  return false;
+}
+
+const READY = /DNS answers go through queue (\d+) \(\w+\); worker pid (\d+)/;
+
+labTest(
+  "two clients started at the same moment on different queues: exactly one runs",
+  async (lab, work, defer) => {
+    const runtimeDir = `${work}/run`;
+    const lockFile = `${runtimeDir}/client.lock`;
+    const options = [[], queueBOptions()];
+    for (let round = 0; round < 3; round++) {
+      // Each client binds its own queue at once; neither has a rule for a second or so.
+      const clients = options.map((extra, i) =>
+        spawn(
+          lab.clientNs,
+          pqconnectArgv(clientPermissions(runtimeDir), [
+            "client",
+            "-v",
+            "--runtime-dir",
+            runtimeDir,
+            ...extra,
+          ]),
+          { name: `client ${i} of round ${round}`, env: denoEnv() },
+        )
+      );
+      for (const c of clients) defer(() => c.stop("SIGTERM", 10_000));
+      const outcomes = await Promise.all(
+        clients.map((c) => c.waitFor(READY, 60_000).then(() => "runs", () => "refused")),
+      );
+      assert.deepEqual(
+        [...outcomes].sort(),
+        ["refused", "runs"],
+        clients.map((c) => c.output()).join("\n"),
+      );
+      const winner = clients[outcomes.indexOf("runs")];
+      const loser = clients[outcomes.indexOf("refused")];
+      assert.equal((await loser.status).code, 1, loser.output());
+      assert.match(
+        loser.output(),
+        /another pqconnect client runs (with DNS queue 424[23]|\(it holds \S+\/client\.lock\)): two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
+      );
+      const [, queue, workerPid] = winner.output().match(READY)!;
+      assert.deepEqual(await ruleTags(lab.clientNs), [
+        `pqconnect-ts-q${queue}`,
+        `pqconnect-ts-q${queue}`,
+      ]);
+      assert.equal((await tunDevices(lab.clientNs)).length, 1, "one client's interface");
+      assert.ok(!holdsOpen(Number(workerPid), lockFile), "the worker does not inherit the lock");
+
+      if (round < 2) {
+        const exit = await winner.stop("SIGTERM", 10_000, true);
+        assert.equal(exit.code, 0, winner.output());
+        continue;
+      }
+      // A SIGKILLed client's lock dies with it: the next client on the same directory runs.
+      await winner.stop("SIGKILL", 5000, true);
+      for (let i = 0; i < 50 && isAlive(Number(workerPid)); i++) await sleep(100);
+      assert.ok(!isAlive(Number(workerPid)), "the killed client's worker follows it");
+      const next = await startOurClient(
+        lab.clientNs,
+        runtimeDir,
+        options[outcomes.indexOf("runs")],
+      );
+      defer(() => next.process.stop("SIGTERM", 10_000));
+      const exit = await next.process.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, next.process.output());
+    }
+    assert.deepEqual(await queueRules(lab.clientNs), [], "no rule left");
+    assert.deepEqual(await tunDevices(lab.clientNs), [], "no interface left");
+    await assert.rejects(
+      Deno.stat(runtimeDir),
+      Deno.errors.NotFound,
+      "lock file and directory gone",
+    );
+  },
+);
+
+/** Adds the rule an older build wrote for `queue` (iptables, the bare `pqconnect-ts` tag). */
+async function addLegacyRule(ns: string, queue: number, proto: "udp" | "tcp"): Promise<void> {
+  await run(ns, [
+    "iptables",
+    "-w",
+    "-t",
+    "mangle",
+    "-I",
+    "INPUT",
+    ...["-p", proto, "--sport", "53", "-m", "conntrack", "--ctstate", "ESTABLISHED"],
+    ...["-m", "comment", "--comment", "pqconnect-ts", "-j", "NFQUEUE"],
+    ...["--queue-num", String(queue), "--queue-bypass"],
+  ]);
+}
+
+/** The namespace's rules with the older builds' unnumbered tag, as `PROTO QUEUE`, sorted. */
+async function legacyRules(ns: string): Promise<string[]> {
+  const ipt = await run(ns, ["iptables", "-w", "-t", "mangle", "-S", "INPUT"], { check: false });
+  return ipt.stdout.split("\n")
+    .filter((l) => / --comment pqconnect-ts /.test(l))
+    .map((l) => `${/-p (\w+)/.exec(l)?.[1]} ${/--queue-num (\d+)/.exec(l)?.[1]}`)
+    .sort();
+}
+
+labTest(
+  "an older build's unnumbered rule goes once no running client holds its queue",
+  async (lab, work, defer) => {
+    // A client runs on 4243; rules an older build tagged `pqconnect-ts` name 4243 and 4242.
+    const runB = `${work}/run-b`;
+    const b = await startOurClient(lab.clientNs, runB, queueBOptions());
+    defer(() => b.process.stop("SIGTERM", 10_000));
+    await addLegacyRule(lab.clientNs, 4243, "udp");
+    await addLegacyRule(lab.clientNs, 4242, "tcp");
+    const legacy = ["tcp 4242", "udp 4243"];
+    assert.deepEqual(await legacyRules(lab.clientNs), legacy);
+
+    // 4243 is held: a client on 4242 is refused as beside any running client, touching nothing.
+    const runA = `${work}/run-a`;
+    const refused = await pqconnectIn(lab.clientNs, clientPermissions(runA), [
+      "client",
+      "--runtime-dir",
+      runA,
+    ]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /another pqconnect client runs with DNS queue 4243/);
+    assert.deepEqual(await legacyRules(lab.clientNs), legacy, "nothing was changed");
+
+    // Once 4243 is let go, the next client removes both: its own queue's and the unheld one's.
+    const bExit = await b.process.stop("SIGTERM", 10_000, true);
+    assert.equal(bExit.code, 0, b.process.output());
+    assert.deepEqual(await legacyRules(lab.clientNs), legacy, "a client removes only its own");
+    const a = await startOurClient(lab.clientNs, runA);
+    defer(() => a.process.stop("SIGTERM", 10_000));
+    assert.match(a.process.output(), /removed 1 DNS queue rule\(s\) left by an earlier run/);
+    assert.match(
+      a.process.output(),
+      /removed 1 DNS queue rule\(s\) of queue 4243 tagged pqconnect-ts by an older build; no process holds that queue/,
+    );
+    assert.deepEqual(await legacyRules(lab.clientNs), []);
+    assert.ok((await ruleTags(lab.clientNs)).every((t) => t === "pqconnect-ts-q4242"));
+    const aExit = await a.process.stop("SIGTERM", 10_000, true);
+    assert.equal(aExit.code, 0, a.process.output());
+    assert.deepEqual(await queueRules(lab.clientNs), [], "no rule left");
   },
 );
 

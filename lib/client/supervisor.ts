@@ -8,16 +8,20 @@ import { StderrLogger } from "../runtime/log.ts";
 import { WORKER_ENV, workerFlags } from "../runtime/permissions.ts";
 import { Shutdown } from "../runtime/shutdown.ts";
 import {
+  type FoundRule,
   installDnsQueueRule,
   otherQueueRules,
   removeDnsQueueRule,
+  removeFoundRules,
   removeStaleRules,
+  RULE_TAG,
   type RuleHandle,
   ruleTag,
 } from "../runtime/firewall.ts";
 import { decodeChannelMessage } from "./messages.ts";
 import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
+import { InstanceLock } from "../runtime/instance_lock.ts";
 import { packetLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { openInterface } from "../runtime/interface.ts";
@@ -69,6 +73,8 @@ const TICK_SECONDS = 0.25;
 const READY_TIMEOUT_MS = 60_000;
 
 export const CONTROL_SOCKET = "client.sock";
+/** Held by the running client (instance_lock.ts), in the runtime directory. */
+export const LOCK_FILE = "client.lock";
 
 /** NFQUEUE `num`, or an error that says another client holds it. */
 async function openQueue(num: number): Promise<NfQueue> {
@@ -96,25 +102,56 @@ async function queueBound(num: number): Promise<boolean> {
   }
 }
 
+/** The refusal when another client runs; `which` names it as well as we can. */
+function anotherClientRuns(which: string): Error {
+  return new Error(
+    `another pqconnect client runs ${which}: two clients would both edit every DNS answer. ` +
+      `Stop it first (nothing was changed)`,
+  );
+}
+
+/** The queues `rules` send to, each once, in order. */
+function queuesOf(rules: FoundRule[]): number[] {
+  return [...new Set(rules.map((r) => r.queueNum))].sort((a, b) => a - b);
+}
+
+/** The first queue of other queues' `rules` that a process holds: a running client's. */
+async function runningQueue(rules: FoundRule[]): Promise<number | null> {
+  for (const other of queuesOf(rules)) {
+    if (await queueBound(other)) return other;
+  }
+  return null;
+}
+
 /**
  * Refuses to run beside a client on another queue: both rules would see every DNS answer (two
  * nftables tables on one hook each queue it; with iptables only the newest rule's queue would),
  * so two workers would edit the same answers. A rule of a queue nobody holds is a crashed
  * client's leftover (see firewall.ts): left for the next client on that queue, whose own start
- * removes it; its bypass lets answers through meanwhile.
+ * removes it; its bypass lets answers through meanwhile. An older build's rule (unnumbered tag)
+ * of such a queue is removed here, after every queue has been checked: nothing else ever would.
+ * Called holding the instance lock, so no other client of ours is starting meanwhile.
  */
 async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> {
-  for (const other of await otherQueueRules(queueNum)) {
-    if (await queueBound(other)) {
-      throw new Error(
-        `another pqconnect client runs with DNS queue ${other}: two clients would both edit ` +
-          `every DNS answer. Stop it first (nothing was changed)`,
+  const others = await otherQueueRules(queueNum);
+  const running = await runningQueue(others);
+  if (running !== null) throw anotherClientRuns(`with DNS queue ${running}`);
+  for (const other of queuesOf(others)) {
+    const rules = others.filter((r) => r.queueNum === other);
+    const legacy = rules.filter((r) => r.legacy);
+    if (legacy.length > 0) {
+      await removeFoundRules(legacy);
+      log.info(
+        `removed ${legacy.length} DNS queue rule(s) of queue ${other} tagged ${RULE_TAG} by an ` +
+          `older build; no process holds that queue`,
       );
     }
-    log.info(
-      `DNS queue rule ${ruleTag(other)} was left by a client that did not stop cleanly; ` +
-        `the next client with --queue ${other} removes it`,
-    );
+    if (rules.length > legacy.length) {
+      log.info(
+        `DNS queue rule ${ruleTag(other)} was left by a client that did not stop cleanly; ` +
+          `the next client with --queue ${other} removes it`,
+      );
+    }
   }
 }
 
@@ -131,6 +168,18 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     // (refused) or to a crashed one (left alone).
     const queue = await openQueue(opts.queueNum);
     cleanup.add(() => queue.close());
+    // Then the lock, held to the end: a client on another queue started at the same moment
+    // (its rule not installed yet) is refused here rather than both running.
+    const lock = InstanceLock.take(`${opts.runtimeDir}/${LOCK_FILE}`);
+    if (lock === null) {
+      const running = await runningQueue(await otherQueueRules(opts.queueNum));
+      throw anotherClientRuns(
+        running === null
+          ? `(it holds ${opts.runtimeDir}/${LOCK_FILE})`
+          : `with DNS queue ${running}`,
+      );
+    }
+    cleanup.add(() => lock.release());
     await refuseOtherClients(opts.queueNum, log);
     const stale = await removeStaleRules(opts.queueNum);
     if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);

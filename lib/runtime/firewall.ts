@@ -33,6 +33,12 @@
 // go. At start-up a client, holding its own queue, removes only its own queue's rules: leftovers
 // by that reasoning (`removeStaleRules`). Another queue's rules are never touched here: the
 // client that owns them may be starting or running (`otherQueueRules` lets the caller decide).
+//
+// Builds before the per-queue names tagged their rules with the bare `pqconnect-ts`. They bound
+// their queue before installing the rule too, so the same reasoning holds with the queue read
+// from the rule itself (`queue num N`, `--queue-num N`): such a rule is found as `legacy`, and a
+// client removes it when it holds that queue or nobody does (no client writes that name again,
+// so none would ever claim it).
 
 import { TOOL_DIRS } from "./permissions.ts";
 
@@ -265,31 +271,65 @@ export function splitIptablesLine(line: string): string[] {
   return out;
 }
 
-/** The queue named by the comment of `-S` arguments, or null when the rule is not ours. */
-function queueOfRule(args: string[]): number | null {
-  for (let i = 0; i + 1 < args.length; i++) {
-    if (args[i] === "--comment") {
-      const q = queueOfTag(args[i + 1]);
-      if (q !== null) return q;
-    }
-  }
-  return null;
+/** A queue number as the firewall tools print it, or null. */
+function parseQueueNum(text: string | undefined): number | null {
+  if (text === undefined || !/^[0-9]{1,5}$/.test(text)) return null;
+  const n = Number(text);
+  return n <= 0xffff ? n : null;
 }
 
-/** One installed rule set of ours, as found in the firewall. */
+/**
+ * Whose rule `-S` arguments are: the queue its comment names, or for the unnumbered tag of older
+ * builds the queue its NFQUEUE target sends to (`--queue-num` absent means queue 0); null when
+ * the rule is not ours.
+ */
+export function queueOfIptablesRule(args: string[]): { queueNum: number; legacy: boolean } | null {
+  const comment = args.indexOf("--comment");
+  const tag = comment < 0 ? undefined : args[comment + 1];
+  if (tag === undefined) return null;
+  const queueNum = queueOfTag(tag);
+  if (queueNum !== null) return { queueNum, legacy: false };
+  if (tag !== RULE_TAG || !args.includes("NFQUEUE")) return null;
+  const num = args.indexOf("--queue-num");
+  const legacyQueue = num < 0 ? 0 : parseQueueNum(args[num + 1]);
+  return legacyQueue === null ? null : { queueNum: legacyQueue, legacy: true };
+}
+
+/**
+ * The one queue the statements of an unnumbered (older build's) nftables table send to, from
+ * `nft list table`: `queue num N` as written, or `queue flags bypass to N` as newer nft prints
+ * it; a bare `queue` is queue 0. Null when the table queues nowhere or to several queues: not
+ * the rule set an older build wrote, so not ours to judge.
+ */
+export function queueOfLegacyNftTable(listing: string): number | null {
+  const queues = new Set<number | null>();
+  for (const line of listing.split("\n")) {
+    const statement = /\bqueue\b(.*)$/.exec(line)?.[1];
+    if (statement === undefined) continue;
+    const num = /\b(?:num|to)\s+(\S+)/.exec(statement)?.[1];
+    queues.add(num === undefined ? 0 : parseQueueNum(num));
+  }
+  const [only] = queues;
+  return queues.size === 1 && only !== undefined ? only : null;
+}
+
+/** One installed rule set of ours, as found in the firewall. `legacy`: tagged with the bare
+ * RULE_TAG by an older build, its queue read from the rule. */
 export type FoundRule =
-  | { backend: "nft"; nft: string; table: string; queueNum: number }
+  | { backend: "nft"; nft: string; table: string; queueNum: number; legacy: boolean }
   | {
     backend: "iptables";
     iptables: string;
     table: (typeof IPTABLES_TABLES)[number];
     args: string[];
     queueNum: number;
+    legacy: boolean;
   };
 
 /**
  * Every rule of ours in the firewall: nftables tables and iptables rules (mangle or filter
- * INPUT) named after a queue. Missing tools or tables are not errors.
+ * INPUT) named after a queue, and those of older builds named `pqconnect-ts`. Missing tools or
+ * tables are not errors.
  */
 export async function findOurRules(): Promise<FoundRule[]> {
   const found: FoundRule[] = [];
@@ -298,8 +338,15 @@ export async function findOurRules(): Promise<FoundRule[]> {
     const r = await run(nft, ["list", "tables", "ip"]);
     for (const line of r.code === 0 ? r.stdout.split("\n") : []) {
       const table = /^table ip (\S+)$/.exec(line.trim())?.[1];
-      const queueNum = table === undefined ? null : queueOfTag(table);
-      if (queueNum !== null) found.push({ backend: "nft", nft, table: table!, queueNum });
+      if (table === undefined) continue;
+      const queueNum = queueOfTag(table);
+      if (queueNum !== null) found.push({ backend: "nft", nft, table, queueNum, legacy: false });
+      if (table !== RULE_TAG) continue;
+      const listing = await run(nft, ["list", "table", "ip", table]);
+      const legacyQueue = listing.code === 0 ? queueOfLegacyNftTable(listing.stdout) : null;
+      if (legacyQueue !== null) {
+        found.push({ backend: "nft", nft, table, queueNum: legacyQueue, legacy: true });
+      }
     }
   }
   const iptables = findTool("iptables");
@@ -309,9 +356,9 @@ export async function findOurRules(): Promise<FoundRule[]> {
       if (r.code !== 0) continue; // table absent in this kernel/namespace
       for (const line of r.stdout.split("\n")) {
         const args = splitIptablesLine(line);
-        const queueNum = args[0] === "-A" ? queueOfRule(args) : null;
-        if (queueNum !== null) {
-          found.push({ backend: "iptables", iptables, table, args: args.slice(1), queueNum });
+        const owner = args[0] === "-A" ? queueOfIptablesRule(args) : null;
+        if (owner !== null) {
+          found.push({ backend: "iptables", iptables, table, args: args.slice(1), ...owner });
         }
       }
     }
@@ -319,30 +366,29 @@ export async function findOurRules(): Promise<FoundRule[]> {
   return found;
 }
 
-/**
- * Removes the rules of `queueNum` an earlier run left: call it only while holding that queue,
- * which proves their owner gone. Returns how many it removed; other queues' rules stay.
- */
-export async function removeStaleRules(queueNum: number): Promise<number> {
-  checkQueueNum(queueNum);
-  let removed = 0;
-  for (const rule of await findOurRules()) {
-    if (rule.queueNum !== queueNum) continue;
+/** Deletes rules `findOurRules` found; returns how many. Throws FirewallError on failure. */
+export async function removeFoundRules(rules: FoundRule[]): Promise<number> {
+  for (const rule of rules) {
     if (rule.backend === "nft") {
       await runOk(rule.nft, ["delete", "table", "ip", rule.table]);
     } else {
       await runOk(rule.iptables, ["-w", "-t", rule.table, "-D", ...rule.args]);
     }
-    removed++;
   }
-  return removed;
+  return rules.length;
 }
 
-/** The queues other than `queueNum` that rules of ours send DNS answers to, each once. */
-export async function otherQueueRules(queueNum: number): Promise<number[]> {
-  const queues = new Set<number>();
-  for (const rule of await findOurRules()) {
-    if (rule.queueNum !== queueNum) queues.add(rule.queueNum);
-  }
-  return [...queues].sort((a, b) => a - b);
+/**
+ * Removes the rules of `queueNum` an earlier run left, an older build's included: call it only
+ * while holding that queue, which proves their owner gone. Returns how many it removed; other
+ * queues' rules stay.
+ */
+export async function removeStaleRules(queueNum: number): Promise<number> {
+  checkQueueNum(queueNum);
+  return await removeFoundRules((await findOurRules()).filter((r) => r.queueNum === queueNum));
+}
+
+/** Our rules that send DNS answers to queues other than `queueNum`. */
+export async function otherQueueRules(queueNum: number): Promise<FoundRule[]> {
+  return (await findOurRules()).filter((r) => r.queueNum !== queueNum);
 }

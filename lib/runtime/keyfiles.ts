@@ -1,5 +1,5 @@
 // The server's key directory, in the reference's format: raw bytes, one file per key, secret
-// files 0600, directory 0700. Keeping these files keeps a server's pq1 name.
+// files 0600, public ones 0644, directory 0700 (the reference's 0755 too), all the server's. Keeping these files keeps a server's pq1 name.
 
 import {
   KEY_BYTES,
@@ -73,7 +73,7 @@ export function readPublicKeys(dir: string): { mceliecePk: Uint8Array; x25519Pk:
   return { mceliecePk: readKeyFile(dir, "mceliece_pk"), x25519Pk: readKeyFile(dir, "x25519_pk") };
 }
 
-/** All server keys, checked for their files' modes, for size and for the X25519 pair matching. */
+/** All server keys, checked for their files' modes and owners, for size and for the X25519 pair matching. */
 export function readServerKeys(dir: string): ServerKeys {
   refuseLooseKeyFiles(dir);
   const keys = {
@@ -142,39 +142,71 @@ export function makeKeyDir(dir: string): void {
 }
 
 /**
- * What is wrong with the modes of the key directory and its secret files: each secret file that
- * others than its owner may read or write (the reference and keygen write them 0600), and a
- * directory others may write to without the sticky bit (they could swap in keys of their own;
- * the reference's 0755 and keygen's 0700 are fine). Files that cannot be looked at are left to
- * readKeyFile to report.
+ * What is wrong with the key directory and its files, for a server running as `uid` (root when
+ * it reads them): each secret file that others than its owner may read or write (the reference
+ * and keygen write them 0600), each public file that group or others may write (clients check
+ * them against the server's DNS name: whoever may replace them may swap the server's identity;
+ * the reference and keygen write them 0644), any of these files or the directory owned by another
+ * user than `uid` (the owner may do all of that whatever the mode), and a directory others may
+ * write to without the sticky bit (they could swap in keys of their own; the reference's 0755 and
+ * keygen's 0700 are fine). Files that cannot be looked at are left to readKeyFile to report.
  */
-export function looseSecretKeyFiles(dir: string): string[] {
+export function looseKeyFiles(dir: string, uid: number | null = Deno.uid()): string[] {
   const problems: string[] = [];
-  const dirMode = modeOf(dir);
-  if (dirMode !== null && (dirMode & 0o022) !== 0 && (dirMode & 0o1000) === 0) {
-    problems.push(
-      `${dir} is mode ${octal(dirMode)}: others than its owner could replace the keys ` +
-        `(chmod go-w ${dir})`,
-    );
+  const dirStat = statOf(dir);
+  if (dirStat !== null) {
+    const notOwned = foreignOwner(dir, dirStat, uid, "could replace the keys");
+    if (notOwned) problems.push(notOwned);
+    if ((dirStat.mode & 0o022) !== 0 && (dirStat.mode & 0o1000) === 0) {
+      problems.push(
+        `${dir} is mode ${octal(dirStat.mode)}: others than its owner could replace the keys ` +
+          `(chmod go-w ${dir})`,
+      );
+    }
   }
   for (const [name, file] of Object.entries(KEY_FILES)) {
-    if (!file.secret) continue;
     const path = join(dir, name);
-    const mode = modeOf(path);
-    if (mode !== null && (mode & 0o077) !== 0) {
+    const st = statOf(path);
+    if (st === null) continue;
+    const notOwned = foreignOwner(
+      path,
+      st,
+      uid,
+      file.secret ? "may read and replace this secret key" : "could replace the server's identity",
+    );
+    if (notOwned) problems.push(notOwned);
+    if (file.secret && (st.mode & 0o077) !== 0) {
       problems.push(
-        `${path} is mode ${octal(mode)}: a secret key should be readable by its owner only ` +
+        `${path} is mode ${octal(st.mode)}: a secret key should be readable by its owner only ` +
           `(chmod 600 ${path})`,
+      );
+    } else if (!file.secret && (st.mode & 0o022) !== 0) {
+      problems.push(
+        `${path} is mode ${octal(st.mode)}: others than its owner could replace the server's ` +
+          `public key, and with it the identity clients verify (chmod go-w ${path})`,
       );
     }
   }
   return problems;
 }
 
-/** Throws, naming every file and the fix, when looseSecretKeyFiles finds anything (as ssh does
- * with a private key others may read: the key may already be known to them). */
+/** The problem when `path` belongs to another user than `uid` (null: `uid` unknown, or owner). */
+function foreignOwner(
+  path: string,
+  st: { uid: number | null },
+  uid: number | null,
+  risk: string,
+): string | null {
+  if (uid === null || st.uid === null || st.uid === uid) return null;
+  const user = uid === 0 ? "root" : `uid ${uid}`;
+  return `${path} is owned by uid ${st.uid}, not by ${user} that the server runs as: that user ` +
+    `${risk} (chown ${uid === 0 ? "root" : uid} ${path})`;
+}
+
+/** Throws, naming every file and the fix, when looseKeyFiles finds anything (as ssh does with a
+ * private key others may read: the key may already be known to them). */
 export function refuseLooseKeyFiles(dir: string): void {
-  const problems = looseSecretKeyFiles(dir);
+  const problems = looseKeyFiles(dir);
   if (problems.length === 0) return;
   throw new KeyFileError(
     `refusing to use these keys:\n  ${problems.join("\n  ")}\n` +
@@ -183,9 +215,11 @@ export function refuseLooseKeyFiles(dir: string): void {
   );
 }
 
-function modeOf(path: string): number | null {
+/** A path's mode and owner; null when it cannot be looked at (or has no mode to judge). */
+function statOf(path: string): { mode: number; uid: number | null } | null {
   try {
-    return Deno.statSync(path).mode;
+    const { mode, uid } = Deno.statSync(path);
+    return mode === null ? null : { mode, uid };
   } catch {
     return null;
   }

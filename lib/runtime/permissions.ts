@@ -62,7 +62,7 @@ export function commandFlags(command: PermissionCommand, at: Places): string[] {
       ];
     case "client":
       return [
-        `--allow-read=${FIREWALL_TOOLS.join(",")}`,
+        `--allow-read=${at.runtimeDir},${FIREWALL_TOOLS.join(",")}`,
         `--allow-write=${at.runtimeDir}`,
         `--allow-run=${FIREWALL_TOOLS.join(",")}`,
         `--allow-ffi=${FFI.join(",")}`,

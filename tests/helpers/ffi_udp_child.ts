@@ -1,5 +1,5 @@
 // Runs inside a test network namespace whose loopback is throttled by a tbf qdisc (see
-// tests/ffi_udp_test.ts), so a small send buffer fills up: reports how sendBatch copes.
+// tests/ffi_udp_ns_test.ts), so a small send buffer fills up: reports how sendBatch copes.
 
 import { UdpSocket } from "../../ffi/udp.ts";
 

@@ -140,7 +140,7 @@ function firewallTools(): string[] {
 
 /**
  * `pqconnect client` (the root supervisor): libc, the firewall tools (stat and run), the runtime
- * directory (create, chown, remove), the variables it passes on to its worker, and the uid check.
+ * directory (create, chown, remove; read: the lock file's link count), the variables it passes on to its worker, and the uid check.
  * It reads none of the project's files (the worker does). The worker it spawns gets its own,
  * narrower set (workerArgv in lib/client/supervisor.ts).
  */
@@ -150,7 +150,7 @@ export function clientPermissions(runtimeDir: string): string[] {
     "--no-prompt",
     `--config=${PROJECT_DIR}/deno.json`,
     `--allow-ffi=${libcPath()}`,
-    `--allow-read=${tools.join(",")}`,
+    `--allow-read=${runtimeDir},${tools.join(",")}`,
     `--allow-write=${runtimeDir}`,
     `--allow-run=${tools.join(",")}`,
     "--allow-env=PATH,HOME,DENO_DIR,NO_COLOR,LANG",
