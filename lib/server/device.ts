@@ -229,7 +229,10 @@ export class ServerDevice {
     if (this.resumed.size !== 0 && this.onResumedPacket(data, host, port)) return;
     const r = this.path.fromNetwork(data, host, port, this.clock.mono());
     if (r.kind === "unknown-tid") {
-      const l = this.lingering.size === 0 ? undefined : this.lingering.get(tidKeyAt(data, 2));
+      // By the lingering peers' numeric index, not a string key: with a full table there are
+      // always lingering tunnels, and a flood's datagrams would each build one.
+      const lp = this.lingering.size === 0 ? undefined : this.lingerPath.peers.byTunnelIdIn(data);
+      const l = lp === undefined ? undefined : this.lingering.get(lp.tidKey);
       if (l) return this.onLingeringPacket(l, data, host, port);
       return this.hold(data, host, port);
     }
@@ -262,7 +265,8 @@ export class ServerDevice {
    */
   private onResumedPacket(data: Uint8Array, host: number, port: number): boolean {
     if (data.length < TUNNEL_OVERHEAD) return false;
-    const o = this.resumed.get(tidKeyAt(data, 2));
+    const p = this.resumedPath.peers.byTunnelIdIn(data);
+    const o = p === undefined ? undefined : this.resumed.get(p.tidKey);
     if (o === undefined || readU16be(data, 34) > o.epoch) return false;
     const r = this.resumedPath.fromNetwork(data, host, port, this.clock.mono());
     if (r.kind === "cookie") this.drops.count("cookie-from-client");
