@@ -17,7 +17,7 @@ import { type KemBackendName, type KemChoice, loadKemBackend } from "../lib/runt
 import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
 import { installHashBackend } from "../lib/runtime/hash_backend.ts";
 import { parseInitiation } from "../lib/core/handshake.ts";
-import { type ResponderOutcome, respondInitiation } from "../lib/core/responder.ts";
+import { preferSlot, type ResponderOutcome, respondInitiation } from "../lib/core/responder.ts";
 import { wipe } from "../lib/core/bytes.ts";
 
 /** First message from the pool. The key's buffer is transferred here and wiped after loading. */
@@ -111,6 +111,8 @@ const encapsulators = new Map<number, Encapsulator>();
 let staticX25519Sk: Uint8Array | undefined;
 /** The live ephemeral slots' secrets, handed to every worker when made, erased when expired. */
 const ephemeral = new Map<number, { x25519Sk: Uint8Array; sntrupSk: Uint8Array }>();
+/** The ephemeral slot that opened this worker's last handshake: tried first (see preferSlot). */
+let lastOpenedSlot = -1;
 let started = false;
 let stopped = false;
 
@@ -209,7 +211,8 @@ function run(req: WorkerRequest): [ResultOf[WorkerOp], ArrayBuffer[]] {
           return e ? sn.decapsulate(ct, e.sntrupSk) : null;
         },
       };
-      const r = respondInitiation(msg, kems, sk, slots);
+      const r = respondInitiation(msg, kems, sk, preferSlot(slots, lastOpenedSlot));
+      if (r.ok) lastOpenedSlot = r.slot;
       return [r, r.ok ? buffersOf(r.tid, r.i2r, r.r2i) : []];
     }
     case "addEphemeral": {

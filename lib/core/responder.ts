@@ -14,9 +14,12 @@ export interface ResponderKems {
   sntrupDecap(ct: Uint8Array, slot: number): Uint8Array | null;
 }
 
-/** Only what the device needs: the tunnel id and both root keys, or why there is none. */
+/**
+ * Only what the device needs: the tunnel id and both root keys (and which ephemeral slot
+ * opened the initiation), or why there is none.
+ */
 export type ResponderOutcome =
-  | { ok: true; tid: Uint8Array; i2r: Uint8Array; r2i: Uint8Array }
+  | { ok: true; tid: Uint8Array; i2r: Uint8Array; r2i: Uint8Array; slot: number }
   | { ok: false; reason: "auth" | "slot-expired" };
 
 export function respondInitiation(
@@ -39,9 +42,21 @@ export function respondInitiation(
     if (!sntrupSs) return { ok: false, reason: "slot-expired" };
     secrets.push(sntrupSs);
     const r = respondFinish(msg, opened, sntrupSs);
-    return { ok: true, tid: r.tid, i2r: r.i2r, r2i: r.r2i };
+    return { ok: true, tid: r.tid, i2r: r.i2r, r2i: r.r2i, slot: opened.slotId };
   } finally {
     wipe(...secrets);
     seen?.(secrets);
   }
+}
+
+/**
+ * `slots` (newest first) with `preferred` moved to the front when it is among them. Finding the
+ * slot an initiation was made for costs one X25519 per slot tried (~28 µs native), and most
+ * clients use the same one: the key server's current slot, or for a while after a rotation the
+ * one before, which newest-first would try second for every one of them.
+ */
+export function preferSlot<T extends { id: number }>(slots: T[], preferred: number): T[] {
+  const i = slots.findIndex((s) => s.id === preferred);
+  if (i <= 0) return slots;
+  return [slots[i], ...slots.slice(0, i), ...slots.slice(i + 1)];
 }
