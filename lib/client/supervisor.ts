@@ -130,17 +130,20 @@ async function runningQueue(rules: FoundRule[]): Promise<number | null> {
  * client's leftover (see firewall.ts): left for the next client on that queue, whose own start
  * removes it; its bypass lets answers through meanwhile. An older build's rule (unnumbered tag)
  * of such a queue is removed here, after every queue has been checked: nothing else ever would.
- * Called holding the instance lock, so no other client of ours is starting meanwhile.
+ * Called holding the instance lock, so no other client of ours is starting meanwhile. True when
+ * it removed an older build's rules.
  */
-async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> {
+async function refuseOtherClients(queueNum: number, log: Logger): Promise<boolean> {
   const others = await otherQueueRules(queueNum);
   const running = await runningQueue(others);
   if (running !== null) throw anotherClientRuns(`with DNS queue ${running}`);
+  let removed = false;
   for (const other of queuesOf(others)) {
     const rules = others.filter((r) => r.queueNum === other);
     const legacy = rules.filter((r) => r.legacy);
     if (legacy.length > 0) {
       await removeFoundRules(legacy);
+      removed = true;
       log.info(
         `removed ${legacy.length} DNS queue rule(s) of queue ${other} tagged ${RULE_TAG} by an ` +
           `older build; no process holds that queue`,
@@ -153,6 +156,34 @@ async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> 
       );
     }
   }
+  return removed;
+}
+
+/** What a run sets up and removes again at its end, in the order its last line names them. */
+const SET_UP = ["interface", "queue rule", "control socket"] as const;
+export type SetUp = typeof SET_UP[number];
+
+/**
+ * The supervisor's last line, saying what really happened: a client that ran stopped and removed
+ * what it had set up; one that did not get that far (refused beside a running client, its worker
+ * did not start) names what it set up and removed again, or says nothing was changed. A refusal
+ * comes before any rule is removed; `clearedLeftovers` says an earlier run's rules were (logged
+ * when it happened), so "nothing was changed" would not be true.
+ */
+export function lastLine(
+  ran: boolean,
+  setUp: ReadonlySet<SetUp>,
+  clearedLeftovers: boolean,
+): string {
+  const names = SET_UP.filter((s) => setUp.has(s));
+  const listed = names.length < 2
+    ? names.join("")
+    : `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
+  if (ran) return `stopped; ${listed} removed`;
+  if (names.length > 0) return `not started; ${listed} removed again`;
+  return clearedLeftovers
+    ? "not started; nothing set up (the leftover rules above stay removed)"
+    : "not started; nothing was changed";
 }
 
 export async function runClient(opts: ClientOptions): Promise<number> {
@@ -161,6 +192,11 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
 
   const cleanup = new Cleanup(log);
+  // For the last line: what this run set up (`cleanup` removes each again), and how far it got.
+  const setUp = new Set<SetUp>();
+  let ran = false;
+  let clearedLeftovers = false;
+  let lockTaken = false;
   try {
     // The queue first: bound by another process, it tells that another client runs (on another
     // interface), and nothing may be touched, least of all its DNS queue rule. Holding it shows
@@ -180,9 +216,13 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       );
     }
     cleanup.add(() => lock.release());
-    await refuseOtherClients(opts.queueNum, log);
+    lockTaken = true;
+    if (await refuseOtherClients(opts.queueNum, log)) clearedLeftovers = true;
     const stale = await removeStaleRules(opts.queueNum);
-    if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
+    if (stale > 0) {
+      clearedLeftovers = true;
+      log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
+    }
 
     Deno.mkdirSync(opts.runtimeDir, { recursive: true, mode: 0o750 });
     Deno.chownSync(opts.runtimeDir, 0, user.gid);
@@ -195,6 +235,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     });
 
     const tun = await openInterface(opts, cleanup);
+    setUp.add("interface");
     const [mine, theirs] = socketPair();
     const channel = new SeqPacketChannel(mine);
     cleanup.add(() => channel.close());
@@ -207,8 +248,11 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     tun.close();
 
     await waitReady(channel, pid);
+    setUp.add("control socket"); // the worker serves it before it says READY
     const rule: RuleHandle = await installDnsQueueRule(opts.queueNum);
     cleanup.add(() => removeDnsQueueRule(rule));
+    setUp.add("queue rule");
+    ran = true;
     log.info(
       `DNS answers go through queue ${opts.queueNum} (${rule.backend}); worker pid ${pid} ` +
         `runs as ${opts.user}`,
@@ -259,10 +303,13 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     return exitCode;
   } finally {
     await cleanup.run();
-    try {
-      Deno.removeSync(opts.runtimeDir);
-    } catch { /* not empty or not ours to remove */ }
-    log.info("stopped; interface, queue rule and control socket removed");
+    // Refused before the lock, this run never touched the directory: it is not its to remove.
+    if (lockTaken) {
+      try {
+        Deno.removeSync(opts.runtimeDir);
+      } catch { /* not empty or not ours to remove */ }
+    }
+    log.info(lastLine(ran, setUp, clearedLeftovers));
   }
 }
 
