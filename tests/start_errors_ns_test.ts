@@ -27,6 +27,7 @@ import {
   ensurePrivsepUser,
   fixtureKeyDir,
   pqconnectArgv,
+  procIds,
   serverPermissions,
   startOurClient,
   startOurServer,
@@ -301,7 +302,6 @@ labTest(
   "two clients started at the same moment on different queues: exactly one runs",
   async (lab, work, defer) => {
     const runtimeDir = `${work}/run`;
-    const lockFile = `${runtimeDir}/client.lock`;
     const options = [[], queueBOptions()];
     for (let round = 0; round < 3; round++) {
       // Each client binds its own queue at once; neither has a rule for a second or so.
@@ -332,7 +332,7 @@ labTest(
       assert.equal((await loser.status).code, 1, loser.output());
       assert.match(
         loser.output(),
-        /another pqconnect client runs (with DNS queue 424[23]|\(it holds \S+\/client\.lock\)): two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
+        /another pqconnect client runs (with DNS queue 424[23]|\(it holds the lock on \S+\)): two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
       );
       assert.match(loser.output(), CHANGED_NOTHING);
       const [, queue, workerPid] = winner.output().match(READY)!;
@@ -341,7 +341,13 @@ labTest(
         `pqconnect-ts-q${queue}`,
       ]);
       assert.equal((await tunDevices(lab.clientNs)).length, 1, "one client's interface");
-      assert.ok(!holdsOpen(Number(workerPid), lockFile), "the worker does not inherit the lock");
+      // The lock is a flock on the runtime directory: the worker holds no descriptor of it,
+      // and its group may only write and search there (it cannot open the directory to lock it).
+      assert.ok(!holdsOpen(Number(workerPid), runtimeDir), "the worker does not inherit the lock");
+      const dir = await Deno.stat(runtimeDir);
+      assert.equal(dir.uid, 0);
+      assert.equal(dir.gid, procIds(Number(workerPid)).gid[0], "the worker's group");
+      assert.equal(dir.mode! & 0o7777, 0o730);
 
       if (round < 2) {
         const exit = await winner.stop("SIGTERM", 10_000, true);
@@ -366,7 +372,7 @@ labTest(
     await assert.rejects(
       Deno.stat(runtimeDir),
       Deno.errors.NotFound,
-      "lock file and directory gone",
+      "the runtime directory (the lock) gone",
     );
   },
 );

@@ -21,7 +21,7 @@ import {
 import { decodeChannelMessage } from "./messages.ts";
 import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
-import { InstanceLock } from "../runtime/instance_lock.ts";
+import { InstanceLock, RUNTIME_DIR_MODE } from "../runtime/instance_lock.ts";
 import { packetLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { openInterface } from "../runtime/interface.ts";
@@ -73,8 +73,6 @@ const TICK_SECONDS = 0.25;
 const READY_TIMEOUT_MS = 60_000;
 
 export const CONTROL_SOCKET = "client.sock";
-/** Held by the running client (instance_lock.ts), in the runtime directory. */
-export const LOCK_FILE = "client.lock";
 
 /** NFQUEUE `num`, or an error that says another client holds it. */
 async function openQueue(num: number): Promise<NfQueue> {
@@ -196,7 +194,6 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   const setUp = new Set<SetUp>();
   let ran = false;
   let clearedLeftovers = false;
-  let lockTaken = false;
   try {
     // The queue first: bound by another process, it tells that another client runs (on another
     // interface), and nothing may be touched, least of all its DNS queue rule. Holding it shows
@@ -204,19 +201,19 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     // (refused) or to a crashed one (left alone).
     const queue = await openQueue(opts.queueNum);
     cleanup.add(() => queue.close());
-    // Then the lock, held to the end: a client on another queue started at the same moment
-    // (its rule not installed yet) is refused here rather than both running.
-    const lock = InstanceLock.take(`${opts.runtimeDir}/${LOCK_FILE}`);
+    // Then the lock on the runtime directory, held to the end: a client on another queue
+    // started at the same moment (its rule not installed yet) is refused here rather than both
+    // running. Its release removes the directory.
+    const lock = InstanceLock.take(opts.runtimeDir);
     if (lock === null) {
       const running = await runningQueue(await otherQueueRules(opts.queueNum));
       throw anotherClientRuns(
         running === null
-          ? `(it holds ${opts.runtimeDir}/${LOCK_FILE})`
+          ? `(it holds the lock on ${opts.runtimeDir})`
           : `with DNS queue ${running}`,
       );
     }
     cleanup.add(() => lock.release());
-    lockTaken = true;
     if (await refuseOtherClients(opts.queueNum, log)) clearedLeftovers = true;
     const stale = await removeStaleRules(opts.queueNum);
     if (stale > 0) {
@@ -224,9 +221,9 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
     }
 
-    Deno.mkdirSync(opts.runtimeDir, { recursive: true, mode: 0o750 });
+    // The worker's group may put its control socket there, not open the directory (the lock).
     Deno.chownSync(opts.runtimeDir, 0, user.gid);
-    Deno.chmodSync(opts.runtimeDir, 0o770);
+    Deno.chmodSync(opts.runtimeDir, RUNTIME_DIR_MODE);
     const controlPath = `${opts.runtimeDir}/${CONTROL_SOCKET}`;
     cleanup.add(() => {
       try {
@@ -302,13 +299,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     relay.drops.report(log);
     return exitCode;
   } finally {
-    await cleanup.run();
-    // Refused before the lock, this run never touched the directory: it is not its to remove.
-    if (lockTaken) {
-      try {
-        Deno.removeSync(opts.runtimeDir);
-      } catch { /* not empty or not ours to remove */ }
-    }
+    await cleanup.run(); // the lock's release removes the runtime directory, when it is empty
     log.info(lastLine(ran, setUp, clearedLeftovers));
   }
 }
