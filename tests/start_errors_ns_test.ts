@@ -5,8 +5,8 @@
 // or control socket, and its last line says it changed nothing; a SIGKILLed client's rule is
 // removed by the next client on its queue only, an older build's unnumbered one by the next client
 // once nobody holds its queue; of two clients started together on different queues exactly one
-// runs, and a SIGKILLed one blocks nobody. In a lab namespace, with the daemons' own narrow
-// permissions; needs root.
+// runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready stops cleanly.
+// In a lab namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -374,6 +374,29 @@ labTest(
       Deno.errors.NotFound,
       "the runtime directory (the lock) gone",
     );
+  },
+);
+
+labTest(
+  "a client stopped the moment it says it is ready removes its rule and exits 0",
+  async (lab, work, defer) => {
+    // As a service manager's stop right after the start: before the supervisor handled signals
+    // from its start, about every other such SIGTERM met the default action (exit 143, the queue
+    // rule left behind).
+    const runtimeDir = `${work}/run`;
+    for (let round = 0; round < 5; round++) {
+      const client = await startOurClient(lab.clientNs, runtimeDir);
+      defer(() => client.process.stop("SIGKILL", 5000));
+      const exit = await client.process.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, `round ${round}: ${client.process.output()}`);
+      assert.match(
+        client.process.output(),
+        /stopped; interface, queue rule and control socket removed/,
+      );
+      assert.deepEqual(await queueRules(lab.clientNs), [], `round ${round}: no rule left`);
+      assert.deepEqual(await tunDevices(lab.clientNs), [], `round ${round}: no interface left`);
+    }
+    await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
   },
 );
 

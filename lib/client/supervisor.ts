@@ -195,6 +195,13 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   let ran = false;
   let clearedLeftovers = false;
   try {
+    // Signals are handled from the start. Deno's first signal listener takes a while to install,
+    // and made after the ready line, a SIGTERM sent on seeing that line (a service manager's stop,
+    // a test) sometimes met the default action, leaving the queue rule behind. A stop asked for
+    // while setting up ends the start through the clean-up instead.
+    const shutdown = new Shutdown(log);
+    cleanup.add(() => shutdown.dispose());
+    const running = () => shutdown.running;
     // The queue first: bound by another process, it tells that another client runs (on another
     // interface), and nothing may be touched, least of all its DNS queue rule. Holding it shows
     // that rules of this queue are leftovers; rules of other queues belong to a running client
@@ -206,11 +213,9 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     // running. Its release removes the directory.
     const lock = InstanceLock.take(opts.runtimeDir);
     if (lock === null) {
-      const running = await runningQueue(await otherQueueRules(opts.queueNum));
+      const other = await runningQueue(await otherQueueRules(opts.queueNum));
       throw anotherClientRuns(
-        running === null
-          ? `(it holds the lock on ${opts.runtimeDir})`
-          : `with DNS queue ${running}`,
+        other === null ? `(it holds the lock on ${opts.runtimeDir})` : `with DNS queue ${other}`,
       );
     }
     cleanup.add(() => lock.release());
@@ -244,7 +249,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     closeFd(theirs);
     tun.close();
 
-    await waitReady(channel, pid);
+    await waitReady(channel, pid, running);
     setUp.add("control socket"); // the worker serves it before it says READY
     const rule: RuleHandle = await installDnsQueueRule(opts.queueNum);
     cleanup.add(() => removeDnsQueueRule(rule));
@@ -256,9 +261,6 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     );
 
     let exitCode = 0;
-    const shutdown = new Shutdown(log);
-    cleanup.add(() => shutdown.dispose());
-    const running = () => shutdown.running;
     const now = () => performance.now() / 1000;
     const relay = new DnsRelay(queue, channel, now, {
       verdictSeconds: VERDICT_TIMEOUT_SECONDS,
@@ -304,9 +306,14 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   }
 }
 
-async function waitReady(channel: SeqPacketChannel, pid: number): Promise<void> {
+async function waitReady(
+  channel: SeqPacketChannel,
+  pid: number,
+  running: () => boolean,
+): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
+    if (!running()) throw new Error("asked to stop before the client worker was ready");
     if (await waitReadable(channel.fd, 250)) {
       const m = channel.tryRecv();
       if (m === null) break;
