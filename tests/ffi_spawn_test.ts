@@ -1,6 +1,6 @@
 // ffi/spawn.ts: descriptors handed to real children at fixed numbers, SOCK_SEQPACKET messages
-// both ways, exit statuses and signals; as root, the whole privilege-separation flow in a
-// throw-away namespace (root parent owns the TUN device, the worker drops to nobody).
+// both ways, exit statuses and signals. The whole privilege-separation flow, in a throw-away
+// network namespace, is tests/ffi_spawn_ns_test.ts, in the root-only run.
 
 import assert from "node:assert/strict";
 import {
@@ -14,17 +14,7 @@ import {
   waitChild,
 } from "../ffi/spawn.ts";
 import { SysError } from "../ffi/libc.ts";
-import {
-  deleteNetns,
-  HELPERS,
-  libcPath,
-  resetNetns,
-  rootOnly,
-  runHelper,
-} from "./helpers/ffi_netns.ts";
-
-const NETNS = "pqts-ffi-spawn";
-const ignore = rootOnly("ffi_spawn_test");
+import { HELPERS, libcPath } from "./helpers/ffi_netns.ts";
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -150,42 +140,4 @@ Deno.test("spawn errors are SysErrors with the reason", () => {
     () => spawnWithFds("/bin/true", ["true"], {}, [[987, 3]]),
     (e: unknown) => e instanceof SysError && e.code === 9,
   );
-});
-
-interface PrivsepReport {
-  tunName: string;
-  hello: { name: string; creds: { uid: number[]; gid: number[]; groups: number[] } };
-  summary: { replies: number };
-  pingCode: number;
-  pingStdout: string;
-  eofAfterExit: boolean;
-  exit: { code: number | null; signal: number | null };
-  tunGone: boolean;
-}
-
-Deno.test({
-  name: "privilege separation: root parent's TUN served by a worker running as nobody",
-  ignore,
-  async fn() {
-    await resetNetns(NETNS);
-    try {
-      const { result: r, output } = await runHelper<PrivsepReport>(
-        NETNS,
-        "ffi_privsep_parent.ts",
-        [libcPath()],
-        ["--allow-all"],
-      );
-      assert.equal(output.code, 0, output.stderr);
-      assert.equal(r.hello.name, r.tunName, "the worker found the device behind fd 3");
-      assert.ok(r.hello.creds.uid.every((id) => id !== 0));
-      assert.ok(r.hello.creds.gid.every((id) => id !== 0));
-      assert.equal(r.pingCode, 0, r.pingStdout);
-      assert.equal(r.summary.replies, 2);
-      assert.equal(r.eofAfterExit, true);
-      assert.deepEqual(r.exit.code, 0);
-      assert.equal(r.tunGone, true, "the device went with the worker's descriptor");
-    } finally {
-      await deleteNetns(NETNS);
-    }
-  },
 });

@@ -2,10 +2,11 @@
 // the client it comes from the worker, which binds the port), exit status 1, and nothing left
 // behind (no TUN device, no runtime directory); a second client while one runs, on its interface
 // or another, on its DNS queue or another, is refused before it touches the first's DNS queue rule
-// or control socket; a SIGKILLed client's rule is removed by the next client on its queue only,
-// an older build's unnumbered one by the next client once nobody holds its queue; of two clients
-// started together on different queues exactly one runs, and a SIGKILLed one blocks nobody. In
-// a lab namespace, with the daemons' own narrow permissions; needs root.
+// or control socket, and its last line says it changed nothing; a SIGKILLed client's rule is
+// removed by the next client on its queue only, an older build's unnumbered one by the next client
+// once nobody holds its queue; of two clients started together on different queues exactly one
+// runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready stops cleanly.
+// In a lab namespace, with the daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -26,6 +27,7 @@ import {
   ensurePrivsepUser,
   fixtureKeyDir,
   pqconnectArgv,
+  procIds,
   serverPermissions,
   startOurClient,
   startOurServer,
@@ -126,14 +128,21 @@ labTest(
     // The worker's own reason, then the supervisor's summary.
     assert.match(client.stderr, /error: bind\(0\.0\.0\.0:42423\): Address already in use/);
     assert.match(client.stderr, /the client worker did not start/);
+    // Its last line names what it had made, the interface, not a rule or socket it never had.
+    assert.match(client.stderr, /pqconnect-client info: not started; interface removed again\n/);
+    assert.doesNotMatch(client.stderr, /stopped;/);
     assert.deepEqual(await tunDevices(lab.clientNs), [], "the client's TUN device is gone");
     await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
   },
 );
 
+/** The last line of a client refused beside a running one (as a refusal's message says). */
+const CHANGED_NOTHING = /pqconnect-client info: not started; nothing was changed\n/;
+
 /**
  * A client runs; a second one is started with `extra` options and must fail with `refusal`,
- * leaving the first one's DNS queue rule and interface as they were. Returns the runtime dir.
+ * leaving the first one's DNS queue rule and interface as they were, and must not say it removed
+ * anything. Returns the runtime dir and the second's stderr.
  */
 async function secondClientRefused(
   lab: Lab,
@@ -141,7 +150,7 @@ async function secondClientRefused(
   defer: (stop: () => Promise<unknown>) => void,
   extra: string[],
   refusal: RegExp,
-): Promise<string> {
+): Promise<{ runtimeDir: string; stderr: string }> {
   const runtimeDir = `${work}/run`;
   const first = await startOurClient(lab.clientNs, runtimeDir);
   defer(() => first.process.stop("SIGTERM", 10_000));
@@ -156,29 +165,31 @@ async function secondClientRefused(
   ]);
   assert.equal(second.code, 1, second.stderr);
   assert.match(second.stderr, refusal);
+  assert.doesNotMatch(second.stderr, /removed/);
   assert.deepEqual(await queueRules(lab.clientNs), rules, "the first client's rule stays");
   assert.deepEqual(await tunDevices(lab.clientNs), ["pqccli0"]);
   assert.ok(first.process.running, "the first client still runs");
-  return runtimeDir;
+  return { runtimeDir, stderr: second.stderr };
 }
 
 labTest(
   "a second client on another interface is refused before it touches the running one's rule",
   async (lab, work, defer) => {
-    await secondClientRefused(
+    const { stderr } = await secondClientRefused(
       lab,
       work,
       defer,
       ["--interface", "pqccli1"],
       /DNS queue 4242 is bound by another process: is another pqconnect/,
     );
+    assert.match(stderr, CHANGED_NOTHING);
   },
 );
 
 labTest(
   "a second client is refused and leaves the running one's rule, socket and interface",
   async (lab, work, defer) => {
-    const runtimeDir = await secondClientRefused(
+    const { runtimeDir } = await secondClientRefused(
       lab,
       work,
       defer,
@@ -214,13 +225,14 @@ function queueBOptions(): string[] {
 labTest(
   "a second client on another DNS queue is refused: both would edit every answer",
   async (lab, work, defer) => {
-    const runtimeDir = await secondClientRefused(
+    const { runtimeDir, stderr } = await secondClientRefused(
       lab,
       work,
       defer,
       queueBOptions(),
       /another pqconnect client runs with DNS queue 4242: two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
     );
+    assert.match(stderr, CHANGED_NOTHING);
     assert.ok((await ruleTags(lab.clientNs)).every((t) => t === "pqconnect-ts-q4242"));
     const first = await pqconnectIn(lab.clientNs, statusPermissions(runtimeDir), [
       "status",
@@ -290,7 +302,6 @@ labTest(
   "two clients started at the same moment on different queues: exactly one runs",
   async (lab, work, defer) => {
     const runtimeDir = `${work}/run`;
-    const lockFile = `${runtimeDir}/client.lock`;
     const options = [[], queueBOptions()];
     for (let round = 0; round < 3; round++) {
       // Each client binds its own queue at once; neither has a rule for a second or so.
@@ -321,15 +332,22 @@ labTest(
       assert.equal((await loser.status).code, 1, loser.output());
       assert.match(
         loser.output(),
-        /another pqconnect client runs (with DNS queue 424[23]|\(it holds \S+\/client\.lock\)): two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
+        /another pqconnect client runs (with DNS queue 424[23]|\(it holds the lock on \S+\)): two clients would both edit every DNS answer\. Stop it first \(nothing was changed\)/,
       );
+      assert.match(loser.output(), CHANGED_NOTHING);
       const [, queue, workerPid] = winner.output().match(READY)!;
       assert.deepEqual(await ruleTags(lab.clientNs), [
         `pqconnect-ts-q${queue}`,
         `pqconnect-ts-q${queue}`,
       ]);
       assert.equal((await tunDevices(lab.clientNs)).length, 1, "one client's interface");
-      assert.ok(!holdsOpen(Number(workerPid), lockFile), "the worker does not inherit the lock");
+      // The lock is a flock on the runtime directory: the worker holds no descriptor of it,
+      // and its group may only write and search there (it cannot open the directory to lock it).
+      assert.ok(!holdsOpen(Number(workerPid), runtimeDir), "the worker does not inherit the lock");
+      const dir = await Deno.stat(runtimeDir);
+      assert.equal(dir.uid, 0);
+      assert.equal(dir.gid, procIds(Number(workerPid)).gid[0], "the worker's group");
+      assert.equal(dir.mode! & 0o7777, 0o730);
 
       if (round < 2) {
         const exit = await winner.stop("SIGTERM", 10_000, true);
@@ -354,8 +372,31 @@ labTest(
     await assert.rejects(
       Deno.stat(runtimeDir),
       Deno.errors.NotFound,
-      "lock file and directory gone",
+      "the runtime directory (the lock) gone",
     );
+  },
+);
+
+labTest(
+  "a client stopped the moment it says it is ready removes its rule and exits 0",
+  async (lab, work, defer) => {
+    // As a service manager's stop right after the start: before the supervisor handled signals
+    // from its start, about every other such SIGTERM met the default action (exit 143, the queue
+    // rule left behind).
+    const runtimeDir = `${work}/run`;
+    for (let round = 0; round < 5; round++) {
+      const client = await startOurClient(lab.clientNs, runtimeDir);
+      defer(() => client.process.stop("SIGKILL", 5000));
+      const exit = await client.process.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, `round ${round}: ${client.process.output()}`);
+      assert.match(
+        client.process.output(),
+        /stopped; interface, queue rule and control socket removed/,
+      );
+      assert.deepEqual(await queueRules(lab.clientNs), [], `round ${round}: no rule left`);
+      assert.deepEqual(await tunDevices(lab.clientNs), [], `round ${round}: no interface left`);
+    }
+    await assert.rejects(Deno.stat(runtimeDir), Deno.errors.NotFound);
   },
 );
 
@@ -404,6 +445,7 @@ labTest(
     ]);
     assert.equal(refused.code, 1, refused.stderr);
     assert.match(refused.stderr, /another pqconnect client runs with DNS queue 4243/);
+    assert.match(refused.stderr, CHANGED_NOTHING);
     assert.deepEqual(await legacyRules(lab.clientNs), legacy, "nothing was changed");
 
     // Once 4243 is let go, the next client removes both: its own queue's and the unheld one's.

@@ -21,7 +21,7 @@ import {
 import { decodeChannelMessage } from "./messages.ts";
 import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
-import { InstanceLock } from "../runtime/instance_lock.ts";
+import { InstanceLock, RUNTIME_DIR_MODE } from "../runtime/instance_lock.ts";
 import { packetLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { openInterface } from "../runtime/interface.ts";
@@ -73,8 +73,6 @@ const TICK_SECONDS = 0.25;
 const READY_TIMEOUT_MS = 60_000;
 
 export const CONTROL_SOCKET = "client.sock";
-/** Held by the running client (instance_lock.ts), in the runtime directory. */
-export const LOCK_FILE = "client.lock";
 
 /** NFQUEUE `num`, or an error that says another client holds it. */
 async function openQueue(num: number): Promise<NfQueue> {
@@ -130,17 +128,20 @@ async function runningQueue(rules: FoundRule[]): Promise<number | null> {
  * client's leftover (see firewall.ts): left for the next client on that queue, whose own start
  * removes it; its bypass lets answers through meanwhile. An older build's rule (unnumbered tag)
  * of such a queue is removed here, after every queue has been checked: nothing else ever would.
- * Called holding the instance lock, so no other client of ours is starting meanwhile.
+ * Called holding the instance lock, so no other client of ours is starting meanwhile. True when
+ * it removed an older build's rules.
  */
-async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> {
+async function refuseOtherClients(queueNum: number, log: Logger): Promise<boolean> {
   const others = await otherQueueRules(queueNum);
   const running = await runningQueue(others);
   if (running !== null) throw anotherClientRuns(`with DNS queue ${running}`);
+  let removed = false;
   for (const other of queuesOf(others)) {
     const rules = others.filter((r) => r.queueNum === other);
     const legacy = rules.filter((r) => r.legacy);
     if (legacy.length > 0) {
       await removeFoundRules(legacy);
+      removed = true;
       log.info(
         `removed ${legacy.length} DNS queue rule(s) of queue ${other} tagged ${RULE_TAG} by an ` +
           `older build; no process holds that queue`,
@@ -153,6 +154,34 @@ async function refuseOtherClients(queueNum: number, log: Logger): Promise<void> 
       );
     }
   }
+  return removed;
+}
+
+/** What a run sets up and removes again at its end, in the order its last line names them. */
+const SET_UP = ["interface", "queue rule", "control socket"] as const;
+export type SetUp = typeof SET_UP[number];
+
+/**
+ * The supervisor's last line, saying what really happened: a client that ran stopped and removed
+ * what it had set up; one that did not get that far (refused beside a running client, its worker
+ * did not start) names what it set up and removed again, or says nothing was changed. A refusal
+ * comes before any rule is removed; `clearedLeftovers` says an earlier run's rules were (logged
+ * when it happened), so "nothing was changed" would not be true.
+ */
+export function lastLine(
+  ran: boolean,
+  setUp: ReadonlySet<SetUp>,
+  clearedLeftovers: boolean,
+): string {
+  const names = SET_UP.filter((s) => setUp.has(s));
+  const listed = names.length < 2
+    ? names.join("")
+    : `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
+  if (ran) return `stopped; ${listed} removed`;
+  if (names.length > 0) return `not started; ${listed} removed again`;
+  return clearedLeftovers
+    ? "not started; nothing set up (the leftover rules above stay removed)"
+    : "not started; nothing was changed";
 }
 
 export async function runClient(opts: ClientOptions): Promise<number> {
@@ -161,32 +190,45 @@ export async function runClient(opts: ClientOptions): Promise<number> {
   if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
 
   const cleanup = new Cleanup(log);
+  // For the last line: what this run set up (`cleanup` removes each again), and how far it got.
+  const setUp = new Set<SetUp>();
+  let ran = false;
+  let clearedLeftovers = false;
   try {
+    // Signals are handled from the start. Deno's first signal listener takes a while to install,
+    // and made after the ready line, a SIGTERM sent on seeing that line (a service manager's stop,
+    // a test) sometimes met the default action, leaving the queue rule behind. A stop asked for
+    // while setting up ends the start through the clean-up instead.
+    const shutdown = new Shutdown(log);
+    cleanup.add(() => shutdown.dispose());
+    const running = () => shutdown.running;
     // The queue first: bound by another process, it tells that another client runs (on another
     // interface), and nothing may be touched, least of all its DNS queue rule. Holding it shows
     // that rules of this queue are leftovers; rules of other queues belong to a running client
     // (refused) or to a crashed one (left alone).
     const queue = await openQueue(opts.queueNum);
     cleanup.add(() => queue.close());
-    // Then the lock, held to the end: a client on another queue started at the same moment
-    // (its rule not installed yet) is refused here rather than both running.
-    const lock = InstanceLock.take(`${opts.runtimeDir}/${LOCK_FILE}`);
+    // Then the lock on the runtime directory, held to the end: a client on another queue
+    // started at the same moment (its rule not installed yet) is refused here rather than both
+    // running. Its release removes the directory.
+    const lock = InstanceLock.take(opts.runtimeDir);
     if (lock === null) {
-      const running = await runningQueue(await otherQueueRules(opts.queueNum));
+      const other = await runningQueue(await otherQueueRules(opts.queueNum));
       throw anotherClientRuns(
-        running === null
-          ? `(it holds ${opts.runtimeDir}/${LOCK_FILE})`
-          : `with DNS queue ${running}`,
+        other === null ? `(it holds the lock on ${opts.runtimeDir})` : `with DNS queue ${other}`,
       );
     }
     cleanup.add(() => lock.release());
-    await refuseOtherClients(opts.queueNum, log);
+    if (await refuseOtherClients(opts.queueNum, log)) clearedLeftovers = true;
     const stale = await removeStaleRules(opts.queueNum);
-    if (stale > 0) log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
+    if (stale > 0) {
+      clearedLeftovers = true;
+      log.info(`removed ${stale} DNS queue rule(s) left by an earlier run`);
+    }
 
-    Deno.mkdirSync(opts.runtimeDir, { recursive: true, mode: 0o750 });
+    // The worker's group may put its control socket there, not open the directory (the lock).
     Deno.chownSync(opts.runtimeDir, 0, user.gid);
-    Deno.chmodSync(opts.runtimeDir, 0o770);
+    Deno.chmodSync(opts.runtimeDir, RUNTIME_DIR_MODE);
     const controlPath = `${opts.runtimeDir}/${CONTROL_SOCKET}`;
     cleanup.add(() => {
       try {
@@ -195,6 +237,7 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     });
 
     const tun = await openInterface(opts, cleanup);
+    setUp.add("interface");
     const [mine, theirs] = socketPair();
     const channel = new SeqPacketChannel(mine);
     cleanup.add(() => channel.close());
@@ -206,18 +249,18 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     closeFd(theirs);
     tun.close();
 
-    await waitReady(channel, pid);
+    await waitReady(channel, pid, running);
+    setUp.add("control socket"); // the worker serves it before it says READY
     const rule: RuleHandle = await installDnsQueueRule(opts.queueNum);
     cleanup.add(() => removeDnsQueueRule(rule));
+    setUp.add("queue rule");
+    ran = true;
     log.info(
       `DNS answers go through queue ${opts.queueNum} (${rule.backend}); worker pid ${pid} ` +
         `runs as ${opts.user}`,
     );
 
     let exitCode = 0;
-    const shutdown = new Shutdown(log);
-    cleanup.add(() => shutdown.dispose());
-    const running = () => shutdown.running;
     const now = () => performance.now() / 1000;
     const relay = new DnsRelay(queue, channel, now, {
       verdictSeconds: VERDICT_TIMEOUT_SECONDS,
@@ -258,17 +301,19 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     relay.drops.report(log);
     return exitCode;
   } finally {
-    await cleanup.run();
-    try {
-      Deno.removeSync(opts.runtimeDir);
-    } catch { /* not empty or not ours to remove */ }
-    log.info("stopped; interface, queue rule and control socket removed");
+    await cleanup.run(); // the lock's release removes the runtime directory, when it is empty
+    log.info(lastLine(ran, setUp, clearedLeftovers));
   }
 }
 
-async function waitReady(channel: SeqPacketChannel, pid: number): Promise<void> {
+async function waitReady(
+  channel: SeqPacketChannel,
+  pid: number,
+  running: () => boolean,
+): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
+    if (!running()) throw new Error("asked to stop before the client worker was ready");
     if (await waitReadable(channel.fd, 250)) {
       const m = channel.tryRecv();
       if (m === null) break;

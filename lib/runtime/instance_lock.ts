@@ -1,31 +1,40 @@
-// One client per runtime directory, for the client's whole life: an exclusive flock(2) on a
-// lock file there. The firewall rules tell a running client only once it has installed its rule,
+// One client per runtime directory, for the client's whole life: an exclusive flock(2) on the
+// directory itself. The firewall rules tell a running client only once it has installed its rule,
 // about a second after it starts; two clients started together would both find none and both
 // run. The lock closes that gap: taken before the rules are looked at, held until the process
 // ends. A flock belongs to the open file, so the kernel drops it when the process dies, SIGKILL
-// included, and the file (opened close-on-exec) is not inherited by the worker.
+// included, and the descriptor (opened close-on-exec) is not inherited by the worker.
 //
-// At exit the holder unlinks the file before it lets the lock go, so no empty directory or stale
-// file stays behind. A client that opened the old file just before may then get its lock: it sees
-// the file has no name any more (link count 0) and starts again on a fresh one, so two clients
-// never hold locks on two different files of the same path.
+// Why the directory and not a file in it: the worker's group may write to the directory (it
+// serves the control socket there), so it could unlink a lock file and let a second client take
+// a lock on a new one. The directory itself it can neither remove nor rename (that needs write
+// permission on the parent, root's), and without read permission (the supervisor gives the group
+// only write and search: RUNTIME_DIR_MODE) it cannot open it to hold the lock itself either.
+//
+// At exit the holder removes the directory (when it is empty) before it lets the lock go, so no
+// empty directory stays behind. A client that opened the old directory just before may then get
+// its lock: it sees the directory has no name any more (link count 0) and starts again on a fresh
+// one, so two clients never hold locks on two different directories of the same path.
 
 const ATTEMPTS = 5;
 
+/** The runtime directory's mode: root may do anything; the worker's group may create, reach and
+ * remove its control socket there (write, search) but not open the directory (no read). */
+export const RUNTIME_DIR_MODE = 0o730;
+
 export class InstanceLock {
-  private constructor(readonly path: string, private file: Deno.FsFile | null) {}
+  private constructor(readonly dir: string, private handle: Deno.FsFile | null) {}
 
   /**
-   * Takes the exclusive lock on `path` (creating it and its directory when missing), or returns
-   * null at once when another process holds it.
+   * Takes the exclusive lock on directory `dir` (creating it, mode 0750, when missing), or
+   * returns null at once when another process holds it.
    */
-  static take(path: string): InstanceLock | null {
-    const dir = path.slice(0, path.lastIndexOf("/")) || "/";
+  static take(dir: string): InstanceLock | null {
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-      let file: Deno.FsFile;
+      let handle: Deno.FsFile;
       try {
         Deno.mkdirSync(dir, { recursive: true, mode: 0o750 });
-        file = Deno.openSync(path, { write: true, create: true, mode: 0o600 });
+        handle = Deno.openSync(dir, { read: true });
       } catch (e) {
         // An exiting holder removed the directory between our mkdir and open.
         if (e instanceof Deno.errors.NotFound) continue;
@@ -33,30 +42,34 @@ export class InstanceLock {
       }
       let locked = false;
       try {
-        locked = file.tryLockSync(true);
+        if (!handle.statSync().isDirectory) throw new Error(`${dir} is not a directory`);
+        locked = handle.tryLockSync(true);
         // nlink is null only on platforms without link counts; Linux has them.
-        if (locked && (file.statSync().nlink ?? 1) > 0) return new InstanceLock(path, file);
+        if (locked && (handle.statSync().nlink ?? 1) > 0) return new InstanceLock(dir, handle);
       } catch (e) {
-        file.close();
+        handle.close();
         throw e;
       }
-      file.close();
+      handle.close();
       if (!locked) return null;
-      // Locked a file its holder unlinked on the way out: the path has a new one, or none.
+      // Locked a directory its holder removed on the way out: the path has a new one, or none.
     }
-    throw new Error(`cannot lock ${path}: the file kept being replaced`);
+    throw new Error(`cannot lock ${dir}: the directory kept being replaced`);
   }
 
-  /** Removes the file, then lets the lock go (in that order: see above). Idempotent. */
+  /**
+   * Removes the directory when it is empty (files others put there keep it), then lets the lock
+   * go (in that order: see above). Idempotent.
+   */
   release(): void {
-    if (this.file === null) return;
+    if (this.handle === null) return;
     try {
-      Deno.removeSync(this.path);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      Deno.removeSync(this.dir);
+    } catch {
+      /* not empty, or already gone */
     } finally {
-      this.file.close();
-      this.file = null;
+      this.handle.close();
+      this.handle = null;
     }
   }
 }

@@ -1,4 +1,4 @@
-// Runs inside a test network namespace (see tests/ffi_netlink_test.ts): exercises
+// Runs inside a test network namespace (see tests/ffi_netlink_ns_test.ts): exercises
 // ffi/rtnetlink.ts on a veth pair and on failures, and prints a JSON report as its last line.
 
 import { ipv4ToNumber } from "../../lib/core/ip.ts";

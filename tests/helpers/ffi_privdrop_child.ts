@@ -1,4 +1,4 @@
-// Run as root inside a test network namespace (see tests/ffi_privdrop_test.ts): drops to
+// Run as root inside a test network namespace (see tests/ffi_privdrop_ns_test.ts): drops to
 // `nobody` with ffi/privdrop.ts, then inspects every thread's credentials in /proc and what the
 // process can still do. Prints a JSON report as its last line. Needs --allow-all only because
 // Deno guards /proc reads with it.

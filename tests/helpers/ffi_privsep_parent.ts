@@ -1,5 +1,5 @@
 // The privilege-separation flow end to end, run as root inside a test network namespace (see
-// tests/ffi_spawn_test.ts): the parent opens and configures the TUN device, then spawns
+// tests/ffi_spawn_ns_test.ts): the parent opens and configures the TUN device, then spawns
 // ffi_privsep_worker.ts with the TUN descriptor at 3 and a socket-pair end at 4; the worker
 // drops to `nobody` first thing and answers ping through the inherited device.
 

@@ -1,4 +1,4 @@
-// Runs inside a test network namespace (see tests/ffi_tun_test.ts): creates a TUN device,
+// Runs inside a test network namespace (see tests/ffi_tun_ns_test.ts): creates a TUN device,
 // configures it with ffi/rtnetlink.ts, answers `ping` through it, checks batching and error
 // counting, and prints a JSON report as its last line.
 

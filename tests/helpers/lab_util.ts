@@ -12,8 +12,9 @@ import dgram from "node:dgram";
 import type { Buffer } from "node:buffer";
 import { libcPath } from "../../ffi/libc.ts";
 import { kemLibraryPaths } from "../../ffi/kem_native.ts";
-import { sodiumPath } from "../../ffi/sodium.ts";
-import { findTool } from "../../lib/runtime/firewall.ts";
+import { sodium, sodiumPath } from "../../ffi/sodium.ts";
+import { nettle, nettlePath } from "../../ffi/nettle.ts";
+import { commandFlags } from "../../lib/runtime/permissions.ts";
 import { fromHex, hex } from "../../lib/core/bytes.ts";
 import {
   COOKIE_PREFIX,
@@ -133,28 +134,18 @@ export function serverPermissions(keyDir: string): string[] {
   ];
 }
 
-/** Firewall tools the client supervisor looks up (by stat) and runs. */
-function firewallTools(): string[] {
-  return ["nft", "iptables"].map(findTool).filter((t): t is string => t !== null);
-}
-
 /**
- * `pqconnect client` (the root supervisor): libc, the firewall tools (stat and run), the runtime
- * directory (create, chown, remove; read: the lock file's link count), the variables it passes on to its worker, and the uid check.
- * It reads none of the project's files (the worker does). The worker it spawns gets its own,
- * narrower set (workerArgv in lib/client/supervisor.ts).
+ * `pqconnect client` (the root supervisor) with the flags the launcher and the deno.json task
+ * give it (commandFlags in lib/runtime/permissions.ts), scoped to `runtimeDir`: the optional
+ * libraries too, since its worker may load only those the supervisor could (workerArgv in
+ * lib/client/supervisor.ts). With libc alone it ran the AEAD and SHAKE256 in JavaScript, unlike
+ * `./pqconnect client`.
  */
 export function clientPermissions(runtimeDir: string): string[] {
-  const tools = firewallTools();
   return [
     "--no-prompt",
     `--config=${PROJECT_DIR}/deno.json`,
-    `--allow-ffi=${libcPath()}`,
-    `--allow-read=${runtimeDir},${tools.join(",")}`,
-    `--allow-write=${runtimeDir}`,
-    `--allow-run=${tools.join(",")}`,
-    "--allow-env=PATH,HOME,DENO_DIR,NO_COLOR,LANG",
-    "--allow-sys=uid",
+    ...commandFlags("client", { keyDir: "", runtimeDir, code: PROJECT_DIR }),
   ];
 }
 
@@ -291,7 +282,29 @@ export interface OurClient {
   workerPid: number;
 }
 
-/** Starts `pqconnect client` in `ns`; resolves once its DNS queue rule is in place. */
+/**
+ * What a started client's log says it does in JavaScript although this machine has the native
+ * library (loadable here, in the --allow-all test process): its worker names its AEAD and
+ * SHAKE256 backends before it says it is ready. Empty when it uses all of them.
+ */
+export function clientFallbacks(output: string): string[] {
+  const line = output.match(/AEAD backend: (\w+), SHAKE256: (\w+)/);
+  if (!line) return ["its log names no AEAD backend"];
+  const [, aead, shake] = line;
+  const fallbacks: string[] = [];
+  if (aead !== "libsodium" && sodium() !== null) {
+    fallbacks.push(`AEAD backend: ${aead}, but ${sodiumPath()} loads`);
+  }
+  if (shake !== "nettle" && nettle() !== null) {
+    fallbacks.push(`SHAKE256: ${shake}, but ${nettlePath()} loads`);
+  }
+  return fallbacks;
+}
+
+/**
+ * Starts `pqconnect client` in `ns`; resolves once its DNS queue rule is in place. Fails when its
+ * log says it fell back to JavaScript for a library this machine has (clientFallbacks).
+ */
 export async function startOurClient(
   ns: string,
   runtimeDir: string,
@@ -310,6 +323,13 @@ export async function startOurClient(
       /DNS answers go through queue \d+ \(\w+\); worker pid \d+/,
       60_000,
     );
+    const fallbacks = clientFallbacks(p.output());
+    if (fallbacks.length > 0) {
+      throw new Error(
+        `the client went without native code this machine has: ${fallbacks.join("; ")}\n` +
+          p.output(),
+      );
+    }
     return { process: p, workerPid: Number(line.match(/worker pid (\d+)/)![1]) };
   } catch (e) {
     await p.stop("SIGTERM", 5000);

@@ -1,4 +1,4 @@
-// Test helper, run inside the client network namespace by tests/nfqueue_test.ts.
+// Test helper, run inside the client network namespace by tests/nfqueue_ns_test.ts.
 //
 //   serve <queue>    bind the queue, install the DNS rule, rewrite pq1 answers until SIGTERM,
 //                    then remove the rule. Prints JSON lines: {"ready":...}, {"rewrite":...},
