@@ -58,7 +58,9 @@ class InstantResponder implements ResponderCrypto {
     done: (reply: RespondReply | null) => void,
   ): boolean {
     const r = this.next!;
-    this.waiting.push(() => done({ ok: true, tid: r.tid, i2r: r.i2r.slice(), r2i: r.r2i.slice() }));
+    this.waiting.push(() =>
+      done({ ok: true, tid: r.tid, i2r: r.i2r.slice(), r2i: r.r2i.slice(), slot: 0 })
+    );
     return true;
   }
 
