@@ -10,7 +10,10 @@ import { TunnelSession } from "../lib/core/session.ts";
 import { COOKIE_BYTES, EPOCH_SECONDS } from "../lib/core/constants.ts";
 import { isCookie } from "../lib/core/cookie.ts";
 import { MAX_COOKIE_SENDS } from "../lib/core/data_path.ts";
-import { type DeviceNet, evictionTest, texts, through, until } from "./helpers/device_net.ts";
+import { StderrLogger } from "../lib/runtime/log.ts";
+import { peerLimits } from "../lib/server/device.ts";
+import { Prng } from "./helpers/prng.ts";
+import { DeviceNet, evictionTest, netTest, texts, through, until } from "./helpers/device_net.ts";
 
 const clientPeer = (net: DeviceNet, i: number) => [...net.clients[i].device.servers][0]?.peer;
 const hasCookie = (net: DeviceNet, i: number) => () => clientPeer(net, i)?.cookie !== undefined;
@@ -271,3 +274,45 @@ Deno.test("session: capped at the cookie's epoch, it never holds a key of the ne
   client.close();
   resumed.close();
 });
+
+netTest(
+  "cookie race: with every address in use, an evicted tunnel still lingers with its address",
+  async (pool) => {
+    // A /28: 13 addresses. --max-peers above that (as the default 65536 is on a /16): the table
+    // keeps 10 tunnels, so the 3 that linger at most keep their addresses. Before, the pool ran
+    // out first, each new tunnel ended a lingering one to take its address, and a client that
+    // came back with its cookie got another address.
+    assert.deepEqual(peerLimits(100, 13), { peers: 10, lingering: 3 });
+    assert.deepEqual(peerLimits(65536, 65533), { peers: 65277, lingering: 256 });
+    assert.deepEqual(peerLimits(1, 65533), { peers: 1, lingering: 256 });
+    const net = await DeviceNet.start(pool, new Prng(7), new StderrLogger("test", "error"), {
+      maxPeers: 100,
+      clients: 14,
+      prefix: 28,
+    });
+    try {
+      assert.equal(net.server.maxPeers, 10);
+      for (let i = 0; i < 14; i++) assert.ok(await through(net, i, `hello ${i}`), `client ${i}`);
+      // Clients 0-3 were evicted, the oldest first; the 3 latest linger, client 0 made room.
+      const internal = lingering(net, 3)?.internal;
+      assert.ok(internal !== undefined, "client 3's tunnel lingers");
+      assert.equal(
+        net.server.drops.get("linger-no-address"),
+        0,
+        "no lingering tunnel lost its address",
+      );
+      assert.ok(await through(net, 3, "back 1"), "sent in the old epoch, it arrives");
+      assert.ok(await until(hasCookie(net, 3)));
+      assert.ok(await through(net, 3, "back 2"), "with its cookie: resumed");
+      assert.equal(net.server.resumes, 1);
+      assert.equal(
+        serverPeer(net, 3)?.internal,
+        internal,
+        "the resumed tunnel got its address back",
+      );
+      assert.deepEqual(net.ledger.reuses, [], "a packet key sealed twice");
+    } finally {
+      net.close();
+    }
+  },
+);

@@ -85,7 +85,9 @@ Options:
                           (default: the TUN address)
       --user NAME         unprivileged user to run as (default ${PRIVSEP_USER})
       --mtu N             TUN MTU (default 1400)
-      --max-peers N       tunnels kept before the idlest gets a cookie (default 65536)
+      --max-peers N       tunnels kept before the idlest gets a cookie (default 65536;
+                          at most the subnet's addresses less 256 kept for tunnels
+                          that linger after an eviction)
       --kem auto|native|wasm
                           KEM implementation: native libmceliece/libntruprime, or
                           the WebAssembly build (default auto: native when loadable)

@@ -41,4 +41,9 @@ export class AddressPool {
   get used(): number {
     return this.inUse.size;
   }
+
+  /** Addresses it can hand out in all: the subnet's, less its network, broadcast and own. */
+  get size(): number {
+    return this.broadcast - this.network - 2;
+  }
 }

@@ -150,6 +150,12 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       clock,
     );
     cleanup.add(() => device.close());
+    if (device.maxPeers < opts.maxPeers) {
+      log.info(
+        `tunnels kept: ${device.maxPeers} (--max-peers ${opts.maxPeers}, but the /${opts.prefix} ` +
+          `subnet's addresses also hold the tunnels that linger after an eviction)`,
+      );
+    }
 
     const random = (bytes: number) => crypto.getRandomValues(new Uint8Array(bytes));
     /** Ephemeral keys for the slots due, then the device's own timers. */

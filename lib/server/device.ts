@@ -83,6 +83,21 @@ const QUEUE_MAX_AGE = HELD_SECONDS / 2;
  */
 const LINGER_SECONDS = 10;
 const MAX_LINGERING = 256;
+
+/**
+ * Tunnels kept at most and lingering ones at most, for `maxPeers` asked and a pool of `addresses`:
+ * a lingering tunnel holds its address, so the live ones leave room for them. With as many peers
+ * as addresses (the default --max-peers 65536 on a /16), the pool ran out before the table was
+ * full: each new tunnel then ended a lingering one to take its address, and an evicted client
+ * that came back with its cookie got another address (its connections broke).
+ */
+export function peerLimits(
+  maxPeers: number,
+  addresses: number,
+): { peers: number; lingering: number } {
+  const lingering = Math.max(1, Math.min(MAX_LINGERING, Math.floor(addresses / 4)));
+  return { peers: Math.max(1, Math.min(maxPeers, addresses - lingering)), lingering };
+}
 /**
  * After a resume the lingering session stays this long, receive-only, for packets of its epochs
  * the client sent before it saw the cookie and the network put behind the resume. It is capped
@@ -145,6 +160,9 @@ export class ServerDevice {
   lateAfterResume = 0;
   readonly replay: ReplayCache;
   private readonly pool: AddressPool;
+  /** Live tunnels kept, and lingering ones, at most (peerLimits). */
+  readonly maxPeers: number;
+  private readonly maxLingering: number;
   private readonly limiter: InitiationLimiter;
   /** One global bucket for initiations beyond their address's rate (see overdraw). */
   private readonly overdraft: InitiationLimiter;
@@ -173,6 +191,9 @@ export class ServerDevice {
     private readonly clock: { mono(): number; wall(): number },
   ) {
     this.pool = new AddressPool(config.tunAddress, config.prefix);
+    const limits = peerLimits(config.maxPeers, this.pool.size);
+    this.maxPeers = limits.peers;
+    this.maxLingering = limits.lingering;
     this.path = new DataPath(io, this.drops, { deliverTo: config.hostAddress, roaming: true });
     this.lingerPath = new DataPath(io, this.drops, {
       deliverTo: config.hostAddress,
@@ -530,7 +551,7 @@ export class ServerDevice {
   ): void {
     const old = this.peers.byTunnelId(tidKey);
     if (old) this.removePeer(old, "replaced");
-    if (this.peers.size >= this.config.maxPeers) this.evictWithCookie();
+    if (this.peers.size >= this.maxPeers) this.evictWithCookie();
     let internal = reuse ?? this.allocateAddress();
     if (internal === null) {
       this.evictWithCookie();
@@ -580,7 +601,7 @@ export class ServerDevice {
     this.peers.remove(lru);
     this.endResumedOf(lru.tidKey);
     this.logClosed(lru, "evicted with a cookie");
-    if (this.lingering.size >= MAX_LINGERING) {
+    if (this.lingering.size >= this.maxLingering) {
       this.drops.count("linger-overflow");
       this.endLinger(this.lingering.values().next().value!);
     }

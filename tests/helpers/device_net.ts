@@ -116,16 +116,19 @@ export class DeviceNet {
     readonly rng: Prng,
     readonly log: Logger,
     readonly maxPeers: number,
+    /** The server's TUN prefix: how many internal addresses it has (default /16). */
+    readonly prefix = 16,
   ) {}
 
   static async start(
     pool: CryptoPool,
     rng: Prng,
     log: Logger,
-    opts: { maxPeers: number; clients: number; clock?: TestClock },
+    opts: { maxPeers: number; clients: number; clock?: TestClock; prefix?: number },
   ): Promise<DeviceNet> {
     DeviceNet.keyTree();
-    const net = new DeviceNet(pool, opts.clock ?? new TestClock(), rng, log, opts.maxPeers);
+    const clock = opts.clock ?? new TestClock();
+    const net = new DeviceNet(pool, clock, rng, log, opts.maxPeers, opts.prefix);
     await net.startServer();
     for (let i = 0; i < opts.clients; i++) net.addClient(ipv4ToNumber(`198.18.1.${i + 2}`));
     return net;
@@ -156,7 +159,7 @@ export class DeviceNet {
     this.server = new ServerDevice(
       {
         tunAddress: ipv4ToNumber("10.42.0.1"),
-        prefix: 16,
+        prefix: this.prefix,
         hostAddress: SERVER_HOST,
         maxPeers: this.maxPeers,
         maxPendingHandshakes: 8,
