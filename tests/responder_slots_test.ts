@@ -5,7 +5,8 @@
 
 import assert from "node:assert/strict";
 import { fixture } from "./fixtures.ts";
-import { initiate, parseInitiation } from "../lib/core/handshake.ts";
+import { parseInitiation } from "../lib/core/handshake.ts";
+import { makeInitiation } from "./helpers/initiations.ts";
 import { preferSlot, respondInitiation } from "../lib/core/responder.ts";
 import { loadKemBackend } from "../lib/runtime/kem_backend.ts";
 import { installAeadBackend } from "../lib/runtime/aead_backend.ts";
@@ -36,18 +37,10 @@ Deno.test("responder: the older slot tried first costs one X25519 less, same roo
     x: crypto.getRandomValues(new Uint8Array(32)),
   };
   // A client that fetched its keys before the rotation: the older slot's.
-  const mc = enc.encapsulate();
-  const nt = kems.sntrup.encapsulate(older.kp.publicKey);
-  const e = crypto.getRandomValues(new Uint8Array(32));
-  const made = initiate({
-    mcelieceCt: mc.ciphertext,
-    mcelieceSs: mc.sharedSecret,
-    clientX25519Sk: e,
-    clientX25519Pk: x25519PublicKey(e),
-    serverStaticX25519Pk: fixture("x25519_pk"),
-    serverEphemeralX25519Pk: x25519PublicKey(older.x),
-    sntrupCt: nt.ciphertext,
-    sntrupSs: nt.sharedSecret,
+  const made = makeInitiation(enc, kems.sntrup, {
+    x25519Pk: fixture("x25519_pk"),
+    ephemeralX25519Pk: x25519PublicKey(older.x),
+    ephemeralSntrupPk: older.kp.publicKey,
   });
   const slots = [newer, older].map((s) => ({ x25519Sk: s.x, id: s.id }));
   const responderKems = {
