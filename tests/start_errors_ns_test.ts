@@ -5,8 +5,9 @@
 // or control socket, and its last line says it changed nothing; a SIGKILLed client's rule is
 // removed by the next client on its queue only, an older build's unnumbered one by the next client
 // once nobody holds its queue; of two clients started together on different queues exactly one
-// runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready stops cleanly.
-// In a lab namespace, with the daemons' own narrow permissions; needs root.
+// runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready, and a server
+// stopped the moment it serves or while it starts, stop cleanly. In a lab namespace, with the
+// daemons' own narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -26,6 +27,7 @@ import {
   denoEnv,
   ensurePrivsepUser,
   fixtureKeyDir,
+  ourServerArgv,
   pqconnectArgv,
   procIds,
   serverPermissions,
@@ -491,5 +493,38 @@ labTest(
     assert.match(second.stderr, /interface pqcserv0 already exists: is another pqconnect server/);
     assert.deepEqual(await tunDevices(lab.serverNs), ["pqcserv0"]);
     assert.ok(first.running, "the first server still runs");
+  },
+);
+
+labTest(
+  "a server stopped the moment it serves, or while it starts, removes its interface and exits 0",
+  async (lab, work, defer) => {
+    // As a service manager's stop right after the start: the server's signal handling, made after
+    // its serving line, let such a SIGTERM meet the default action (exit 143), as the client's did.
+    const keyDir = await fixtureKeyDir(work);
+    const opts = { keyDir, port: 42424, keyPort: 42425, hostIp: lab.serverAddr };
+    for (let round = 0; round < 5; round++) {
+      const server = await startOurServer(lab.serverNs, opts);
+      defer(() => server.stop("SIGKILL", 5000));
+      const exit = await server.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, `round ${round}: ${server.output()}`);
+      assert.match(server.output(), /stopped after 0 handshakes; pqcserv0 removed/);
+      assert.deepEqual(await tunDevices(lab.serverNs), [], `round ${round}: no interface left`);
+    }
+    // Stopped on its first line, it is still setting up (keys, interface, crypto workers): the
+    // start ends through the clean-up, before it serves.
+    for (let round = 0; round < 3; round++) {
+      const server = spawn(lab.serverNs, ourServerArgv(opts), {
+        name: `pqconnect server@${lab.serverNs}`,
+        env: denoEnv(),
+      });
+      defer(() => server.stop("SIGKILL", 5000));
+      await server.waitFor(/AEAD backend: /, 60_000);
+      const exit = await server.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, `start round ${round}: ${server.output()}`);
+      assert.match(server.output(), /stopped while starting; pqcserv0 removed/);
+      assert.doesNotMatch(server.output(), /serving pq1/);
+      assert.deepEqual(await tunDevices(lab.serverNs), [], `start round ${round}: no interface`);
+    }
   },
 );
