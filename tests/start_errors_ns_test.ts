@@ -6,8 +6,9 @@
 // removed by the next client on its queue only, an older build's unnumbered one by the next client
 // once nobody holds its queue; of two clients started together on different queues exactly one
 // runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready, and a server
-// stopped the moment it serves or while it starts, stop cleanly. In a lab namespace, with the
-// daemons' own narrow permissions; needs root.
+// stopped the moment it serves or while it starts, stop cleanly; a --runtime-dir a client did not
+// make is refused unchanged, a client's leftover used. In a lab namespace, with the daemons' own
+// narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -526,5 +527,89 @@ labTest(
       assert.doesNotMatch(server.output(), /serving pq1/);
       assert.deepEqual(await tunDevices(lab.serverNs), [], `start round ${round}: no interface`);
     }
+  },
+);
+
+/** The group of the client's worker (user pqconnect), as `id` says. */
+async function workerGid(): Promise<number> {
+  return Number((await run(null, ["id", "-g", "pqconnect"])).stdout.trim());
+}
+
+/** Owner, group, mode and entries of `path` (not following a symbolic link). */
+function shape(path: string): string {
+  const s = Deno.lstatSync(path);
+  const entries = s.isDirectory ? [...Deno.readDirSync(path)].map((e) => e.name).sort() : [];
+  return `${s.uid}:${s.gid} 0${(s.mode! & 0o7777).toString(8)} [${entries.join(",")}]`;
+}
+
+labTest(
+  "a --runtime-dir that a client did not make is refused before anything changes; a leftover is used",
+  async (lab, work, defer) => {
+    // The supervisor hands its runtime directory to the worker's group, sets its mode and
+    // removes it at exit: a typo like --runtime-dir /etc must not do that to /etc.
+    const gid = await workerGid();
+    const etc = `${work}/etc`; // a directory with other things in it
+    Deno.mkdirSync(etc, { mode: 0o755 });
+    Deno.writeTextFileSync(`${etc}/passwd`, "root:x:0:0::/root:/bin/sh\n");
+    const empty = `${work}/empty`; // empty, but nobody's runtime directory
+    Deno.mkdirSync(empty, { mode: 0o755 });
+    const link = `${work}/link`; // a symbolic link to a client's leftover
+    const target = `${work}/target`;
+    Deno.mkdirSync(target);
+    Deno.chownSync(target, 0, gid);
+    Deno.chmodSync(target, 0o730);
+    Deno.symlinkSync(target, link);
+    const crowded = `${work}/crowded`; // a client's shape, with something else in it
+    Deno.mkdirSync(crowded);
+    Deno.chownSync(crowded, 0, gid);
+    Deno.chmodSync(crowded, 0o730);
+    Deno.writeTextFileSync(`${crowded}/notes`, "");
+    const cases: [string, RegExp][] = [
+      [etc, /its group is gid 0, not the worker's/],
+      [empty, /its group is gid 0, not the worker's/],
+      [link, /it is a symbolic link/],
+      [crowded, /it holds what no client put there \(notes\)/],
+    ];
+    for (const [dir, reason] of cases) {
+      const before = shape(dir);
+      const r = await pqconnectIn(lab.clientNs, clientPermissions(dir), [
+        "client",
+        "--runtime-dir",
+        dir,
+      ]);
+      assert.equal(r.code, 1, `${dir}: ${r.stderr}`);
+      // One line says why, with the daemon's prefix, as main.ts prints a failed start.
+      const said = r.stderr.split("\n").filter((l) => l.startsWith("pqconnect client: "));
+      assert.equal(said.length, 1, r.stderr);
+      assert.ok(
+        said[0].startsWith(
+          `pqconnect client: --runtime-dir ${dir} exists and is not one a pqconnect client made (`,
+        ),
+        said[0],
+      );
+      assert.match(said[0], reason);
+      assert.match(r.stderr, CHANGED_NOTHING);
+      assert.equal(shape(dir), before, `${dir} is as it was`);
+      assert.deepEqual(await queueRules(lab.clientNs), [], `${dir}: no rule`);
+      assert.deepEqual(await tunDevices(lab.clientNs), [], `${dir}: no interface`);
+    }
+    assert.equal(shape(target), `0:${gid} 0730 []`, "the link's target is as it was");
+
+    // A client's leftover (killed before its clean-up: root's, the worker's group, 0730, a stale
+    // control socket in it) is used, and removed at the end as a fresh one is.
+    const left = `${work}/left`;
+    Deno.mkdirSync(left);
+    await run(null, [
+      "python3",
+      "-c",
+      `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(`${left}/client.sock`)})`,
+    ]);
+    Deno.chownSync(left, 0, gid);
+    Deno.chmodSync(left, 0o730);
+    const client = await startOurClient(lab.clientNs, left);
+    defer(() => client.process.stop("SIGKILL", 5000));
+    const exit = await client.process.stop("SIGTERM", 10_000, true);
+    assert.equal(exit.code, 0, client.process.output());
+    await assert.rejects(Deno.stat(left), Deno.errors.NotFound);
   },
 );
