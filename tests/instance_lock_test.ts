@@ -30,6 +30,17 @@ Deno.test("one holder at a time; release removes the empty directory and frees t
     assert.ok(third, "a directory that stayed is free again");
     third.release();
     assert.throws(() => InstanceLock.take(`${dir}/left`), "a file is not a lockable directory");
+    assert.ok(first.made && second.made, "each made the directory it took");
+    assert.equal(third.made, false, "the third found it there");
+    // Left, not released: a directory the holder refused stays as it was, and is free again.
+    const fourth = InstanceLock.take(dir);
+    assert.ok(fourth && !fourth.made);
+    Deno.removeSync(`${dir}/left`);
+    fourth.leave();
+    assert.ok(Deno.statSync(dir).isDirectory, "leave keeps even an empty directory");
+    const fifth = InstanceLock.take(dir);
+    assert.ok(fifth, "free again after leave");
+    fifth.release();
   } finally {
     await Deno.remove(parent, { recursive: true });
   }

@@ -5,8 +5,10 @@
 // or control socket, and its last line says it changed nothing; a SIGKILLed client's rule is
 // removed by the next client on its queue only, an older build's unnumbered one by the next client
 // once nobody holds its queue; of two clients started together on different queues exactly one
-// runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready stops cleanly.
-// In a lab namespace, with the daemons' own narrow permissions; needs root.
+// runs, and a SIGKILLed one blocks nobody; a client stopped the moment it is ready, and a server
+// stopped the moment it serves or while it starts, stop cleanly; a --runtime-dir a client did not
+// make is refused unchanged, a client's leftover used. In a lab namespace, with the daemons' own
+// narrow permissions; needs root.
 
 import assert from "node:assert/strict";
 import {
@@ -26,6 +28,7 @@ import {
   denoEnv,
   ensurePrivsepUser,
   fixtureKeyDir,
+  ourServerArgv,
   pqconnectArgv,
   procIds,
   serverPermissions,
@@ -491,5 +494,122 @@ labTest(
     assert.match(second.stderr, /interface pqcserv0 already exists: is another pqconnect server/);
     assert.deepEqual(await tunDevices(lab.serverNs), ["pqcserv0"]);
     assert.ok(first.running, "the first server still runs");
+  },
+);
+
+labTest(
+  "a server stopped the moment it serves, or while it starts, removes its interface and exits 0",
+  async (lab, work, defer) => {
+    // As a service manager's stop right after the start: the server's signal handling, made after
+    // its serving line, let such a SIGTERM meet the default action (exit 143), as the client's did.
+    const keyDir = await fixtureKeyDir(work);
+    const opts = { keyDir, port: 42424, keyPort: 42425, hostIp: lab.serverAddr };
+    for (let round = 0; round < 5; round++) {
+      const server = await startOurServer(lab.serverNs, opts);
+      defer(() => server.stop("SIGKILL", 5000));
+      const exit = await server.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, `round ${round}: ${server.output()}`);
+      assert.match(server.output(), /stopped after 0 handshakes; pqcserv0 removed/);
+      assert.deepEqual(await tunDevices(lab.serverNs), [], `round ${round}: no interface left`);
+    }
+    // Stopped on its first line, it is still setting up (keys, interface, crypto workers): the
+    // start ends through the clean-up, before it serves.
+    for (let round = 0; round < 3; round++) {
+      const server = spawn(lab.serverNs, ourServerArgv(opts), {
+        name: `pqconnect server@${lab.serverNs}`,
+        env: denoEnv(),
+      });
+      defer(() => server.stop("SIGKILL", 5000));
+      await server.waitFor(/AEAD backend: /, 60_000);
+      const exit = await server.stop("SIGTERM", 10_000, true);
+      assert.equal(exit.code, 0, `start round ${round}: ${server.output()}`);
+      assert.match(server.output(), /stopped while starting; pqcserv0 removed/);
+      assert.doesNotMatch(server.output(), /serving pq1/);
+      assert.deepEqual(await tunDevices(lab.serverNs), [], `start round ${round}: no interface`);
+    }
+  },
+);
+
+/** The group of the client's worker (user pqconnect), as `id` says. */
+async function workerGid(): Promise<number> {
+  return Number((await run(null, ["id", "-g", "pqconnect"])).stdout.trim());
+}
+
+/** Owner, group, mode and entries of `path` (not following a symbolic link). */
+function shape(path: string): string {
+  const s = Deno.lstatSync(path);
+  const entries = s.isDirectory ? [...Deno.readDirSync(path)].map((e) => e.name).sort() : [];
+  return `${s.uid}:${s.gid} 0${(s.mode! & 0o7777).toString(8)} [${entries.join(",")}]`;
+}
+
+labTest(
+  "a --runtime-dir that a client did not make is refused before anything changes; a leftover is used",
+  async (lab, work, defer) => {
+    // The supervisor hands its runtime directory to the worker's group, sets its mode and
+    // removes it at exit: a typo like --runtime-dir /etc must not do that to /etc.
+    const gid = await workerGid();
+    const etc = `${work}/etc`; // a directory with other things in it
+    Deno.mkdirSync(etc, { mode: 0o755 });
+    Deno.writeTextFileSync(`${etc}/passwd`, "root:x:0:0::/root:/bin/sh\n");
+    const empty = `${work}/empty`; // empty, but nobody's runtime directory
+    Deno.mkdirSync(empty, { mode: 0o755 });
+    const link = `${work}/link`; // a symbolic link to a client's leftover
+    const target = `${work}/target`;
+    Deno.mkdirSync(target);
+    Deno.chownSync(target, 0, gid);
+    Deno.chmodSync(target, 0o730);
+    Deno.symlinkSync(target, link);
+    const crowded = `${work}/crowded`; // a client's shape, with something else in it
+    Deno.mkdirSync(crowded);
+    Deno.chownSync(crowded, 0, gid);
+    Deno.chmodSync(crowded, 0o730);
+    Deno.writeTextFileSync(`${crowded}/notes`, "");
+    const cases: [string, RegExp][] = [
+      [etc, /its group is gid 0, not the worker's/],
+      [empty, /its group is gid 0, not the worker's/],
+      [link, /it is a symbolic link/],
+      [crowded, /it holds what no client put there \(notes\)/],
+    ];
+    for (const [dir, reason] of cases) {
+      const before = shape(dir);
+      const r = await pqconnectIn(lab.clientNs, clientPermissions(dir), [
+        "client",
+        "--runtime-dir",
+        dir,
+      ]);
+      assert.equal(r.code, 1, `${dir}: ${r.stderr}`);
+      // One line says why, with the daemon's prefix, as main.ts prints a failed start.
+      const said = r.stderr.split("\n").filter((l) => l.startsWith("pqconnect client: "));
+      assert.equal(said.length, 1, r.stderr);
+      assert.ok(
+        said[0].startsWith(
+          `pqconnect client: --runtime-dir ${dir} exists and is not one a pqconnect client made (`,
+        ),
+        said[0],
+      );
+      assert.match(said[0], reason);
+      assert.match(r.stderr, CHANGED_NOTHING);
+      assert.equal(shape(dir), before, `${dir} is as it was`);
+      assert.deepEqual(await queueRules(lab.clientNs), [], `${dir}: no rule`);
+      assert.deepEqual(await tunDevices(lab.clientNs), [], `${dir}: no interface`);
+    }
+    assert.equal(shape(target), `0:${gid} 0730 []`, "the link's target is as it was");
+
+    // A client's leftover (killed before its clean-up: root's, the worker's group, 0730, a stale
+    // control socket in it) is used, and removed at the end as a fresh one is.
+    const left = `${work}/left`;
+    Deno.mkdirSync(left);
+    await run(null, [
+      "python3",
+      "-c",
+      `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(`${left}/client.sock`)})`,
+    ]);
+    Deno.chownSync(left, 0, gid);
+    Deno.chmodSync(left, 0o730);
+    const client = await startOurClient(lab.clientNs, left);
+    defer(() => client.process.stop("SIGKILL", 5000));
+    const exit = await client.process.stop("SIGTERM", 10_000, true);
+    assert.equal(exit.code, 0, client.process.output());
+    await assert.rejects(Deno.stat(left), Deno.errors.NotFound);
   },
 );

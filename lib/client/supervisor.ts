@@ -22,6 +22,7 @@ import { decodeChannelMessage } from "./messages.ts";
 import { DnsRelay, MAX_REPLACEMENT } from "./dns_relay.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
 import { InstanceLock, RUNTIME_DIR_MODE } from "../runtime/instance_lock.ts";
+import { CONTROL_SOCKET, dirFacts, foreignDirReason, isSymlink } from "../runtime/runtime_dir.ts";
 import { packetLoop } from "../runtime/packet_loop.ts";
 import { TickLoop } from "../runtime/tick_loop.ts";
 import { openInterface } from "../runtime/interface.ts";
@@ -72,7 +73,7 @@ const VERDICT_TIMEOUT_SECONDS = 2;
 const TICK_SECONDS = 0.25;
 const READY_TIMEOUT_MS = 60_000;
 
-export const CONTROL_SOCKET = "client.sock";
+export { CONTROL_SOCKET };
 
 /** NFQUEUE `num`, or an error that says another client holds it. */
 async function openQueue(num: number): Promise<NfQueue> {
@@ -208,6 +209,17 @@ export async function runClient(opts: ClientOptions): Promise<number> {
     // (refused) or to a crashed one (left alone).
     const queue = await openQueue(opts.queueNum);
     cleanup.add(() => queue.close());
+    // A runtime directory that was there before is used only when a client made it (its
+    // leftover): it is about to be handed to the worker's group and removed at exit. A symbolic
+    // link is judged before the lock would follow it; the rest once the lock is held, when no
+    // client is making it.
+    const notOurs = (reason: string) =>
+      new Error(
+        `--runtime-dir ${opts.runtimeDir} exists and is not one a pqconnect client made ` +
+          `(${reason}); the client would give it to group ${opts.user}, set its mode and ` +
+          `remove it: name a new path, or remove it if it is a leftover (nothing was changed)`,
+      );
+    if (isSymlink(opts.runtimeDir)) throw notOurs("it is a symbolic link");
     // Then the lock on the runtime directory, held to the end: a client on another queue
     // started at the same moment (its rule not installed yet) is refused here rather than both
     // running. Its release removes the directory.
@@ -217,6 +229,11 @@ export async function runClient(opts: ClientOptions): Promise<number> {
       throw anotherClientRuns(
         other === null ? `(it holds the lock on ${opts.runtimeDir})` : `with DNS queue ${other}`,
       );
+    }
+    const foreign = lock.made ? null : foreignDirReason(dirFacts(opts.runtimeDir), user.gid);
+    if (foreign !== null) {
+      lock.leave();
+      throw notOurs(foreign);
     }
     cleanup.add(() => lock.release());
     if (await refuseOtherClients(opts.queueNum, log)) clearedLeftovers = true;

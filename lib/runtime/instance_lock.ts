@@ -23,7 +23,12 @@ const ATTEMPTS = 5;
 export const RUNTIME_DIR_MODE = 0o730;
 
 export class InstanceLock {
-  private constructor(readonly dir: string, private handle: Deno.FsFile | null) {}
+  private constructor(
+    readonly dir: string,
+    private handle: Deno.FsFile | null,
+    /** Whether this take made the directory; else it existed (whose, the holder must judge). */
+    readonly made: boolean,
+  ) {}
 
   /**
    * Takes the exclusive lock on directory `dir` (creating it, mode 0750, when missing), or
@@ -32,8 +37,9 @@ export class InstanceLock {
   static take(dir: string): InstanceLock | null {
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
       let handle: Deno.FsFile;
+      let made: boolean;
       try {
-        Deno.mkdirSync(dir, { recursive: true, mode: 0o750 });
+        made = makeDirectory(dir);
         handle = Deno.openSync(dir, { read: true });
       } catch (e) {
         // An exiting holder removed the directory between our mkdir and open.
@@ -45,7 +51,9 @@ export class InstanceLock {
         if (!handle.statSync().isDirectory) throw new Error(`${dir} is not a directory`);
         locked = handle.tryLockSync(true);
         // nlink is null only on platforms without link counts; Linux has them.
-        if (locked && (handle.statSync().nlink ?? 1) > 0) return new InstanceLock(dir, handle);
+        if (locked && (handle.statSync().nlink ?? 1) > 0) {
+          return new InstanceLock(dir, handle, made);
+        }
       } catch (e) {
         handle.close();
         throw e;
@@ -68,8 +76,31 @@ export class InstanceLock {
     } catch {
       /* not empty, or already gone */
     } finally {
-      this.handle.close();
-      this.handle = null;
+      this.leave();
     }
   }
+
+  /** Lets the lock go and leaves the directory as it is: one the holder refused to use. */
+  leave(): void {
+    this.handle?.close();
+    this.handle = null;
+  }
+}
+
+/**
+ * Makes `dir` (mode 0750, its missing parents too) and says whether this call made it: false
+ * when something already had that name.
+ */
+function makeDirectory(dir: string): boolean {
+  try {
+    Deno.mkdirSync(dir, { mode: 0o750 });
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  // A parent is missing. Made recursively, `dir` cannot have been there a moment ago; another
+  // client making it meanwhile is refused by, or refuses, the lock that follows.
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o750 });
+  return true;
 }

@@ -63,18 +63,34 @@ const REPLIES_PER_ROUND = 16;
 
 export async function runServer(opts: ServerOptions): Promise<number> {
   const log = new StderrLogger("pqconnect-server", opts.verbose ? "debug" : "info");
-  log.info(`AEAD backend: ${installAeadBackend()}, SHAKE256: ${installHashBackend()}`);
-  // Everything that can fail on bad configuration fails here, before anything is created.
-  const keys = readServerKeys(opts.keyDir);
-  const tree = KeyTree.build(keys.mceliecePk, keys.x25519Pk);
-  const user = lookupUser(opts.user);
-  if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
-  const tunAddress = ipv4ToNumber(opts.tunAddress);
-  const hostAddress = ipv4ToNumber(opts.hostAddress ?? opts.tunAddress);
-
   const cleanup = new Cleanup(log);
+  // Signals are handled from the start. Deno's first signal listener takes a while to install,
+  // and made after the serving line, a SIGTERM sent on seeing that line (a service manager's
+  // stop, a test) met the default action (exit 143). A stop asked for while setting up ends the
+  // start through the clean-up instead.
+  const shutdown = new Shutdown(log);
+  cleanup.add(() => shutdown.dispose());
+  const running = () => shutdown.running;
   try {
+    log.info(`AEAD backend: ${installAeadBackend()}, SHAKE256: ${installHashBackend()}`);
+    // Everything that can fail on bad configuration fails here, before anything is created.
+    const keys = readServerKeys(opts.keyDir);
+    cleanup.add(() => wipeServerKeys(keys)); // a start that ends early wipes them too
+    const tree = KeyTree.build(keys.mceliecePk, keys.x25519Pk);
+    const user = lookupUser(opts.user);
+    if (user.uid === 0) throw new Error(`--user ${opts.user} is root: choose an unprivileged user`);
+    const tunAddress = ipv4ToNumber(opts.tunAddress);
+    const hostAddress = ipv4ToNumber(opts.hostAddress ?? opts.tunAddress);
+
+    // Nothing above waits, so a signal is first seen at the awaits below, with the interface
+    // already made (TunDevice.open is synchronous): each such stop says so and cleans up.
     const tun = await openInterface(opts, cleanup);
+    const stoppedWhileStarting = () => {
+      if (running()) return false;
+      log.info(`stopped while starting; ${tun.name} removed`);
+      return true;
+    };
+    if (stoppedWhileStarting()) return 0;
     // Room for a tunnel packet of a full-MTU payload with a cookie in front of it.
     const maxDatagram = Math.min(
       MAX_UDP_PAYLOAD,
@@ -99,7 +115,9 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       maxPending: workers * HANDSHAKES_PER_WORKER.native + 16,
     });
     cleanup.add(() => pool.close());
+    if (stoppedWhileStarting()) return 0;
     await warmUp(pool, "server");
+    if (stoppedWhileStarting()) return 0;
     const inFlight = workers * HANDSHAKES_PER_WORKER[pool.backend];
     fitInitiationBuffer(cryptoPort, pool.backend);
     log.info(`KEM backend: ${pool.backend} (${workers} crypto workers)`);
@@ -174,10 +192,6 @@ export async function runServer(opts: ServerOptions): Promise<number> {
       await pool.keepEphemeral(ephemeral.slotIds());
     };
     await maintain();
-
-    const shutdown = new Shutdown(log);
-    cleanup.add(() => shutdown.dispose());
-    const running = () => shutdown.running;
 
     let reported = clock.mono();
     // What the kernel shed at full receive buffers is counted beside our own drops: under a

@@ -10,7 +10,6 @@
 
 import dgram from "node:dgram";
 import type { Buffer } from "node:buffer";
-import { libcPath } from "../../ffi/libc.ts";
 import { kemLibraryPaths } from "../../ffi/kem_native.ts";
 import { sodium, sodiumPath } from "../../ffi/sodium.ts";
 import { nettle, nettlePath } from "../../ffi/nettle.ts";
@@ -113,24 +112,17 @@ export async function removeStaleTempDirs(prefixes: string[]): Promise<void> {
 // ---- permissions -------------------------------------------------------------------------------
 
 /**
- * `pqconnect server`: libc for every system call (TUN, sockets, privilege drop) and libsodium for
- * the tunnel's AEAD when installed (without it the server quietly uses its JS code), the native
- * KEM libraries, the crypto worker's modules (wasm/, and the lib/ and ffi/ modules it imports:
- * the KEM backend choice, and the whole responder with its AEAD and hash backends) and the key
- * directory, and the uid check. Nothing else: no net (sockets are FFI), no env, no write, no run.
+ * `pqconnect server` with the flags the launcher and the deno.json task give it (commandFlags in
+ * lib/runtime/permissions.ts), scoped to `keyDir`: read on the key directory and the code root
+ * (the crypto worker's modules), every optional library (libsodium, Nettle, the native KEMs) and
+ * the uid check. A hand-written list here had left Nettle out, so under the harness the server
+ * ran SHAKE256 in JavaScript while `./pqconnect server` uses Nettle.
  */
 export function serverPermissions(keyDir: string): string[] {
-  const ffi = [libcPath(), sodiumPath(), ...kemLibraryPaths()].filter((p): p is string =>
-    p !== null
-  );
-  const workerModules = ["wasm", "lib", "ffi"]
-    .map((p) => `${PROJECT_DIR}/${p}`);
   return [
     "--no-prompt",
     `--config=${PROJECT_DIR}/deno.json`,
-    `--allow-ffi=${ffi.join(",")}`,
-    `--allow-read=${workerModules.join(",")},${keyDir}`,
-    "--allow-sys=uid",
+    ...commandFlags("server", { keyDir, runtimeDir: "", code: PROJECT_DIR }),
   ];
 }
 
@@ -265,11 +257,15 @@ export function ourServerArgv(o: OurServerOptions): string[] {
   ]);
 }
 
-/** Starts `pqconnect server` in `ns` and waits until it serves (privileges already dropped). */
+/**
+ * Starts `pqconnect server` in `ns` and waits until it serves (privileges already dropped). Fails
+ * when its log says it fell back to JavaScript for a library this machine has (nativeFallbacks).
+ */
 export async function startOurServer(ns: string, o: OurServerOptions): Promise<LabProcess> {
   const p = spawn(ns, ourServerArgv(o), { name: `pqconnect server@${ns}`, env: denoEnv() });
   try {
     await p.waitFor(/serving pq1\S+ on UDP/, 60_000);
+    requireNativeCode("server", p);
   } catch (e) {
     await p.stop("SIGTERM", 5000);
     throw e;
@@ -283,11 +279,12 @@ export interface OurClient {
 }
 
 /**
- * What a started client's log says it does in JavaScript although this machine has the native
- * library (loadable here, in the --allow-all test process): its worker names its AEAD and
- * SHAKE256 backends before it says it is ready. Empty when it uses all of them.
+ * What a started daemon's log says it does in JavaScript although this machine has the native
+ * library (loadable here, in the --allow-all test process): the server, and the client's worker,
+ * name their AEAD and SHAKE256 backends before they say they are ready. Empty when they use all
+ * of them.
  */
-export function clientFallbacks(output: string): string[] {
+export function nativeFallbacks(output: string): string[] {
   const line = output.match(/AEAD backend: (\w+), SHAKE256: (\w+)/);
   if (!line) return ["its log names no AEAD backend"];
   const [, aead, shake] = line;
@@ -301,9 +298,20 @@ export function clientFallbacks(output: string): string[] {
   return fallbacks;
 }
 
+/** Throws when `nativeFallbacks` finds any in `process`'s log so far. */
+function requireNativeCode(daemon: string, process: LabProcess): void {
+  const fallbacks = nativeFallbacks(process.output());
+  if (fallbacks.length > 0) {
+    throw new Error(
+      `the ${daemon} went without native code this machine has: ${fallbacks.join("; ")}\n` +
+        process.output(),
+    );
+  }
+}
+
 /**
  * Starts `pqconnect client` in `ns`; resolves once its DNS queue rule is in place. Fails when its
- * log says it fell back to JavaScript for a library this machine has (clientFallbacks).
+ * log says it fell back to JavaScript for a library this machine has (nativeFallbacks).
  */
 export async function startOurClient(
   ns: string,
@@ -323,13 +331,7 @@ export async function startOurClient(
       /DNS answers go through queue \d+ \(\w+\); worker pid \d+/,
       60_000,
     );
-    const fallbacks = clientFallbacks(p.output());
-    if (fallbacks.length > 0) {
-      throw new Error(
-        `the client went without native code this machine has: ${fallbacks.join("; ")}\n` +
-          p.output(),
-      );
-    }
+    requireNativeCode("client", p);
     return { process: p, workerPid: Number(line.match(/worker pid (\d+)/)![1]) };
   } catch (e) {
     await p.stop("SIGTERM", 5000);
