@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { DropCounters, type Logger } from "../lib/core/log.ts";
+import { DropCounters, LineBudget, type Logger } from "../lib/core/log.ts";
 
 function recorder(): Logger & { lines: string[] } {
   const lines: string[] = [];
@@ -31,4 +31,17 @@ Deno.test("DropCounters: a total counted elsewhere (the kernel's) is reported by
   drops.report(log);
   assert.equal(log.lines[1], "dropped: initiation-shed-by-kernel +240 (740 in all)");
   assert.equal(drops.get("initiation-shed-by-kernel"), 740);
+});
+
+Deno.test("line budget: so many lines a second, the rest summed by reason", () => {
+  const b = new LineBudget(2);
+  assert.deepEqual([b.take(10.1, "a"), b.take(10.5, "a"), b.take(10.9, "a"), b.take(10.9, "b")], [
+    true,
+    true,
+    false,
+    false,
+  ]);
+  assert.deepEqual(b.summary(), { total: 2, byReason: "a: 1, b: 1" });
+  assert.deepEqual(b.summary(), { total: 0, byReason: "" }, "a summary empties it");
+  assert.equal(b.take(11.0, "a"), true, "a new second, a new budget");
 });
