@@ -1026,7 +1026,9 @@ async function main(): Promise<void> {
     `tunnel bench: commit ${commit || "?"}, ${opts.seconds} s per iperf3 direction`,
   );
 
-  await Deno.mkdir(RUNTIME_DIR, { recursive: true });
+  // The client makes its runtime directory itself (and refuses one it did not make): a crashed
+  // run's is removed first, and this run's at the end.
+  await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
   const lab = await createLab({ prefix: PREFIX }); // removes leftovers of a crashed run first
   const stops: (() => Promise<void>)[] = [];
   const results: Record<string, Figures> = {};
@@ -1149,6 +1151,7 @@ async function main(): Promise<void> {
   } finally {
     for (const stop of stops.reverse()) await stop().catch(() => {});
     await destroyLab(lab);
+    await Deno.remove(RUNTIME_DIR, { recursive: true }).catch(() => {});
   }
 
   const columns = [
