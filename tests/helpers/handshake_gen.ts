@@ -61,10 +61,19 @@ interface LoadPlan {
    * offer 5× the best answered rate once.
    */
   adaptive: boolean;
+  /** With `adaptive`: false to stop at the knee, without the 5× step (default true). */
+  overload?: boolean;
   /** Largest rate offered (the generator's own budget), default 20000/s. */
   maxRate?: number;
   /** Processes whose threads' CPU each step's window accounts for, besides the generator's. */
   watch?: Watched[];
+  /**
+   * Send the initiation again with each resend of an unanswered echo (+0.1, +0.3, +0.7 s), about
+   * as often as our client does (lib/client/device.ts: every INITIATION_RESEND_SECONDS with its
+   * first packets' resends): a client's behaviour, for the tests of one. The bench leaves it off
+   * and offers each handshake once.
+   */
+  resendInitiation?: boolean;
 }
 
 interface FloodPlan {
@@ -375,6 +384,17 @@ async function load(plan: LoadPlan): Promise<void> {
       let j = resendNext[k];
       for (; j < sent && step.sentAt[j] + after <= t; j++) {
         if (!Number.isNaN(step.answeredAt[j])) continue;
+        if (plan.resendInitiation === true) {
+          const hs = j * HANDSHAKE_BYTES;
+          sock.queueAt(
+            step.lane[j],
+            step.initiations,
+            step.initiationsBase,
+            hs,
+            HANDSHAKE_BYTES,
+            step.source[j],
+          );
+        }
         const at = (j * ECHOES + 1 + k) * ECHO_BYTES;
         sock.queueAt(step.lane[j], step.echoes, step.echoesBase, at, ECHO_BYTES, step.source[j]);
       }
@@ -493,6 +513,7 @@ async function load(plan: LoadPlan): Promise<void> {
       continue;
     }
     if (plan.adaptive && !overloadDone && (short || i === rates.length - 1)) {
+      if (plan.overload === false) break; // only the capacity was asked for
       // Past the knee (or out of steps): one step at 5× the best answered rate, then stop.
       rates.splice(i + 1, rates.length, Math.max(1, Math.round(5 * best)));
       overloadDone = true;
