@@ -120,9 +120,9 @@ Deno.test({
       const baseline = await iperfMbit(lab.clientNs, target, 3);
       const calm = await newcomer(lab, 1);
 
-      // The flood with TCP through the tunnel and a newcomer meanwhile, three times: the first
-      // two let the server's heaps grow to their working size (V8 and its workers take ~10 s of
-      // such load to settle); the third is measured, and memory must now stay flat.
+      // The flood with TCP through the tunnel and a newcomer meanwhile, four times: the first
+      // three let the server's heaps grow to their working size (V8 and its workers take ~10 s of
+      // such load to settle); the fourth is measured, and memory must now stay flat.
       const floodOnce = async (floodRate: number, during: () => Promise<void>) => {
         let rate = 0;
         const rss: number[] = [rssKiB(server.pid)];
@@ -160,9 +160,10 @@ Deno.test({
       // more). So two run at WARM_RATE whatever the capacity: with only 5× a slower machine's
       // (~15 000/s) the heaps were still growing towards that size in the measured flood
       // (150 → 185 MiB). One more at the measured rate, then the measured one.
+      const warmRate = Math.max(WARM_RATE, floodAsked);
       const warmRuns = [];
-      for (const rate of [WARM_RATE, WARM_RATE, floodAsked]) {
-        warmRuns.push(await floodOnce(Math.max(rate, floodAsked), meanwhile));
+      for (const rate of [warmRate, warmRate, floodAsked]) {
+        warmRuns.push(await floodOnce(rate, meanwhile));
       }
       const warm = { rate: warmRuns[2].rate, rss: warmRuns.flatMap((w) => w.rss) };
       const { rate: floodRate, rss } = await floodOnce(floodAsked, meanwhile);
@@ -191,8 +192,8 @@ Deno.test({
       assert.ok(floodRate >= 0.95 * floodAsked, `the flood reached only ${floodRate}/s`);
       assert.ok((drops["handshake-rate-limited"] ?? 0) > 0, "the flood never met the limiter");
       // The target is 80 % (printed above). Flood sender, server, client and TCP share two
-      // cores here, and runs on this VM measured 67–109 % at the same load; CI holds a margin
-      // that does not flake, so a real collapse still fails.
+      // cores here: one flood at a time measured 67-109 % on one VM, and the mean of two 67-88 %
+      // on a slower one; CI holds a margin that does not flake, so a real collapse still fails.
       assert.ok(
         during >= 0.6 * baseline,
         `the tunnel kept only ${Math.round((100 * during) / baseline)} % of its throughput`,

@@ -4,9 +4,10 @@
 //   deno run -A tests/helpers/handshake_gen.ts JSON
 //
 // JSON: { mode: "load", target, port, keyPort, sources: [addr...], steps: [rate...],
-//         window, drain, adaptive }  offers valid handshakes at each rate for `window` seconds,
-//         each followed by one 0-RTT ICMP echo through the new tunnel, and counts the echo
-//         replies that come back through it. Prints one JSON line per step.
+//         window, drain, adaptive, overload?, resendInitiation? }  offers valid handshakes at
+//         each rate for `window` seconds, each followed by one 0-RTT ICMP echo through the new
+//         tunnel, and counts the echo replies that come back through it. Prints one JSON line
+//         per step (LoadPlan says what each field does).
 //       { mode: "flood", target, port, sources, rate, seconds }  sends initiation-shaped junk
 //         (random c0, and truncated ones) from all `sources`; prints one JSON line at the end.
 //
